@@ -1,0 +1,52 @@
+"""Exceptions that carry the exit code a user or a cron job sees (brief, section 4)."""
+
+from __future__ import annotations
+
+
+class ReplytimeError(Exception):
+    """A failure explained in one sentence; the CLI prints it and exits with ``exit_code``."""
+
+    exit_code = 1
+
+
+class CheckFailed(ReplytimeError):
+    """A requested check (SLA target, stale leads) was not met."""
+
+    exit_code = 1
+
+
+class UsageError(ReplytimeError):
+    """Bad arguments or bad input paths."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A mistake in the config file; the message names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"config: {key}: {problem}" if key else f"config: {problem}")
+
+
+class CacheError(UsageError):
+    """The cache file is missing, corrupt, or from a newer version."""
+
+
+class LockedError(ReplytimeError):
+    """Another replytime process holds the lock for this cache or account."""
+
+    exit_code = 1
+
+
+class AuthError(ReplytimeError):
+    """Credentials are missing, expired, revoked or refused."""
+
+    exit_code = 3
+
+
+class SourceUnreachable(ReplytimeError):
+    """A mail source still failed after retries."""
+
+    exit_code = 4

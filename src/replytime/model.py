@@ -1,0 +1,49 @@
+"""The one record every connector produces and the cache stores: a message's headers, no body."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Where a message's time came from, best first (brief, section 3, "message time").
+TIME_SERVER = 3  # Gmail internalDate, IMAP INTERNALDATE
+TIME_DATE = 2  # the Date header
+TIME_RECEIVED = 1  # the newest Received header
+TIME_NONE = 0  # no usable time: kept, flagged, left out of time-based metrics
+
+# Bits of MessageRecord.problems, counted by `replytime status`.
+PROBLEM_MALFORMED = 1  # header block could not be split cleanly
+PROBLEM_NO_TIME = 2
+PROBLEM_BAD_ADDRESS = 4  # an address header that did not parse
+PROBLEM_TRUNCATED = 8  # the header block ended without a blank line
+
+
+@dataclass(slots=True)
+class MessageRecord:
+    """Headers of one message, normalised. Addresses are lower-case addr-specs."""
+
+    message_id: str | None = None  # RFC 5322 Message-ID without angle brackets
+    from_addr: str | None = None
+    to_addrs: tuple[str, ...] = ()
+    cc_addrs: tuple[str, ...] = ()
+    reply_to: tuple[str, ...] = ()
+    subject: str | None = None
+    time_ms: int | None = None  # UTC epoch milliseconds
+    time_offset: int | None = None  # the original UTC offset in minutes, when known
+    time_source: int = TIME_NONE
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    automated: bool = False
+    content_type: str | None = None
+    provider_thread_id: str | None = None
+    labels: tuple[str, ...] = ()
+    # Headers kept verbatim for rules configured later (List-Id, Auto-Submitted, X-Lead-Email...).
+    extra: dict[str, str] = field(default_factory=dict)
+    problems: int = 0
+    fallback_key: str | None = None  # dedup key for messages without a Message-ID
+
+    @property
+    def key(self) -> str:
+        """The de-duplication key: the Message-ID, else a digest of stable headers."""
+        if self.message_id:
+            return self.message_id
+        return "nomid:" + (self.fallback_key or "")
