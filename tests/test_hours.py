@@ -249,6 +249,9 @@ def test_business_seconds_by_groups_per_schedule() -> None:
     # Unknown and missing keys take the default schedule.
     out = business_seconds_by(schedules, keys.to_numpy(), start, end, default=tokyo)
     assert out.tolist() == [7.5 * H, 1 * H, 10.5 * H, 7.5 * H, 1 * H, 1 * H, 7.5 * H]
+    # Categorical and plain-list keys group the same way.
+    for same in (keys.astype("category"), keys.tolist()):
+        assert business_seconds_by(schedules, same, start, end).tolist() == expected
     with pytest.raises(ValueError):
         business_seconds_by(schedules, ["alice"], start, end)
 

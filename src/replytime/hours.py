@@ -3,7 +3,8 @@
 The method is a cumulative-time lookup rather than stepping through time: a schedule is
 expanded once into sorted, disjoint working intervals in UTC (one Python loop over the
 *days* in range, a few hundred per year), and W(t) = working milliseconds before t is read
-for every timestamp with one ``np.searchsorted``. Business time is W(end) - W(start).
+for every timestamp with one binary search (``np.interp`` over the interval edges, i.e. a
+searchsorted plus the within-interval offset). Business time is W(end) - W(start).
 
 Wall-clock conversion (deterministic, via zoneinfo with fold=0 and plain datetime
 arithmetic, which in Python is wall-clock arithmetic for aware datetimes):
@@ -22,7 +23,6 @@ arithmetic, which in Python is wall-clock arithmetic for aware datetimes):
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Any
@@ -128,30 +128,25 @@ def working_intervals(
     return _intervals(schedule_key(schedule), first_day, last_day)
 
 
-@dataclass(frozen=True)
-class _Cumulative:
-    """Interval starts/lengths with the working time before each, plus a zero-length
-    sentinel at -inf so every timestamp finds an interval at or before it."""
-
-    starts: np.ndarray  # float64
-    lengths: np.ndarray  # float64
-    before: np.ndarray  # float64, working ms before each interval
-
-    def at(self, t: np.ndarray) -> np.ndarray:
-        """W(t): working ms before t (NaN stays NaN)."""
-        k = np.searchsorted(self.starts, t, side="right") - 1
-        return self.before[k] + np.clip(t - self.starts[k], 0.0, self.lengths[k])
-
-
 @lru_cache(maxsize=128)
-def _cumulative(key: ScheduleKey, first_year: int, last_year: int) -> _Cumulative:
+def _knots(key: ScheduleKey, first_year: int, last_year: int) -> tuple[np.ndarray, np.ndarray]:
+    """W(t), the working ms before t, is piecewise linear (slope 1 inside intervals, 0
+    between): its knots are the interval edges, so np.interp evaluates it for a whole array
+    in one C loop (binary search + interpolation; NaN stays NaN; flat before and after)."""
     s, e = _intervals(key, date(first_year, 1, 1), date(last_year, 12, 31))
-    lengths = np.concatenate(([0.0], (e - s).astype(np.float64)))
-    return _Cumulative(
-        starts=np.concatenate(([-np.inf], s.astype(np.float64))),
-        lengths=lengths,
-        before=np.concatenate(([0.0], np.cumsum(lengths)[:-1])),
-    )
+    if s.size == 0:  # no working time at all: W is 0 everywhere
+        s, e = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
+    lengths = (e - s).astype(np.float64)
+    before = np.concatenate(([0.0], np.cumsum(lengths)[:-1]))
+    x = np.column_stack((s, e)).ravel().astype(np.float64)
+    w = np.column_stack((before, before + lengths)).ravel()
+    # Adjacent intervals (an end equal to the next start, e.g. "24:00" then "00:00") repeat a
+    # knot with the same W; drop the repeat so x is strictly increasing for np.interp.
+    keep = np.concatenate(([True], np.diff(x) > 0))
+    x, w = x[keep], w[keep]
+    x.setflags(write=False)  # shared through the cache
+    w.setflags(write=False)
+    return x, w
 
 
 def _as_ms(values: Any) -> np.ndarray:
@@ -165,6 +160,19 @@ def _utc_date(ms: float) -> date:
     return (_EPOCH + timedelta(milliseconds=ms)).date()
 
 
+def _finite_range(start: np.ndarray, end: np.ndarray) -> tuple[float, float] | tuple[None, None]:
+    """Smallest and largest finite time in either array; (None, None) if there is none."""
+    # fmin/fmax skip NaN without the all-NaN warning of nanmin; infinities need a mask.
+    lo = float(np.fmin(np.fmin.reduce(start, axis=None), np.fmin.reduce(end, axis=None)))
+    hi = float(np.fmax(np.fmax.reduce(start, axis=None), np.fmax.reduce(end, axis=None)))
+    if np.isfinite(lo) and np.isfinite(hi):
+        return lo, hi
+    finite = np.concatenate((start[np.isfinite(start)], end[np.isfinite(end)]))
+    if finite.size == 0:
+        return None, None
+    return float(finite.min()), float(finite.max())
+
+
 def business_seconds(schedule: Schedule | None, start_ms: Any, end_ms: Any) -> np.ndarray:
     """Seconds of working time inside [start, end] for each pair of UTC epoch ms.
 
@@ -176,16 +184,19 @@ def business_seconds(schedule: Schedule | None, start_ms: Any, end_ms: Any) -> n
     start, end = np.broadcast_arrays(start, end)
     if schedule is None:
         out = end - start
-    else:
-        finite = np.concatenate((start[np.isfinite(start)], end[np.isfinite(end)]))
-        if finite.size == 0:
+    elif start.size:
+        lo, hi = _finite_range(start, end)
+        if lo is None:
             return np.full(start.shape, np.nan)
         # Whole UTC years around the data (+-1 day covers any zone offset): a stable cache
         # key, so repeated calls over similar data reuse the intervals.
-        first = _utc_date(float(finite.min()) - _DAY_MS).year
-        last = _utc_date(float(finite.max()) + _DAY_MS).year
-        cum = _cumulative(schedule_key(schedule), first, last)
-        out = cum.at(end) - cum.at(start)
+        x, w = _knots(
+            schedule_key(schedule), _utc_date(lo - _DAY_MS).year, _utc_date(hi + _DAY_MS).year
+        )
+        out = np.interp(end, x, w) - np.interp(start, x, w)
+        out[np.isnan(start) | np.isnan(end)] = np.nan  # np.interp maps NaN to 0 on one knot
+    else:
+        out = np.empty(start.shape)
     out = np.maximum(out, 0.0)  # NaN survives np.maximum
     return out / 1000.0
 
@@ -204,7 +215,11 @@ def business_seconds_by(
     """
     start = _as_ms(start_ms)
     end = _as_ms(end_ms)
-    codes, uniques = pd.factorize(pd.Series(keys, dtype=object), use_na_sentinel=True)
+    # Series/Categorical as they are (categoricals factorize almost for free), else an array.
+    if not isinstance(keys, pd.Series | pd.Index | pd.Categorical):
+        keys = np.asarray(list(keys) if not isinstance(keys, np.ndarray) else keys)
+    codes, uniques = pd.factorize(keys, use_na_sentinel=True)
+    codes = np.asarray(codes)
     if len(codes) != len(start) or len(start) != len(end):
         raise ValueError("keys, start_ms and end_ms must have the same length")
 
@@ -213,7 +228,7 @@ def business_seconds_by(
     group_of: dict[Any, int] = {}
     group_sched: list[Schedule | None] = []
     key_group = np.empty(len(uniques) + 1, dtype=np.int64)
-    for i, k in enumerate([*uniques, None]):
+    for i, k in enumerate([*list(uniques), None]):
         sched = schedules.get(k, default) if k is not None else default
         gkey = None if sched is None else schedule_key(sched)
         if gkey not in group_of:
