@@ -263,7 +263,9 @@ def _check_holiday_code(code: str, key: str) -> None:
     try:
         hol.country_holidays(country.upper(), subdiv=subdiv.upper() or None, years=2026)
     except (NotImplementedError, KeyError, AttributeError):
-        raise ConfigError(key, f"unknown holiday calendar {code!r} (use e.g. US, US-CA, DE-BY)") from None
+        raise ConfigError(
+            key, f"unknown holiday calendar {code!r} (use e.g. US, US-CA, DE-BY)"
+        ) from None
 
 
 def _parse_forms(value: Any, key: str) -> tuple[FormRule, ...]:
@@ -382,7 +384,8 @@ def parse_config(data: dict[str, Any]) -> Config:
             raise ConfigError(f"{k}.type", f"must be one of {', '.join(_ACCOUNT_TYPES)}")
         if any(x.name == name for x in accounts):
             raise ConfigError(f"{k}.name", f"{name!r} appears twice")
-        accounts.append(Account(name, kind, {x: v for x, v in a.items() if x not in ("name", "type")}))
+        options = {x: v for x, v in a.items() if x not in ("name", "type")}
+        accounts.append(Account(name, kind, options))
 
     return Config(
         internal_domains=domains,

@@ -223,7 +223,8 @@ def record_from_fields(
             source = TIME_DATE
         else:
             received = fields.get("received", "")
-            time_ms, offset = parse_date_ms(received.rsplit(";", 1)[-1] if ";" in received else None)
+            stamp = received.rsplit(";", 1)[-1] if ";" in received else None
+            time_ms, offset = parse_date_ms(stamp)
             source = TIME_RECEIVED if time_ms is not None else TIME_NONE
     if time_ms is None:
         problems |= PROBLEM_NO_TIME

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)")
@@ -103,7 +103,9 @@ def parse_instant(text: str, tz: ZoneInfo | timezone, now: datetime) -> datetime
     return dt if dt.tzinfo else dt.replace(tzinfo=tz)
 
 
-def _named_range(s: str, tz: ZoneInfo | timezone, now: datetime) -> tuple[datetime, datetime] | None:
+def _named_range(
+    s: str, tz: ZoneInfo | timezone, now: datetime
+) -> tuple[datetime, datetime] | None:
     today = now.astimezone(tz).date()
     monday = today - timedelta(days=today.weekday())
     first = today.replace(day=1)
@@ -143,4 +145,4 @@ def parse_period(
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -76,7 +76,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_UPSERT = """
+_UPSERT = f"""
 INSERT INTO messages (msg_key, message_id, from_addr, to_addrs, cc_addrs, reply_to, subject,
     time_ms, time_offset, time_source, in_reply_to, refs, automated, content_type,
     provider_thread_id, extra, problems)
@@ -86,7 +86,7 @@ ON CONFLICT (msg_key) DO UPDATE SET
     time_offset = CASE WHEN excluded.time_source > time_source
                        THEN coalesce(excluded.time_offset, time_offset) ELSE time_offset END,
     problems = CASE WHEN excluded.time_source > time_source
-                    THEN (problems & ~{no_time}) | (excluded.problems & {no_time})
+                    THEN (problems & ~{PROBLEM_NO_TIME}) | (excluded.problems & {PROBLEM_NO_TIME})
                     ELSE problems END,
     time_source = max(time_source, excluded.time_source),
     provider_thread_id = coalesce(provider_thread_id, excluded.provider_thread_id),
@@ -94,7 +94,7 @@ ON CONFLICT (msg_key) DO UPDATE SET
 WHERE excluded.time_source > time_source
    OR (provider_thread_id IS NULL AND excluded.provider_thread_id IS NOT NULL)
    OR ((extra IS NULL OR extra = '{{}}') AND excluded.extra <> '{{}}')
-""".format(no_time=PROBLEM_NO_TIME)
+"""
 
 _LOCATION = """
 INSERT INTO locations (account, location, msg_key, labels) VALUES (?, ?, ?, ?)
@@ -155,10 +155,17 @@ class SQLiteCache:
                 f"{self.path} was written by a newer replytime (schema {version}); upgrade"
             )
         for i in range(version, SCHEMA_VERSION):
-            with self.transaction():
-                c.executescript("SAVEPOINT m;" + MIGRATIONS[i] + "RELEASE m;")
-                c.execute("DELETE FROM schema_version")
-                c.execute("INSERT INTO schema_version VALUES (?)", (i + 1,))
+            # executescript commits any open transaction first, so the script carries its own.
+            try:
+                c.executescript(
+                    "BEGIN IMMEDIATE;" + MIGRATIONS[i]
+                    + f"DELETE FROM schema_version; INSERT INTO schema_version VALUES ({i + 1});"
+                    + "COMMIT;"
+                )
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
 
     @property
     def schema_version(self) -> int:
@@ -296,6 +303,10 @@ class SQLiteCache:
                 zip(changed.tolist(), changed.index.tolist(), strict=True),
             )
         return len(changed)
+
+    def has_unthreaded(self) -> bool:
+        q = "SELECT 1 FROM messages WHERE thread_id IS NULL LIMIT 1"
+        return self.conn.execute(q).fetchone() is not None
 
     def rebuild_threads(self, assign: Callable[[pd.DataFrame], pd.Series], fingerprint: str) -> int:
         changed = self.set_threads(assign(self.thread_inputs()))

@@ -1,0 +1,243 @@
+"""The Python API: every report as a pandas DataFrame, from a cache and a config.
+
+    import replytime
+    a = replytime.analyse(db="cache.sqlite", config="replytime.toml")
+    a.reps(since="last-week")            # per-rep table
+    a.leads(since="2026-11-02")          # one row per lead, traceable by message id
+
+The CLI is a thin layer over these functions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from replytime import metrics
+from replytime.cache import Cache, open_cache
+from replytime.config import Config, load_config
+from replytime.errors import UsageError
+from replytime.matcher import Roster, match_leads, prepare
+from replytime.periods import Period, parse_instant, parse_period, utc_now, zone
+from replytime.threads import assign_threads
+
+Basis = Literal["business", "calendar"]
+
+
+def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int:
+    """Re-assign thread ids after messages were written (``force``), or when some message
+    has none yet (a sync stopped before this step) or the internal roster changed (the
+    subject rule depends on who is external)."""
+    fingerprint = config.fingerprint()
+    if not force and cache.get_meta("threads_fingerprint") == fingerprint and not (
+        cache.has_unthreaded()
+    ):
+        return 0
+    roster = Roster(config)
+    return cache.rebuild_threads(lambda df: assign_threads(df, roster.is_internal), fingerprint)
+
+
+@dataclass
+class Selection:
+    """Which leads a report covers."""
+
+    period: Period
+    reps: tuple[str, ...] = ()
+    team: str | None = None
+
+
+class Analysis:
+    """Messages and leads of one cache as of one instant, with report tables on demand."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        config: Config,
+        *,
+        as_of: datetime | str | None = None,
+    ) -> None:
+        self.cache = cache
+        self.config = config
+        self.tz = zone(config.timezone)
+        self.now = utc_now()
+        if isinstance(as_of, str):
+            try:
+                as_of = parse_instant(as_of, self.tz, self.now)
+            except ValueError as exc:
+                raise UsageError(f"--as-of: {exc}") from None
+        self.as_of = as_of or self.now
+        self.as_of_ms = int(self.as_of.timestamp() * 1000)
+
+    # -- frames ---------------------------------------------------------------------------
+    @cached_property
+    def messages(self) -> pd.DataFrame:
+        refresh_threads(self.cache, self.config)
+        return prepare(self.cache.messages(), Roster(self.config))
+
+    @cached_property
+    def all_leads(self) -> pd.DataFrame:
+        """Every lead as of ``as_of``, with business times."""
+        leads = match_leads(self.messages, self.config, self.as_of_ms)
+        return self._with_business(leads)
+
+    def _with_business(self, leads: pd.DataFrame) -> pd.DataFrame:
+        leads = leads.copy()
+        if not self.config.has_schedule or leads.empty:
+            leads["business_s"] = leads["response_s"]
+            leads["business_age_s"] = np.where(
+                leads["answered"], np.nan, (self.as_of_ms - leads["lead_time_ms"]) / 1000.0
+            )
+            return leads
+        from replytime.hours import business_seconds_by
+
+        names = pd.concat([leads["responder"].dropna(), leads["rep"]]).unique()
+        schedules = {n: self.config.schedule_for(n) for n in names}
+        answered = leads["answered"].to_numpy()
+        start = leads["lead_time_ms"].to_numpy(dtype="float64")
+        reply = leads["reply_time_ms"].astype("float64").to_numpy()
+        business = np.full(len(leads), np.nan)
+        if answered.any():
+            business[answered] = business_seconds_by(
+                schedules, leads["responder"].to_numpy()[answered], start[answered],
+                reply[answered],
+            )
+        leads["business_s"] = np.maximum(business, 0)
+        age = np.full(len(leads), np.nan)
+        if (~answered).any():
+            age[~answered] = business_seconds_by(
+                schedules, leads["rep"].to_numpy()[~answered], start[~answered],
+                np.full(int((~answered).sum()), float(self.as_of_ms)),
+            )
+        leads["business_age_s"] = age
+        return leads
+
+    def basis(self, basis: Basis | None = None) -> Basis:
+        """Business time by default when a schedule exists (section 3, "Statistics")."""
+        if basis is not None:
+            return basis
+        return "business" if self.config.has_schedule else "calendar"
+
+    def selection(
+        self,
+        since: str | None = None,
+        until: str | None = None,
+        rep: str | Sequence[str] | None = None,
+        team: str | None = None,
+    ) -> Selection:
+        try:
+            period = parse_period(since, until, self.tz, self.now)
+        except ValueError as exc:
+            raise UsageError(f"--since/--until: {exc}") from None
+        reps = (rep,) if isinstance(rep, str) else tuple(rep or ())
+        for r in reps:
+            known = {x.name.lower() for x in self.config.reps} | {
+                x.lower() for x in self.all_leads["rep"].unique()
+            }
+            if r.lower() not in known:
+                names = ", ".join(x.name for x in self.config.reps) or "none in the config"
+                raise UsageError(f"--rep: unknown rep {r!r} (reps: {names})")
+        if team and not any((x.team or "").lower() == team.lower() for x in self.config.reps):
+            raise UsageError(f"--team: no rep belongs to team {team!r}")
+        return Selection(period, reps, team)
+
+    def select(self, sel: Selection) -> pd.DataFrame:
+        leads = metrics.in_period(self.all_leads, sel.period)
+        return metrics.select(leads, sel.reps, sel.team, self.config)
+
+    # -- reports --------------------------------------------------------------------------
+    def leads(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
+        sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        return metrics.leads_table(self.select(sel), self.config)
+
+    def reps(self, sel: Selection | None = None, basis: Basis | None = None,
+             include_total: bool = False, **kw: object) -> pd.DataFrame:
+        sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        table = metrics.reps_table(self.select(sel), self.config, self.basis(basis),
+                                   include_total=include_total)
+        if sel.reps or sel.team:
+            wanted = set(self.select(sel)["rep"]) | {
+                r.name for r in self.config.reps
+                if r.name.lower() in {x.lower() for x in sel.reps}
+                or (sel.team and (r.team or "").lower() == sel.team.lower())
+            }
+            table = table[table["rep"].isin(wanted) | (table["rep"] == "TOTAL")]
+        return table.reset_index(drop=True)
+
+    def unanswered(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
+        sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        return metrics.unanswered_table(self.select(sel), self.as_of_ms)
+
+    def sla(self, sel: Selection | None = None, basis: Basis | None = None,
+            **kw: object) -> pd.DataFrame:
+        sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        return metrics.sla_table(self.select(sel), self.config, self.basis(basis))
+
+    def volume(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
+        sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        messages = self.messages
+        if sel.reps or sel.team:
+            # Per-rep volume: that rep's own mail (sent by or to one of their addresses).
+            emails = self._emails_of(sel)
+            rcpt = messages["to_addrs"].fillna("") + "," + messages["cc_addrs"].fillna("")
+            mine = messages["from_addr"].isin(emails) | rcpt.str.split(",").map(
+                lambda xs: not emails.isdisjoint(xs)
+            )
+            messages = messages[mine]
+        all_leads = metrics.select(self.all_leads, sel.reps, sel.team, self.config)
+        return metrics.volume_table(messages, self.select(sel), all_leads, sel.period, self.tz)
+
+    def _emails_of(self, sel: Selection) -> set[str]:
+        out: set[str] = set()
+        for r in self.config.reps:
+            if r.name.lower() in {x.lower() for x in sel.reps} or (
+                sel.team and (r.team or "").lower() == sel.team.lower()
+            ):
+                out.update(r.emails)
+        out.update(x.lower() for x in sel.reps if "@" in x)
+        return out
+
+    def thread_sizes(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
+        sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        return metrics.thread_sizes(self.messages, self.select(sel))
+
+    def threads(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
+        return metrics.threads_table(self.thread_sizes(sel, **kw))
+
+
+def analyse(
+    db: str | os.PathLike[str] | Cache | None = None,
+    config: str | os.PathLike[str] | Config | None = None,
+    *,
+    as_of: datetime | str | None = None,
+) -> Analysis:
+    """Open a cache and a config (paths, or None for the defaults) for reporting."""
+    cfg = config if isinstance(config, Config) else load_config(config)
+    cache = db if isinstance(db, Cache) else open_cache(db, create=False)
+    return Analysis(cache, cfg, as_of=as_of)
+
+
+def import_files(
+    paths: Sequence[str | os.PathLike[str]],
+    db: str | os.PathLike[str] | Cache | None = None,
+    config: str | os.PathLike[str] | Config | None = None,
+    *,
+    account: str = "import",
+) -> object:
+    """Import mbox / Maildir / .eml paths into the cache; returns the SyncStats."""
+    from replytime.connectors.files import import_paths
+
+    cfg = config if isinstance(config, Config) else load_config(config)
+    cache = db if isinstance(db, Cache) else open_cache(db)
+    with cache.lock():
+        stats = import_paths(cache, [Path(p) for p in paths], account=account,
+                             keep=cfg.kept_headers())
+        refresh_threads(cache, cfg, force=True)
+    return stats

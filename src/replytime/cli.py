@@ -1,0 +1,370 @@
+"""The `replytime` command: a thin layer over the library (api, connectors, render)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from replytime import __version__
+from replytime.errors import CheckFailed, ReplytimeError, UsageError
+
+app = typer.Typer(
+    help="How fast do your reps answer new leads by email? Local, private, exact.\n\n"
+    "Typical use: `replytime init`, edit replytime.toml, `replytime import mail.mbox` or "
+    "`replytime sync`, then `replytime report reps --since last-week`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+auth_app = typer.Typer(help="Authorise access to a mail account.", no_args_is_help=True)
+app.add_typer(auth_app, name="auth")
+
+
+@dataclass
+class Globals:
+    config: str | None = None
+    db: str | None = None
+    debug: bool = False
+
+
+G = Globals()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"replytime {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    config: Annotated[str | None, typer.Option(
+        "--config", envvar="REPLYTIME_CONFIG", metavar="FILE",
+        help="Config file. Default: ./replytime.toml, then ~/.config/replytime/config.toml.",
+    )] = None,
+    db: Annotated[str | None, typer.Option(
+        "--db", envvar="REPLYTIME_DB", metavar="FILE-or-URL",
+        help="Cache file. Default: ~/.local/share/replytime/cache.sqlite.",
+    )] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    )] = False,
+) -> None:
+    G.config, G.db, G.debug = config, db, debug
+
+
+def _config() -> Any:
+    from replytime.config import load_config
+
+    return load_config(G.config)
+
+
+def _summary(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+# -- init -----------------------------------------------------------------------------------
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the config.")] = Path(
+        "replytime.toml"
+    ),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented config template to PATH (default ./replytime.toml)."""
+    from replytime.config import TEMPLATE
+    from replytime.render import atomic_write
+
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists; use --force to overwrite it")
+    atomic_write(path, lambda f: f.write(TEMPLATE), binary=False)
+    _summary(f"wrote {path}: edit internal_domains and [[reps]], then run `replytime import`")
+
+
+# -- auth -----------------------------------------------------------------------------------
+@auth_app.command("gmail")
+def auth_gmail(
+    account: Annotated[str, typer.Argument(help="Account name from the config.")],
+    no_browser: Annotated[bool, typer.Option(
+        "--no-browser", help="For servers: print the URL and paste the code back."
+    )] = False,
+    metadata: Annotated[bool, typer.Option(
+        "--metadata", help="Ask only for gmail.metadata (no search queries possible)."
+    )] = False,
+) -> None:
+    """Run Google's OAuth flow for a Gmail ACCOUNT and save its token (mode 0600)."""
+    from replytime.connectors import gmail
+
+    acct = _config().account(account)
+    if acct.type != "gmail":
+        raise UsageError(f"account {account!r} is of type {acct.type}, not gmail")
+    gmail.authorize(acct, no_browser=no_browser, scope="metadata" if metadata else None)
+    _summary(f"authorised {account}")
+
+
+# -- import / sync --------------------------------------------------------------------------
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(
+        help="mbox files (Google Takeout too), Maildir folders, .eml files, or directories."
+    )],
+    account: Annotated[str, typer.Option(
+        "--account", help="Name these messages' source in `status`."
+    )] = "import",
+) -> None:
+    """Import mail files into the cache (headers only; bodies are never stored)."""
+    from replytime.api import refresh_threads
+    from replytime.cache import open_cache
+    from replytime.connectors.files import import_paths
+    from replytime.progress import Progress
+
+    cfg = _config()
+    cache = open_cache(G.db)
+    with cache.lock(), Progress("importing") as progress:
+        stats = import_paths(cache, paths, account=account, keep=cfg.kept_headers(),
+                             progress=progress)
+        refresh_threads(cache, cfg, force=True)
+    rate = stats.fetched / stats.seconds if stats.seconds else 0
+    _summary(
+        f"imported {stats.fetched} messages ({stats.skipped} skipped) from "
+        f"{len(paths)} path(s) in {stats.seconds:.1f}s ({rate:,.0f} msg/s)"
+    )
+
+
+@app.command()
+def sync(
+    accounts: Annotated[list[str] | None, typer.Argument(
+        help="Accounts to sync (default: every gmail and imap account in the config)."
+    )] = None,
+    full: Annotated[bool, typer.Option("--full", help="Ignore saved state; sync all.")] = False,
+) -> None:
+    """Fetch new mail headers from configured Gmail and IMAP accounts."""
+    from replytime.api import refresh_threads
+    from replytime.cache import open_cache
+    from replytime.progress import Progress
+
+    cfg = _config()
+    chosen = [cfg.account(a) for a in accounts] if accounts else [
+        a for a in cfg.accounts if a.type in ("gmail", "imap")
+    ]
+    if not chosen:
+        raise UsageError("no gmail or imap accounts in the config; add [[accounts]] or use import")
+    cache = open_cache(G.db)
+    with cache.lock():
+        for acct in chosen:
+            if acct.type == "gmail":
+                from replytime.connectors import gmail as connector
+            elif acct.type == "imap":
+                from replytime.connectors import imap as connector  # type: ignore[no-redef]
+            else:
+                raise UsageError(f"account {acct.name!r} is a {acct.type} source: use import")
+            with Progress(f"syncing {acct.name}") as progress:
+                stats = connector.sync(cache, acct, cfg, progress=progress, full=full)
+            refresh_threads(cache, cfg, force=True)
+            _summary(
+                f"{acct.name}: {stats.fetched} messages fetched, {stats.removed} removed, "
+                f"{stats.skipped} skipped in {stats.seconds:.1f}s"
+            )
+
+
+# -- status ---------------------------------------------------------------------------------
+@app.command()
+def status(
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """What is cached: messages, threads, leads, sources and data-quality counts."""
+    import json
+
+    from replytime.api import Analysis
+    from replytime.cache import open_cache
+
+    cache = open_cache(G.db, create=False)
+    cfg = _config()
+    analysis = Analysis(cache, cfg)
+    leads = analysis.all_leads
+    info = cache.status()
+    info["threads"] = int(analysis.messages["thread_id"].nunique())
+    info["leads"] = int(len(leads))
+    info["unanswered"] = int((~leads["answered"]).sum())
+    info["clamped_negative"] = int(leads["clamped"].sum())
+    info["cache"] = str(cache.path)
+    info["schema_version"] = cache.schema_version
+    if fmt == "json":
+        typer.echo(json.dumps(info, indent=2))
+        return
+    if fmt != "table":
+        raise UsageError("--format: status supports table or json")
+    from rich.table import Table
+
+    from replytime.render import console
+
+    con = console()
+    con.print(f"cache        {info['cache']} (schema {info['schema_version']})")
+    con.print(f"messages     {info['messages']:,}")
+    con.print(f"threads      {info['threads']:,}")
+    con.print(f"leads        {info['leads']:,} ({info['unanswered']:,} unanswered now)")
+    con.print("data quality "
+              f"{info['skipped']:,} unreadable skipped, {info['malformed']:,} malformed headers, "
+              f"{info['no_time']:,} without a time, {info['clamped_negative']:,} clamped "
+              "negative response times")
+    t = Table("source", "type", "messages", "last import/sync (UTC)", header_style="bold")
+    for a in info["accounts"]:
+        t.add_row(a["name"], a["type"], f"{a['messages']:,}", a["last_sync"] or "never")
+    con.print(t)
+
+
+# -- report ---------------------------------------------------------------------------------
+class Kind(StrEnum):
+    reps = "reps"
+    leads = "leads"
+    unanswered = "unanswered"
+    volume = "volume"
+    threads = "threads"
+    sla = "sla"
+
+
+class Format(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    jsonl = "jsonl"
+    markdown = "markdown"
+    parquet = "parquet"
+    html = "html"
+
+
+@app.command()
+def report(
+    kind: Annotated[Kind, typer.Argument(
+        help="reps: per-rep response times; leads: one row per lead; unanswered: the "
+        "queue, oldest first; volume: messages per day; threads: thread lengths; sla: "
+        "leads per response-time bucket.",
+    )],
+    since: Annotated[str | None, typer.Option(
+        help="Leads from this time (inclusive): 2026-11-02, 7d, 4w, last-week, this-month."
+    )] = None,
+    until: Annotated[str | None, typer.Option(help="Leads before this time (exclusive).")] = None,
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", help="Judge replies as of this time (default: now)."
+    )] = None,
+    rep: Annotated[list[str] | None, typer.Option(
+        "--rep", help="Only this rep (repeatable)."
+    )] = None,
+    team: Annotated[str | None, typer.Option(help="Only this team.")] = None,
+    business: Annotated[bool | None, typer.Option(
+        "--business/--calendar",
+        help="Business hours or calendar time (default: business when a schedule exists).",
+        show_default=False,
+    )] = None,
+    fmt: Annotated[Format | None, typer.Option(
+        "--format", help="Default: table on a terminal, csv otherwise."
+    )] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write to FILE (atomically) instead of stdout."
+    )] = None,
+    raw_csv: Annotated[bool, typer.Option(
+        "--raw-csv", help="Do not neutralise spreadsheet formulas in CSV cells."
+    )] = False,
+) -> None:
+    """Print a report over the cached mail."""
+    from replytime.api import Analysis
+    from replytime.cache import open_cache
+    from replytime.render import emit_frame
+
+    chosen = fmt.value if fmt else ("table" if sys.stdout.isatty() and not output else "csv")
+    if chosen == "html":
+        raise UsageError("--format html is not available yet")
+    cache = open_cache(G.db, create=False)
+    analysis = Analysis(cache, _config(), as_of=as_of)
+    sel = analysis.selection(since, until, rep, team)
+    basis = None if business is None else ("business" if business else "calendar")
+    used = analysis.basis(basis)
+    label = sel.period.label(analysis.tz)
+    table = chosen == "table"
+    title, caption = None, None
+    if kind is Kind.reps:
+        df = analysis.reps(sel, basis=basis, include_total=table)
+        title = f"Response times per rep ({used} time), leads {label}"
+        caption = f"SLA target {_dur(analysis.config.sla_target_s)}; as of " + _when(analysis)
+    elif kind is Kind.leads:
+        df = analysis.leads(sel)
+        title = f"Leads {label}"
+    elif kind is Kind.unanswered:
+        df = analysis.unanswered(sel)
+        title = f"Unanswered leads as of {_when(analysis)}, oldest first"
+    elif kind is Kind.volume:
+        df = analysis.volume(sel)
+        title = f"Volume per day ({analysis.tz}), {label}"
+    elif kind is Kind.threads:
+        df = analysis.threads(sel)
+        title = f"Lead thread lengths, leads {label}"
+    else:
+        df = analysis.sla(sel, basis=basis)
+        title = f"Leads per response time bucket ({used} time), {label}"
+    emit_frame(df, chosen, output=output, tz=analysis.tz, title=title if table or
+               chosen == "markdown" else None, caption=caption, raw_csv=raw_csv)
+    if output:
+        _summary(f"wrote {output}")
+
+
+def _dur(seconds: float) -> str:
+    from replytime.periods import format_duration
+
+    return format_duration(seconds)
+
+
+def _when(analysis: Any) -> str:
+    return analysis.as_of.astimezone(analysis.tz).strftime("%Y-%m-%d %H:%M %Z")
+
+
+# -- entry point ----------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: one-line errors with the exit codes of the brief, section 4."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        rc = app(args=argv, prog_name="replytime", standalone_mode=False)
+    except ReplytimeError as exc:
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"replytime: error: {exc}", err=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("replytime: interrupted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        typer.echo("replytime: interrupted; work done so far is saved", err=True)
+        return 130
+    except BrokenPipeError:
+        # The reader (head, less) went away; not an error for us.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"replytime: internal error: {exc!r} (run with --debug for details)",
+                   err=True)
+        return 1
+    return rc if isinstance(rc, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+__all__ = ["CheckFailed", "app", "main", "run"]

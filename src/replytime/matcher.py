@@ -1,0 +1,255 @@
+"""Find leads and their first replies (brief, sections 3 and 3b), vectorised with pandas.
+
+Input is the messages frame from the cache (one row per message); output is one row per
+lead. Every rule below cites the definition it implements.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+
+import numpy as np
+import pandas as pd
+
+from replytime.config import Config, FormRule
+from replytime.headers import parse_addresses
+
+UNASSIGNED = "(unassigned)"
+
+LEAD_COLUMNS = [
+    "thread_id",
+    "kind",  # "email" or "form"
+    "lead_id",  # cache row id of the lead message
+    "lead_message_id",
+    "lead_from",
+    "lead_time_ms",
+    "addressed_rep",  # first roster rep in To, then Cc, of the lead message (or None)
+    "answered",
+    "reply_id",
+    "reply_message_id",
+    "reply_time_ms",
+    "reply_from",
+    "responder",
+    "rep",  # attribution: responder, else addressed rep, else (unassigned)
+    "response_s",  # calendar seconds, clamped at 0
+    "clamped",  # response time was negative and clamped (data-quality flag)
+]
+
+
+class Roster:
+    """Vectorised questions about addresses: internal? which rep?"""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.domains = np.array(sorted(config.internal_domains), dtype=object)
+        self.addresses = config.internal_addresses()
+        self.rep_of = config.rep_by_address()
+
+    def is_internal(self, addrs: pd.Series) -> pd.Series:
+        a = addrs.fillna("").astype(str).str.lower()
+        domain = a.str.rsplit("@", n=1).str[-1]
+        return (domain.isin(self.domains) | a.isin(self.addresses)) & (a != "")
+
+    def rep_name(self, addrs: pd.Series) -> pd.Series:
+        """Roster name, else the address itself (section 3, "Rep")."""
+        return addrs.map(self.rep_of).fillna(addrs)
+
+
+def _explode_recipients(msgs: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """One row per (message, recipient) with the recipient's position (To before Cc)."""
+    parts = []
+    for rank, col in enumerate(columns):
+        s = msgs[col].fillna("").astype(str).str.split(",").explode()
+        s = s[s != ""]
+        parts.append(pd.DataFrame({"id": msgs.loc[s.index, "id"].to_numpy(), "addr": s.to_numpy(),
+                                   "rank": rank}))
+    out = pd.concat(parts, ignore_index=True)
+    out["pos"] = np.arange(len(out))  # stable order within a header
+    return out
+
+
+def prepare(messages: pd.DataFrame, roster: Roster) -> pd.DataFrame:
+    """Add the per-message flags the rules need: internal sender, external recipient."""
+    m = messages.copy()
+    m["from_internal"] = roster.is_internal(m["from_addr"]).to_numpy()
+    rcpt = _explode_recipients(m, ("to_addrs", "cc_addrs"))
+    ext_ids = rcpt.loc[~roster.is_internal(rcpt["addr"]).to_numpy(), "id"].unique()
+    m["to_external"] = m["id"].isin(ext_ids).to_numpy()
+    m["timed"] = m["time_ms"].notna().to_numpy()
+    return m
+
+
+def _addressed_rep(lead_msgs: pd.DataFrame, roster: Roster) -> pd.Series:
+    """Section 3, "Attribution": the rep a lead was addressed to (To before Cc, first match)."""
+    rcpt = _explode_recipients(lead_msgs, ("to_addrs", "cc_addrs"))
+    rcpt["rep"] = rcpt["addr"].map(roster.rep_of)
+    hit = rcpt.dropna(subset=["rep"]).sort_values(["id", "rank", "pos"])
+    return hit.groupby("id")["rep"].first()
+
+
+def _email_leads(m: pd.DataFrame, roster: Roster) -> pd.DataFrame:
+    """Section 3, "Lead": threads whose earliest non-automated message is external."""
+    cand = m[m["timed"] & ~m["automated"] & m["thread_id"].notna()]
+    first = cand.sort_values(["thread_id", "time_ms", "id"]).groupby("thread_id").head(1)
+    leads = first[~first["from_internal"] & first["from_addr"].notna()]
+    return leads
+
+
+def _passes_filters(leads: pd.DataFrame, lead_from: pd.Series, config: Config) -> pd.Series:
+    ok = pd.Series(True, index=leads.index)
+    f = config.leads
+    if f.to:
+        wanted = set(f.to)
+        rcpt = (leads["to_addrs"].fillna("") + "," + leads["cc_addrs"].fillna("")).str.split(",")
+        ok &= rcpt.map(lambda xs: not wanted.isdisjoint(xs))
+    if f.exclude_from:
+        pattern = "|".join(fnmatch.translate(g) for g in f.exclude_from)
+        ok &= ~lead_from.fillna("").str.match(pattern)
+    if f.labels:
+        wanted_labels = set(f.labels)
+        ok &= leads["labels"].fillna("").str.split(",").map(
+            lambda xs: not wanted_labels.isdisjoint(xs)
+        )
+    return ok
+
+
+def _first_replies(
+    leads: pd.DataFrame, replies: pd.DataFrame, on: str, window_ms: pd.Series | None = None
+) -> pd.DataFrame:
+    """Earliest reply per lead with reply time >= lead time (and within a window)."""
+    pairs = leads[["lead_key", on, "lead_time_ms"]].merge(replies, on=on, how="inner")
+    ok = pairs["time_ms"] >= pairs["lead_time_ms"]
+    if window_ms is not None:
+        ok &= pairs["time_ms"] <= pairs["lead_time_ms"] + pairs["lead_key"].map(window_ms)
+    pairs = pairs[ok].sort_values(["lead_key", "time_ms", "id"])
+    return pairs.groupby("lead_key").head(1).set_index("lead_key")
+
+
+def _form_rule_matches(m: pd.DataFrame, rule: FormRule) -> pd.Series:
+    hit = m["from_addr"].fillna("").str.match(fnmatch.translate(rule.from_glob))
+    if rule.subject is not None:
+        hit &= m["subject"].fillna("").str.contains(rule.subject, regex=True)
+    return hit & m["timed"]
+
+
+def _form_lead_address(rows: pd.DataFrame, rule: FormRule) -> pd.Series:
+    if rule.header is None:
+        return rows["reply_to"].fillna("").str.split(",").str[0]
+    name = rule.header.lower()
+    raw = rows["extra"].fillna("{}").map(lambda s: _json_get(s, name))
+    return raw.map(lambda v: (parse_addresses(v)[0] or ("",))[0] if v else "")
+
+
+def _json_get(text: str, key: str) -> str | None:
+    try:
+        return json.loads(text).get(key)
+    except (ValueError, AttributeError):
+        return None
+
+
+def _form_leads(m: pd.DataFrame, roster: Roster, config: Config, as_of_ms: int) -> pd.DataFrame:
+    """Section 3b, "Form leads": notifications whose lead address is in Reply-To (or a
+    header); the first reply is found in any thread by the lead address in To/Cc."""
+    frames = []
+    for rule in config.leads.forms:
+        hits = m[_form_rule_matches(m, rule) & (m["time_ms"] <= as_of_ms)]
+        if hits.empty:
+            continue
+        hits = hits.assign(lead_from=_form_lead_address(hits, rule).str.lower().to_numpy(),
+                           window_ms=rule.reply_window_s * 1000)
+        hits = hits[(hits["lead_from"] != "") & ~roster.is_internal(hits["lead_from"]).to_numpy()]
+        frames.append(hits)
+    if not frames:
+        return pd.DataFrame()
+    notes = pd.concat(frames).drop_duplicates(subset=["id"]).sort_values(["time_ms", "id"])
+
+    # Replies: human internal mail to the lead address, in any thread.
+    rcpt = _explode_recipients(m, ("to_addrs", "cc_addrs"))[["id", "addr"]].drop_duplicates()
+    human = m[m["timed"] & ~m["automated"] & m["from_internal"] & (m["time_ms"] <= as_of_ms)]
+    replies = rcpt.merge(human[["id", "time_ms"]], on="id").rename(columns={"addr": "lead_from"})
+
+    # Repeated notifications before the reply belong to the first: settle leads in rounds,
+    # each round taking every address's earliest notification not yet accounted for.
+    chosen = []
+    pending = notes
+    while not pending.empty:
+        lead = pending.groupby("lead_from", sort=False).head(1).copy()
+        lead["lead_key"] = lead["id"]
+        lead["lead_time_ms"] = lead["time_ms"]
+        first = _first_replies(
+            lead, replies, on="lead_from", window_ms=lead.set_index("lead_key")["window_ms"]
+        )
+        lead["reply_id"] = lead["lead_key"].map(first["id"])
+        lead["reply_time_ms"] = lead["lead_key"].map(first["time_ms"])
+        chosen.append(lead)
+        # A later notification starts a new lead once the previous one was answered, or
+        # once the reply window of an unanswered one has passed.
+        cutoff = lead.set_index("lead_from")["reply_time_ms"].fillna(
+            lead.set_index("lead_from")["time_ms"] + lead.set_index("lead_from")["window_ms"]
+        )
+        after = pending["time_ms"] >= pending["lead_from"].map(cutoff)
+        pending = pending[after & ~pending["id"].isin(lead["id"])]
+    out = pd.concat(chosen)
+    out["kind"] = "form"
+    return out
+
+
+def match_leads(messages: pd.DataFrame, config: Config, as_of_ms: int) -> pd.DataFrame:
+    """One row per lead with its first reply, responder and attribution (LEAD_COLUMNS)."""
+    roster = Roster(config)
+    if messages.empty:
+        return pd.DataFrame(columns=LEAD_COLUMNS)
+    m = prepare(messages, roster)
+    by_id = m.set_index("id")
+
+    forms = _form_leads(m, roster, config, as_of_ms) if config.leads.forms else pd.DataFrame()
+    email = _email_leads(m, roster)
+    email = email[email["time_ms"] <= as_of_ms]
+    if not forms.empty:
+        email = email[~email["id"].isin(forms["id"])]
+    email = email.assign(lead_from=email["from_addr"], kind="email", lead_key=email["thread_id"],
+                         lead_time_ms=email["time_ms"])
+    email = email[_passes_filters(email, email["lead_from"], config)]
+
+    replies = m[m["timed"] & ~m["automated"] & m["from_internal"] & m["to_external"]
+                & (m["time_ms"] <= as_of_ms)][["id", "thread_id", "time_ms"]]
+    first = _first_replies(email, replies, on="thread_id")
+    email["reply_id"] = email["lead_key"].map(first["id"])
+    email["reply_time_ms"] = email["lead_key"].map(first["time_ms"])
+
+    if not forms.empty:
+        forms = forms[_passes_filters(forms, forms["lead_from"], config)]
+    leads = pd.concat([email, forms]) if not forms.empty else email
+    leads = leads.rename(columns={"id": "lead_id"}).reset_index(drop=True)
+
+    out = pd.DataFrame(
+        {
+            "thread_id": leads["thread_id"],
+            "kind": leads["kind"],
+            "lead_id": leads["lead_id"].astype("int64"),
+            "lead_message_id": leads["message_id"],
+            "lead_from": leads["lead_from"],
+            "lead_time_ms": leads["time_ms"].astype("int64"),
+        }
+    )
+    addressed = _addressed_rep(by_id.loc[out["lead_id"]].reset_index(), roster)
+    out["addressed_rep"] = out["lead_id"].map(addressed)
+    reply_id = leads["reply_id"]
+    out["answered"] = reply_id.notna()
+    out["reply_id"] = reply_id.astype("Int64")
+    answered_ids = reply_id.dropna().astype("int64")
+    out["reply_message_id"] = None
+    out["reply_from"] = None
+    replied = by_id.loc[answered_ids]
+    out.loc[answered_ids.index, "reply_message_id"] = replied["message_id"].to_numpy()
+    out.loc[answered_ids.index, "reply_from"] = replied["from_addr"].to_numpy()
+    out["reply_time_ms"] = leads["reply_time_ms"].astype("Int64")
+    out["responder"] = roster.rep_name(out["reply_from"]).where(out["answered"], None)
+    out["rep"] = out["responder"].fillna(out["addressed_rep"]).fillna(UNASSIGNED)
+    delta = (out["reply_time_ms"] - out["lead_time_ms"]).astype("float64") / 1000.0
+    out["clamped"] = delta < 0
+    out["response_s"] = delta.clip(lower=0)
+    out = out.sort_values(["lead_time_ms", "lead_id"]).reset_index(drop=True)
+    return out[LEAD_COLUMNS]
+

@@ -1,0 +1,203 @@
+"""Output: machine formats (csv, json, jsonl, parquet) with the stable columns of section 7,
+and human ones (terminal table, markdown). Nothing here fetches or computes metrics."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from replytime.errors import UsageError
+from replytime.periods import format_duration
+
+FORMATS = ("table", "csv", "json", "jsonl", "markdown", "parquet", "html")
+RATE_COLUMNS = ("reply_rate", "within_sla", "share", "a_within_sla", "b_within_sla", "lead_share")
+_CSV_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def iso_utc(ms: pd.Series) -> pd.Series:
+    """Epoch milliseconds -> ``2026-11-02T14:05:00+00:00`` (None stays empty)."""
+    values = pd.to_numeric(ms, errors="coerce")
+    dt = pd.to_datetime(values, unit="ms", utc=True)
+    out = dt.dt.strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    return out.where(values.notna(), None)
+
+
+def machine_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """snake_case columns, ISO UTC times (``*_time_ms`` -> ``*_time``), whole seconds,
+    rates as fractions, dates as ISO strings."""
+    out = pd.DataFrame(index=df.index)
+    for col in df.columns:
+        s = df[col]
+        if col.endswith("_time_ms"):
+            out[col[:-3]] = iso_utc(s)
+        elif col.endswith("_s") and pd.api.types.is_numeric_dtype(s):
+            out[col] = pd.to_numeric(s).round().astype("Int64")
+        elif col == "date":
+            out[col] = s.astype(str)
+        else:
+            out[col] = s
+    return out.reset_index(drop=True)
+
+
+def _neutralise(value: object) -> object:
+    if isinstance(value, str) and value.startswith(_CSV_TRIGGERS):
+        return "'" + value
+    return value
+
+
+def to_csv(df: pd.DataFrame, *, raw: bool = False) -> str:
+    """CSV safe to open in a spreadsheet: text cells starting with = + - @ tab CR are
+    prefixed with a quote (unless ``raw``). Numbers are left alone."""
+    if not raw:
+        df = df.copy()
+        for col in df.columns:
+            if df[col].dtype == object:
+                df[col] = df[col].map(_neutralise)
+    return df.to_csv(index=False, lineterminator="\n")
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    rows = [["" if _missing(v) else str(v) for v in r] for r in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _missing(v: object) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+
+
+def human_frame(df: pd.DataFrame, tz: ZoneInfo | timezone) -> pd.DataFrame:
+    """Strings for people: ``1h 05m``, ``87%``, local times, yes/no."""
+    out = pd.DataFrame(index=df.index)
+    for col in df.columns:
+        s = df[col]
+        if col.endswith("_time_ms"):
+            out[col[:-3]] = s.map(lambda v: "" if _missing(v) else datetime.fromtimestamp(
+                int(v) / 1000, tz).strftime("%a %Y-%m-%d %H:%M"))
+        elif col.endswith("_s") and pd.api.types.is_numeric_dtype(s):
+            out[col] = s.map(lambda v: "-" if _missing(v) else format_duration(float(v)))
+        elif col in RATE_COLUMNS:
+            out[col] = s.map(lambda v: "-" if _missing(v) else f"{float(v) * 100:.0f}%")
+        elif col.endswith("_p"):
+            out[col] = s.map(lambda v: "-" if _missing(v) else f"{float(v):.3f}")
+        elif s.dtype == bool:
+            out[col] = s.map({True: "yes", False: "no"})
+        else:
+            out[col] = s.map(lambda v: "" if _missing(v) else str(v))
+    return out
+
+
+def rich_table(
+    df: pd.DataFrame,
+    tz: ZoneInfo | timezone,
+    *,
+    title: str | None = None,
+    caption: str | None = None,
+    total_label: str | None = "TOTAL",
+) -> Table:
+    """A rich Table; a first-column value equal to ``total_label`` is drawn as a totals row."""
+    h = human_frame(df, tz)
+    table = Table(title=title, caption=caption, header_style="bold", show_lines=False)
+    for col in h.columns:
+        numeric = col not in ("rep", "team", "bucket", "date") and (
+            pd.api.types.is_numeric_dtype(df[col]) if col in df else True
+        )
+        table.add_column(col.replace("_", " "), justify="right" if numeric else "left",
+                         overflow="fold")
+    first = h.columns[0] if len(h.columns) else None
+    for row in h.itertuples(index=False):
+        is_total = first is not None and total_label is not None and row[0] == total_label
+        if is_total:
+            table.add_section()
+        table.add_row(*row, style="bold" if is_total else None)
+    return table
+
+
+def console(file: object = None) -> Console:
+    """A console that draws colour only on a terminal and honours NO_COLOR."""
+    return Console(file=file, no_color="NO_COLOR" in os.environ or None, soft_wrap=False)
+
+
+def atomic_write(path: Path, write: Callable[[io.IOBase], None], *, binary: bool) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place, so a reader
+    (or a crash) never sees half a file."""
+    path = Path(os.path.expandvars(str(path))).expanduser()
+    if not path.parent.exists():
+        raise UsageError(f"--output: directory {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+            write(f)  # type: ignore[arg-type]
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def emit_frame(
+    df: pd.DataFrame,
+    fmt: str,
+    *,
+    output: Path | None,
+    tz: ZoneInfo | timezone,
+    title: str | None = None,
+    caption: str | None = None,
+    raw_csv: bool = False,
+) -> None:
+    """Write one table in ``fmt`` to ``output`` (atomically) or stdout."""
+    if fmt == "table":
+        table = rich_table(df, tz, title=title, caption=caption)
+        if output:
+            buf = io.StringIO()
+            Console(file=buf, width=120, no_color=True).print(table)
+            atomic_write(output, lambda f: f.write(buf.getvalue()), binary=False)
+        else:
+            console().print(table)
+        return
+    m = machine_frame(df)
+    if fmt == "parquet":
+        data = io.BytesIO()
+        m.to_parquet(data, index=False)
+        payload: bytes | str = data.getvalue()
+    elif fmt == "csv":
+        payload = to_csv(m, raw=raw_csv)
+    elif fmt == "json":
+        payload = m.to_json(orient="records", indent=2, force_ascii=False) + "\n"
+    elif fmt == "jsonl":
+        payload = m.to_json(orient="records", lines=True, force_ascii=False)
+        if payload and not payload.endswith("\n"):
+            payload += "\n"
+    elif fmt == "markdown":
+        payload = (f"## {title}\n\n" if title else "") + to_markdown(m)
+    else:
+        raise UsageError(f"--format: {fmt!r} is not available for this report")
+    write_payload(payload, output)
+
+
+def write_payload(payload: bytes | str, output: Path | None) -> None:
+    binary = isinstance(payload, bytes)
+    if output:
+        atomic_write(output, lambda f: f.write(payload), binary=binary)  # type: ignore[arg-type]
+    elif binary:
+        sys.stdout.buffer.write(payload)  # type: ignore[arg-type]
+        sys.stdout.buffer.flush()
+    else:
+        sys.stdout.write(payload)  # type: ignore[arg-type]
+        sys.stdout.flush()
