@@ -246,7 +246,8 @@ def match_leads(messages: pd.DataFrame, config: Config, as_of_ms: int) -> pd.Dat
     out.loc[answered_ids.index, "reply_from"] = replied["from_addr"].to_numpy()
     out["reply_time_ms"] = leads["reply_time_ms"].astype("Int64")
     out["responder"] = roster.rep_name(out["reply_from"]).where(out["answered"], None)
-    out["rep"] = out["responder"].fillna(out["addressed_rep"]).fillna(UNASSIGNED)
+    rep = np.where(out["responder"].notna(), out["responder"], out["addressed_rep"])
+    out["rep"] = pd.Series(rep, index=out.index, dtype=object).fillna(UNASSIGNED)
     delta = (out["reply_time_ms"] - out["lead_time_ms"]).astype("float64") / 1000.0
     out["clamped"] = delta < 0
     out["response_s"] = delta.clip(lower=0)
