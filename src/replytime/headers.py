@@ -166,10 +166,18 @@ def _message_id(value: str | None) -> str | None:
 
 
 def parse_references(value: str | None) -> tuple[str, ...]:
+    """Message-IDs in References. Tokens without "@" (seen in the wild: ``<yes>``) are
+    dropped: a Message-ID always has one, and such junk would join unrelated threads."""
     if not value:
         return ()
-    ids = _MSGID_RE.findall(value)
+    ids = [i for i in _MSGID_RE.findall(value) if "@" in i]
     return tuple(ids) if ids else tuple(v.strip("<>") for v in value.split() if "@" in v)
+
+
+def _parent_id(value: str | None) -> str | None:
+    """In-Reply-To: the first Message-ID-looking token (clients add junk around it)."""
+    refs = parse_references(value)
+    return refs[0] if refs else None
 
 
 def is_automated(fields: dict[str, str], from_addr: str | None) -> bool:
@@ -245,7 +253,7 @@ def record_from_fields(
         time_ms=time_ms,
         time_offset=offset,
         time_source=source,
-        in_reply_to=_message_id(fields.get("in-reply-to")),
+        in_reply_to=_parent_id(fields.get("in-reply-to")),
         references=parse_references(fields.get("references")),
         automated=is_automated(fields, from_addr),
         content_type=(fields.get("content-type", "").split(";", 1)[0].strip().lower() or None),

@@ -1,0 +1,152 @@
+"""Thread reconstruction on the real notmuch corpora and on hand-made edge cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from replytime.cache import open_cache
+from replytime.config import Config
+from replytime.headers import parse_header_block
+from replytime.threads import assign_threads, normalise_subject
+
+CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
+
+
+def load(tmp_path: Path, *folders: str) -> pd.DataFrame:
+    """Parse every file of the folders into a fresh cache; return its thread inputs."""
+    cache = open_cache(tmp_path / "c.sqlite")
+    items = []
+    for folder in folders:
+        for f in sorted((CORPORA / folder).rglob("*")):
+            if f.is_file():
+                items.append((str(f), parse_header_block(f.read_bytes())))
+    cache.write_batch("t", items)
+    return cache.thread_inputs()
+
+
+def groups(df: pd.DataFrame) -> list[set[str]]:
+    threads = assign_threads(df)
+    keyed = pd.Series(threads.to_numpy(), index=df["msg_key"].to_numpy())
+    out = keyed.groupby(keyed).apply(lambda s: set(s.index)).tolist()
+    return sorted(out, key=lambda s: sorted(s)[0])
+
+
+def test_ghost_root_joins_messages_through_a_missing_parent(tmp_path: Path) -> None:
+    got = groups(load(tmp_path, "threading/ghost-root"))
+    assert [len(g) for g in got] == [6, 3]
+    assert {
+        "000-real-root@example.org", "001-child@example.org", "001-fake-message-root@example.org",
+        "001-grand-child@example.org", "001-grand-child2@example.org",
+        "001-great-grand-child@example.org",
+    } == got[0]
+    # The two RT messages never name the first one in References, but share a ghost ticket.
+    assert "87bmc6lp3h.fsf@len.workgroup" in got[1]
+
+
+def test_conflicting_parents_stay_one_thread(tmp_path: Path) -> None:
+    got = groups(load(tmp_path, "threading/parent-priority"))
+    assert got == [{"B00-root@example.org", "B01-child@example.org",
+                    "B01-grand-child@example.org"}]
+
+
+def test_reference_loops_do_not_hang_or_split(tmp_path: Path) -> None:
+    got = groups(load(tmp_path, "broken/loop"))
+    assert got == [{"mid-loop-12@example.org", "mid-loop-21@example.org"}]
+
+
+def test_duplicates_are_one_message(tmp_path: Path) -> None:
+    df = load(tmp_path, "duplicate")
+    # 9 files, 3 distinct Message-IDs (msg-1-*, msg-2-*, msg-3-*): `grep -hi ^message-id`.
+    assert len(df) == 3
+
+
+def reference_components(df: pd.DataFrame) -> pd.Series:
+    """Independent reference-linked components (simple union-find), by msg_key."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for row in df.itertuples():
+        ids = [row.in_reply_to] if isinstance(row.in_reply_to, str) else []
+        ids += (row.refs or "").split()
+        for other in ids:
+            parent[find(other)] = find(row.msg_key)
+    return pd.Series({k: find(k) for k in df["msg_key"]})
+
+
+@pytest.mark.parametrize(("folder", "components", "threads"), [("lkml", 19, 19),
+                                                                 ("default", 24, 24)])
+def test_corpus_threads_refine_an_independent_union_find(
+    tmp_path: Path, folder: str, components: int, threads: int
+) -> None:
+    df = load(tmp_path, folder)
+    ours = pd.Series(assign_threads(df).to_numpy(), index=df["msg_key"].to_numpy())
+    ref = reference_components(df)
+    assert ref.nunique() == components
+    # Reference links are never split; the subject rule only merges whole components.
+    assert (ours.groupby(ref.reindex(ours.index).to_numpy()).nunique() == 1).all()
+    assert ours.nunique() == threads
+
+
+def test_lkml_has_deep_threads(tmp_path: Path) -> None:
+    df = load(tmp_path, "lkml")
+    sizes = assign_threads(df).value_counts()
+    # 210 files, 176 distinct Message-IDs: `grep -hi ^message-id: -r lkml | sort -u | wc -l`.
+    assert len(df) == 176
+    assert sizes.max() >= 20
+
+
+def test_provider_thread_ids_win_over_references() -> None:
+    df = pd.DataFrame(
+        {
+            "id": [1, 2, 3, 4],
+            "msg_key": ["a", "b", "c", "d"],
+            "message_id": ["a", "b", "c", "d"],
+            "in_reply_to": [None, "a", "a", "c"],
+            "refs": ["", "a", "a", "c"],
+            "provider_thread_id": ["T1", "T1", "T2", None],
+            "subject": ["x", "Re: x", "new subject", "Re: new subject"],
+            "from_addr": ["p@c.example"] * 4,
+            "to_addrs": ["s@acme.example"] * 4,
+            "cc_addrs": [""] * 4,
+            "time_ms": [1, 2, 3, 4],
+        }
+    )
+    t = assign_threads(df)
+    # Gmail split c off into its own thread; d, without a provider id, joins c's thread.
+    assert t[1] == t[2] == "T1" and t[3] == t[4] == "T2"
+
+
+def test_normalise_subject() -> None:
+    s = pd.Series(["Re: RE: Fwd:  Pricing  ", "AW: [sales] Pricing", "pricing", None])
+    assert normalise_subject(s).tolist() == ["pricing", "pricing", "pricing", ""]
+
+
+def test_subject_rule_needs_shared_external_participant() -> None:
+    cfg = Config(internal_domains=("acme.example",))
+    from replytime.matcher import Roster
+
+    df = pd.DataFrame(
+        {
+            "id": [1, 2, 3],
+            "msg_key": ["a", "b", "c"],
+            "message_id": ["a", "b", "c"],
+            "in_reply_to": [None, None, None],
+            "refs": ["", "", ""],
+            "provider_thread_id": [None, None, None],
+            "subject": ["Pricing", "Re: Pricing", "Re: Pricing"],
+            "from_addr": ["p@c.example", "rep@acme.example", "rep@acme.example"],
+            "to_addrs": ["rep@acme.example", "p@c.example", "q@other.example"],
+            "cc_addrs": ["", "", ""],
+            "time_ms": [0, 1000, 2000],
+        }
+    )
+    t = assign_threads(df, Roster(cfg).is_internal)
+    assert t[1] == t[2] != t[3]
