@@ -75,6 +75,9 @@ class Analysis:
                 raise UsageError(f"--as-of: {exc}") from None
         self.as_of = as_of or self.now
         self.as_of_ms = int(self.as_of.timestamp() * 1000)
+        # Relative periods ("last-week", "7d") count back from the as-of time, so a report
+        # "as of" a past date shows what it would have shown then.
+        self.now = self.as_of
 
     # -- frames ---------------------------------------------------------------------------
     @cached_property

@@ -6,6 +6,7 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -176,6 +177,58 @@ def sync(
             )
 
 
+# -- demo -----------------------------------------------------------------------------------
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@app.command()
+def demo(
+    db: Annotated[Path | None, typer.Option(
+        "--db", help="Keep the demo cache here (default: a temporary file)."
+    )] = None,
+) -> None:
+    """Import the bundled example mailbox (examples/) and print the per-rep report.
+
+    No account or server needed; the commands it runs are printed so you can repeat them.
+    """
+    import tempfile
+
+    from replytime.api import Analysis, refresh_threads
+    from replytime.cache import open_cache
+    from replytime.config import load_config
+    from replytime.connectors.files import import_paths
+    from replytime.render import console, rich_table
+
+    mailbox, cfg_path = EXAMPLES / "mailbox.mbox", EXAMPLES / "replytime.toml"
+    if not mailbox.exists():
+        raise UsageError(f"the example mailbox {mailbox} is missing (run from a source checkout)")
+    cfg = load_config(cfg_path)
+    target = db or Path(tempfile.mkdtemp(prefix="replytime-demo-")) / "cache.sqlite"
+    cache = open_cache(target)
+    with cache.lock():
+        stats = import_paths(cache, [mailbox], account="example", keep=cfg.kept_headers())
+        refresh_threads(cache, cfg, force=True)
+    latest = cache.conn.execute("SELECT max(time_ms) FROM messages").fetchone()[0]
+    as_of = datetime.fromtimestamp(latest / 1000 + 3600, UTC)
+    analysis = Analysis(cache, cfg, as_of=as_of)
+    con = console()
+    con.print(f"Imported {stats.fetched} example messages into {target}.")
+    table = analysis.reps(include_total=True)
+    con.print(rich_table(
+        table, analysis.tz,
+        title=f"Response times per rep ({analysis.basis()} time), all example leads",
+        caption=f"as of {_when(analysis)}; SLA target "
+        f"{_dur(analysis.config.sla_target_s)}",
+    ))
+    when = as_of.strftime("%Y-%m-%dT%H:%M")
+    con.print(
+        "Same thing by hand:\n"
+        f"  replytime --config {cfg_path} --db {target} import {mailbox}\n"
+        f"  replytime --config {cfg_path} --db {target} report reps --as-of {when}\n"
+        "Try also: report leads | unanswered | volume | threads | sla, --format csv|json"
+    )
+
+
 # -- status ---------------------------------------------------------------------------------
 @app.command()
 def status(
@@ -187,8 +240,8 @@ def status(
     from replytime.api import Analysis
     from replytime.cache import open_cache
 
-    cache = open_cache(G.db, create=False)
     cfg = _config()
+    cache = open_cache(G.db, create=False)
     analysis = Analysis(cache, cfg)
     leads = analysis.all_leads
     info = cache.status()
@@ -274,8 +327,20 @@ def report(
     raw_csv: Annotated[bool, typer.Option(
         "--raw-csv", help="Do not neutralise spreadsheet formulas in CSV cells."
     )] = False,
+    fail_if_over: Annotated[str | None, typer.Option(
+        "--fail-if-over", metavar="DURATION",
+        help="Exit 1 if the team's or any selected rep's median response exceeds this.",
+    )] = None,
+    fail_if_under: Annotated[float | None, typer.Option(
+        "--fail-if-under", metavar="FRACTION",
+        help="Exit 1 if the team's or any selected rep's within-SLA share is below this (0-1).",
+    )] = None,
 ) -> None:
-    """Print a report over the cached mail."""
+    """Print a report over the cached mail.
+
+    Examples: `replytime report reps --since last-week`, `replytime report leads --format csv
+    -o leads.csv`, `replytime report unanswered --rep "Alice Ng"`.
+    """
     from replytime.api import Analysis
     from replytime.cache import open_cache
     from replytime.render import emit_frame
@@ -283,8 +348,9 @@ def report(
     chosen = fmt.value if fmt else ("table" if sys.stdout.isatty() and not output else "csv")
     if chosen == "html":
         raise UsageError("--format html is not available yet")
+    cfg = _config()
     cache = open_cache(G.db, create=False)
-    analysis = Analysis(cache, _config(), as_of=as_of)
+    analysis = Analysis(cache, cfg, as_of=as_of)
     sel = analysis.selection(since, until, rep, team)
     basis = None if business is None else ("business" if business else "calendar")
     used = analysis.basis(basis)
@@ -314,6 +380,34 @@ def report(
                chosen == "markdown" else None, caption=caption, raw_csv=raw_csv)
     if output:
         _summary(f"wrote {output}")
+    _check_targets(analysis, sel, basis, fail_if_over, fail_if_under)
+
+
+def _check_targets(analysis: Any, sel: Any, basis: Any, over: str | None,
+                   under: float | None) -> None:
+    """--fail-if-over / --fail-if-under: cron alerts on the team and each selected rep."""
+    if over is None and under is None:
+        return
+    from replytime.periods import format_duration, parse_duration
+
+    if under is not None and not 0 <= under <= 1:
+        raise UsageError("--fail-if-under takes a fraction between 0 and 1, e.g. 0.8")
+    try:
+        limit = parse_duration(over) if over is not None else None
+    except ValueError as exc:
+        raise UsageError(f"--fail-if-over: {exc}") from None
+    table = analysis.reps(sel, basis=basis, include_total=True)
+    table = table[table["leads"] > 0]
+    misses = []
+    for row in table.itertuples():  # one row per rep: a handful
+        who = "team" if row.rep == "TOTAL" else row.rep
+        if limit is not None and row.median_s == row.median_s and row.median_s > limit:
+            misses.append(f"{who} median {format_duration(row.median_s)} > "
+                          f"{format_duration(limit)}")
+        if under is not None and row.within_sla < under:
+            misses.append(f"{who} within SLA {row.within_sla:.0%} < {under:.0%}")
+    if misses:
+        raise CheckFailed("target missed: " + "; ".join(misses))
 
 
 def _dur(seconds: float) -> str:

@@ -62,7 +62,7 @@ def to_csv(df: pd.DataFrame, *, raw: bool = False) -> str:
     if not raw:
         df = df.copy()
         for col in df.columns:
-            if df[col].dtype == object:
+            if df[col].dtype == object or pd.api.types.is_string_dtype(df[col]):
                 df[col] = df[col].map(_neutralise)
     return df.to_csv(index=False, lineterminator="\n")
 

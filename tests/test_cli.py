@@ -1,0 +1,209 @@
+"""The console script as cron jobs and analysts call it: formats, files, exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.mailbuilder import Mailbox, at
+
+SCRIPT = Path(sys.executable).with_name("replytime")
+
+
+def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+        ) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTIME_")}
+    full_env.update({"NO_COLOR": "1", "COLUMNS": "200", **(env or {})})
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, cwd=cwd,
+                          env=full_env, timeout=120)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> tuple[Path, Path]:
+    """A cache with three leads (two answered) and its config file."""
+    mb = Mailbox(tmp_path)
+    l1 = mb.send("Pat <pat@client.example>", "sales@acme.example", at(0, 9))
+    mb.send("alice@acme.example", "pat@client.example", at(0, 9, 30), parent=l1)
+    l2 = mb.send("=cmd@evil.example", "bob@acme.example", at(1, 9), subject="Quote")
+    mb.send("bob@acme.example", "=cmd@evil.example", at(1, 11), parent=l2)
+    mb.send("quinn@other.example", "carol@acme.example", at(2, 9), subject="Hello")
+    mb.analysis().cache.close()
+    cfg = tmp_path / "replytime.toml"
+    cfg.write_text(
+        '[team]\ninternal_domains = ["acme.example"]\nshared_inboxes = ["sales@acme.example"]\n'
+        'timezone = "UTC"\n'
+        '[[reps]]\nname = "Alice"\nemails = ["alice@acme.example"]\nteam = "East"\n'
+        '[[reps]]\nname = "Bob"\nemails = ["bob@acme.example"]\nteam = "East"\n'
+        '[[reps]]\nname = "Carol"\nemails = ["carol@acme.example"]\nteam = "West"\n'
+    )
+    return tmp_path / "cache.sqlite", cfg
+
+
+def report(ws: tuple[Path, Path], *args: str) -> subprocess.CompletedProcess[str]:
+    db, cfg = ws
+    return run("--db", str(db), "--config", str(cfg), "report", *args,
+               "--as-of", "2026-11-05T00:00:00+00:00")
+
+
+def test_help_teaches() -> None:
+    r = run("--help")
+    assert r.returncode == 0
+    for cmd in ("init", "auth", "import", "sync", "status", "report", "demo"):
+        assert cmd in r.stdout
+    r = run("report", "--help")
+    assert "--since" in r.stdout and "last-week" in r.stdout and "--business" in r.stdout
+
+
+def test_reps_csv_exact(workspace: tuple[Path, Path]) -> None:
+    r = report(workspace, "reps", "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(io.StringIO(r.stdout))
+    assert list(df.columns)[:12] == ["rep", "team", "leads", "answered", "unanswered",
+                                     "reply_rate", "mean_s", "median_s", "p90_s", "min_s",
+                                     "max_s", "within_sla"]
+    rows = df.set_index("rep")
+    assert rows.loc["Alice", "median_s"] == 1800 and rows.loc["Alice", "within_sla"] == 1.0
+    assert rows.loc["Bob", "median_s"] == 7200 and rows.loc["Bob", "within_sla"] == 0.0
+    assert rows.loc["Carol", "unanswered"] == 1 and rows.loc["Carol", "reply_rate"] == 0.0
+    assert "TOTAL" not in rows.index  # machine formats carry no totals row
+
+
+def test_leads_formats_agree(workspace: tuple[Path, Path], tmp_path: Path) -> None:
+    as_json = json.loads(report(workspace, "leads", "--format", "json").stdout)
+    lines = report(workspace, "leads", "--format", "jsonl").stdout.splitlines()
+    assert [json.loads(x) for x in lines] == as_json
+    assert as_json[0]["lead_time"] == "2026-11-02T09:00:00+00:00"
+    assert as_json[0]["reply_time"] == "2026-11-02T09:30:00+00:00"
+    assert as_json[0]["response_s"] == 1800 and as_json[0]["lead_message_id"] == "m1@test.example"
+    assert as_json[2]["reply_message_id"] is None and as_json[2]["answered"] is False
+    out = tmp_path / "leads.parquet"
+    r = report(workspace, "leads", "--format", "parquet", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    pq = pd.read_parquet(out)
+    assert pq["response_s"].tolist()[:2] == [1800, 7200]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".leads.parquet")]
+    md = report(workspace, "sla", "--format", "markdown").stdout
+    assert "| bucket | leads | share |" in md
+
+
+def test_csv_neutralises_formulas_unless_raw(workspace: tuple[Path, Path]) -> None:
+    safe = report(workspace, "leads", "--format", "csv").stdout
+    assert "'=cmd@evil.example" in safe
+    raw = report(workspace, "leads", "--format", "csv", "--raw-csv").stdout
+    assert ",=cmd@evil.example," in raw
+
+
+def test_table_has_totals_and_human_durations(workspace: tuple[Path, Path]) -> None:
+    r = report(workspace, "reps", "--format", "table")
+    assert r.returncode == 0, r.stderr
+    assert "TOTAL" in r.stdout and "30m" in r.stdout and "2h 00m" in r.stdout
+    assert "\x1b[" not in r.stdout  # NO_COLOR / not a TTY
+
+
+def test_unanswered_and_volume(workspace: tuple[Path, Path]) -> None:
+    u = pd.read_csv(io.StringIO(report(workspace, "unanswered", "--format", "csv").stdout))
+    assert u["lead_from"].tolist() == ["quinn@other.example"]
+    assert u["age_s"].tolist() == [15 * 3600]  # 2026-11-04 09:00 to the as-of 11-05 00:00
+    v = pd.read_csv(io.StringIO(report(workspace, "volume", "--format", "csv", "--since",
+                                       "2026-11-02", "--until", "2026-11-05").stdout))
+    assert v.to_dict("list") == {
+        "date": ["2026-11-02", "2026-11-03", "2026-11-04"],
+        "leads": [1, 1, 1],
+        "first_replies": [1, 1, 0],
+        "inbound": [1, 1, 1],
+        "outbound": [1, 1, 0],
+        "messages": [2, 2, 1],
+    }
+    t = pd.read_csv(io.StringIO(report(workspace, "threads", "--format", "csv").stdout))
+    assert t.to_dict("list") == {"bucket": ["1", "2", "3", "4-5", "6-10", "11+"],
+                                 "threads": [1, 2, 0, 0, 0, 0]}
+
+
+def test_rep_and_team_filters(workspace: tuple[Path, Path]) -> None:
+    df = pd.read_csv(io.StringIO(report(workspace, "leads", "--format", "csv", "--team",
+                                        "East").stdout))
+    assert sorted(df["rep"]) == ["Alice", "Bob"]
+    r = report(workspace, "reps", "--rep", "Zoe")
+    assert r.returncode == 2 and "unknown rep 'Zoe'" in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_fail_if_targets(workspace: tuple[Path, Path]) -> None:
+    r = report(workspace, "reps", "--format", "csv", "--fail-if-over", "1h")
+    assert r.returncode == 1 and "Bob median 2h 00m > 1h 00m" in r.stderr
+    assert report(workspace, "reps", "--format", "csv", "--fail-if-over", "3h").returncode == 0
+    r = report(workspace, "reps", "--format", "csv", "--rep", "Alice", "--fail-if-under", "0.9")
+    assert r.returncode == 0, r.stderr
+    r = report(workspace, "reps", "--format", "csv", "--fail-if-under", "0.5")
+    assert r.returncode == 1 and "team within SLA 33% < 50%" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--since", "yesterdayish"], "is not a date or period"),
+        (["--as-of", "soon"], "--as-of"),
+        (["--fail-if-over", "fast"], "is not a duration"),
+    ],
+)
+def test_bad_arguments_exit_2(workspace: tuple[Path, Path], args: list[str], message: str) -> None:
+    db, cfg = workspace
+    r = run("--db", str(db), "--config", str(cfg), "report", "reps", *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_and_corrupt_cache(tmp_path: Path) -> None:
+    r = run("--db", str(tmp_path / "none.sqlite"), "report", "reps", cwd=tmp_path)
+    assert r.returncode == 2 and "no cache at" in r.stderr
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    r = run("--db", str(bad), "status", cwd=tmp_path)
+    assert r.returncode == 2 and "not a usable replytime cache" in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_init_writes_a_valid_commented_template(tmp_path: Path) -> None:
+    r = run("init", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "replytime.toml").read_text()
+    assert text.count("#") > 20
+    tomllib.loads(text)
+    from replytime.config import load_config
+
+    assert load_config(tmp_path / "replytime.toml").reps[0].name == "Alice Ng"
+    r = run("init", cwd=tmp_path)
+    assert r.returncode == 2 and "already exists" in r.stderr
+
+
+def test_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "replytime.toml").write_text('[team]\ntimezone = "Mars/Olympus"\n')
+    r = run("status", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr == "replytime: error: config: team.timezone: unknown time zone " \
+                       "'Mars/Olympus'\n"
+
+
+def test_status_counts(workspace: tuple[Path, Path]) -> None:
+    db, cfg = workspace
+    r = run("--db", str(db), "--config", str(cfg), "status", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["messages"] == 5 and info["threads"] == 3 and info["leads"] == 3
+    assert info["no_time"] == 0 and info["skipped"] == 0
+    assert info["accounts"][0]["name"] == "test"
+
+
+def test_environment_variables_select_config_and_db(workspace: tuple[Path, Path]) -> None:
+    db, cfg = workspace
+    r = run("status", "--format", "json",
+            env={"REPLYTIME_DB": str(db), "REPLYTIME_CONFIG": str(cfg)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["leads"] == 3
