@@ -1,0 +1,462 @@
+"""The weekly summary (brief, section 4): per-rep response times for one period next to the
+previous period of the same length, the oldest unanswered leads, when leads arrive, and
+the daily flow of leads and first replies. Frames in, one dataclass out; ``render_weekly_*``
+draw it for a terminal (here) or as a self-contained HTML page (``replytime.html``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+from rich import box
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from replytime import metrics
+from replytime.api import Analysis, Basis, Selection
+from replytime.errors import UsageError
+from replytime.matcher import UNASSIGNED
+from replytime.periods import Period, format_duration, parse_period
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+TEAM = "TEAM"
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+TOP_UNANSWERED = 10
+
+# Column order of ``weekly_frame``: the stable columns first, then extras.
+WEEKLY_COLUMNS = [
+    "rep", "team", "leads", "prev_leads", "reply_rate", "prev_reply_rate", "median_s",
+    "prev_median_s", "p90_s", "prev_p90_s", "within_sla", "prev_within_sla", "unanswered",
+    "lead_share",
+    "answered", "prev_answered", "prev_unanswered", "prev_lead_share", "leads_change",
+    "reply_rate_change", "median_change_s", "p90_change_s", "within_sla_change",
+    "unanswered_change",
+]
+# metric -> +1 when a higher value is better, -1 when lower is better, 0 when neither.
+DIRECTION = {"leads": 0, "reply_rate": 1, "median_s": -1, "p90_s": -1, "within_sla": 1,
+             "unanswered": -1}
+
+
+@dataclass
+class WeeklyReport:
+    """Everything the weekly summary shows. Durations are float seconds in ``basis`` time,
+    instants UTC epoch milliseconds, rates fractions 0-1."""
+
+    period: Period
+    previous: Period
+    basis: Basis
+    tz: ZoneInfo | timezone
+    as_of_ms: int
+    sla_target_s: int
+    selection: Selection
+    # One row per rep (roster reps always, others when they have leads) plus TEAM last:
+    # current value, previous value and change of each metric (WEEKLY_COLUMNS).
+    table: pd.DataFrame
+    # Oldest unanswered leads of the period (at most 10): lead_message_id, lead_from,
+    # subject, lead_time_ms, rep, age_s, business_age_s, waiting_s (age in ``basis``).
+    oldest_unanswered: pd.DataFrame
+    unanswered_total: int
+    # 7 x 24 counts of the period's leads, index Mon..Sun, columns hours 0..23 (report zone).
+    heatmap: pd.DataFrame
+    # date (report zone), leads, first_replies: one row per day of the period.
+    daily: pd.DataFrame
+    # rep, response_s (``basis``), lead_message_id: answered leads of the period.
+    response_times: pd.DataFrame
+
+    @property
+    def team(self) -> dict[str, object]:
+        """The TEAM row as a dict."""
+        return self.table.iloc[-1].to_dict()
+
+    @property
+    def share(self) -> pd.DataFrame:
+        """rep, leads, lead_share (reps with leads only)."""
+        reps = self.table[(self.table["rep"] != TEAM) & (self.table["leads"] > 0)]
+        return reps[["rep", "leads", "lead_share"]].reset_index(drop=True)
+
+    def label(self, period: Period | None = None) -> str:
+        return _period_label(period or self.period, self.tz)
+
+
+# -- periods -------------------------------------------------------------------------------
+def weekly_periods(
+    since: str | None, until: str | None, tz: ZoneInfo | timezone, as_of: datetime
+) -> tuple[Period, Period]:
+    """The report period and the one before it.
+
+    Relative forms are resolved against ``as_of`` (not the wall clock), so a report "as of
+    Monday 16 Nov" covers the week before it. Default: the last full week, Monday 00:00 to
+    Monday 00:00 in the report zone. Without --until a period ends at ``as_of``; with
+    --until alone it is the 7 days before. The previous period has the same wall-clock
+    length in the report zone, so a week across a DST change still starts at midnight.
+    """
+    try:
+        if since is None and until is None:
+            period = parse_period("last-week", None, tz, as_of)
+        else:
+            period = parse_period(since, until, tz, as_of)
+    except ValueError as exc:
+        raise UsageError(f"--since/--until: {exc}") from None
+    end = period.until_ms if period.until_ms is not None else int(as_of.timestamp() * 1000)
+    end_dt = datetime.fromtimestamp(end / 1000, tz)
+    if period.since_ms is None:
+        start_dt = end_dt - timedelta(days=7)
+    else:
+        start_dt = datetime.fromtimestamp(period.since_ms / 1000, tz)
+    if end_dt <= start_dt:
+        raise UsageError("--since/--until: the period is empty (--since must be before --until)")
+    # Same tzinfo on both sides: Python subtracts and adds wall-clock times here.
+    length = end_dt.replace(tzinfo=None) - start_dt.replace(tzinfo=None)
+    prev_dt = (start_dt.replace(tzinfo=None) - length).replace(tzinfo=tz)
+    # Round trip through fromtimestamp keeps DST folds right for zoneinfo zones.
+    return (
+        Period(_ms(start_dt), _ms(end_dt)),
+        Period(_ms(prev_dt), _ms(start_dt)),
+    )
+
+
+def _ms(dt: datetime) -> int:
+    return int(round(dt.timestamp() * 1000))
+
+
+def _period_label(period: Period, tz: ZoneInfo | timezone) -> str:
+    """``Mon 9 Nov – Sun 15 Nov 2026`` for whole days, else with times."""
+    a = datetime.fromtimestamp((period.since_ms or 0) / 1000, tz)
+    b = datetime.fromtimestamp((period.until_ms or 0) / 1000, tz)
+    if a.time() == b.time() == datetime.min.time():
+        last = b - timedelta(days=1)
+        return f"{a:%a} {a.day} {a:%b} – {last:%a} {last.day} {last:%b %Y}"
+    return f"{a:%a %Y-%m-%d %H:%M} – {b:%a %Y-%m-%d %H:%M}"
+
+
+# -- the report ----------------------------------------------------------------------------
+def weekly_report(
+    analysis: Analysis,
+    since: str | None = None,
+    until: str | None = None,
+    rep: str | Sequence[str] | None = None,
+    team: str | None = None,
+    basis: Basis | None = None,
+) -> WeeklyReport:
+    """The weekly summary for ``analysis`` (see ``weekly_periods`` for the periods)."""
+    base = analysis.selection(None, None, rep, team)  # validates --rep / --team
+    period, previous = weekly_periods(since, until, analysis.tz, analysis.as_of)
+    sel = Selection(period, base.reps, base.team)
+    prev_sel = Selection(previous, base.reps, base.team)
+    used = analysis.basis(basis)
+
+    table = _compare(
+        analysis.reps(sel, basis=used, include_total=True),
+        analysis.reps(prev_sel, basis=used, include_total=True),
+    )
+    if base.team:
+        table.loc[table["rep"] == TEAM, "team"] = base.team
+
+    leads = analysis.select(sel)
+    dur = metrics.duration_column(used)
+    answered = leads[leads["answered"]]
+    response_times = pd.DataFrame({
+        "rep": answered["rep"].to_numpy(),
+        "response_s": answered[dur].to_numpy(dtype="float64"),
+        "lead_message_id": answered["lead_message_id"].to_numpy(),
+    })
+    oldest, total = _oldest_unanswered(analysis, leads, used)
+    selected_all = metrics.select(analysis.all_leads, base.reps, base.team, analysis.config)
+    return WeeklyReport(
+        period=period,
+        previous=previous,
+        basis=used,
+        tz=analysis.tz,
+        as_of_ms=analysis.as_of_ms,
+        sla_target_s=analysis.config.sla_target_s,
+        selection=sel,
+        table=table,
+        oldest_unanswered=oldest,
+        unanswered_total=total,
+        heatmap=heatmap(leads["lead_time_ms"], analysis.tz),
+        daily=daily_flow(leads, selected_all, period, analysis.tz),
+        response_times=response_times,
+    )
+
+
+_METRICS = ["leads", "answered", "unanswered", "reply_rate", "median_s", "p90_s", "within_sla"]
+
+
+def _compare(cur: pd.DataFrame, prev: pd.DataFrame) -> pd.DataFrame:
+    """Current and previous per-rep tables side by side, with changes and lead shares."""
+    cur = cur.assign(rep=cur["rep"].replace({"TOTAL": TEAM})).set_index("rep")
+    prev = prev.assign(rep=prev["rep"].replace({"TOTAL": TEAM})).set_index("rep")
+    # Reps of either period; TEAM last, (unassigned) just before it.
+    names = [n for n in dict.fromkeys([*cur.index, *prev.index]) if n != TEAM]
+    names.sort(key=lambda n: n == UNASSIGNED)
+    order = [*names, TEAM]
+    cur, prev = cur.reindex(order), prev.reindex(order)
+    out = pd.DataFrame(index=pd.Index(order, name="rep"))
+    out["team"] = cur["team"].combine_first(prev["team"])
+    for col in _METRICS:
+        out[col] = cur[col]
+        out[f"prev_{col}"] = prev[col]
+    for col in ("leads", "answered", "unanswered"):
+        out[col] = out[col].fillna(0).astype("int64")
+        out[f"prev_{col}"] = out[f"prev_{col}"].fillna(0).astype("int64")
+    team_leads = out.loc[TEAM, "leads"]
+    prev_team_leads = out.loc[TEAM, "prev_leads"]
+    out["lead_share"] = out["leads"] / team_leads if team_leads else np.nan
+    out["prev_lead_share"] = out["prev_leads"] / prev_team_leads if prev_team_leads else np.nan
+    out["leads_change"] = out["leads"] - out["prev_leads"]
+    out["reply_rate_change"] = out["reply_rate"] - out["prev_reply_rate"]
+    out["median_change_s"] = out["median_s"] - out["prev_median_s"]
+    out["p90_change_s"] = out["p90_s"] - out["prev_p90_s"]
+    out["within_sla_change"] = out["within_sla"] - out["prev_within_sla"]
+    out["unanswered_change"] = out["unanswered"] - out["prev_unanswered"]
+    return out.reset_index()[WEEKLY_COLUMNS]
+
+
+def _oldest_unanswered(
+    analysis: Analysis, leads: pd.DataFrame, basis: Basis
+) -> tuple[pd.DataFrame, int]:
+    u = leads[~leads["answered"]].sort_values(["lead_time_ms", "lead_id"])
+    top = u.head(TOP_UNANSWERED)
+    m = analysis.messages
+    subjects = m.loc[m["id"].isin(top["lead_id"]), ["id", "subject"]].set_index("id")["subject"]
+    age = (analysis.as_of_ms - top["lead_time_ms"]) / 1000.0
+    out = pd.DataFrame({
+        "lead_message_id": top["lead_message_id"],
+        "lead_from": top["lead_from"],
+        "subject": top["lead_id"].map(subjects),
+        "lead_time_ms": top["lead_time_ms"],
+        "rep": top["rep"],
+        "age_s": age,
+        "business_age_s": top["business_age_s"].astype("float64"),
+    })
+    out["waiting_s"] = out["business_age_s"] if basis == "business" else out["age_s"]
+    return out.reset_index(drop=True), len(u)
+
+
+def heatmap(lead_time_ms: pd.Series, tz: ZoneInfo | timezone) -> pd.DataFrame:
+    """Leads per weekday (rows Mon..Sun) and hour (columns 0..23) in the report zone."""
+    local = pd.to_datetime(lead_time_ms.astype("int64"), unit="ms", utc=True).dt.tz_convert(tz)
+    cell = local.dt.day_of_week.to_numpy() * 24 + local.dt.hour.to_numpy()
+    counts = np.bincount(cell.astype("int64"), minlength=7 * 24).reshape(7, 24)
+    return pd.DataFrame(counts, index=pd.Index(WEEKDAYS, name="weekday"), columns=range(24))
+
+
+def daily_flow(
+    leads: pd.DataFrame, all_leads: pd.DataFrame, period: Period, tz: ZoneInfo | timezone
+) -> pd.DataFrame:
+    """Per day of the period (report zone): leads received, first replies sent in it (as
+    ``report volume`` counts them: any lead's first reply sent that day)."""
+    answered = all_leads[all_leads["answered"]]
+    reply_ms = answered["reply_time_ms"].astype("float64")
+    reply_ms = reply_ms[(reply_ms >= period.since_ms) & (reply_ms < period.until_ms)]
+
+    def dates(ms: pd.Series) -> pd.Series:
+        return pd.to_datetime(ms.astype("int64"), unit="ms", utc=True).dt.tz_convert(tz).dt.date
+
+    first = datetime.fromtimestamp(period.since_ms / 1000, tz).date()  # type: ignore[operator]
+    last = datetime.fromtimestamp((period.until_ms - 1) / 1000, tz).date()  # type: ignore[operator]
+    days = pd.date_range(first, last, freq="D").date
+    out = pd.DataFrame({
+        "leads": dates(leads["lead_time_ms"]).value_counts(),
+        "first_replies": dates(reply_ms).value_counts(),
+    }).reindex(days).fillna(0).astype("int64")
+    return out.rename_axis("date").reset_index()
+
+
+def weekly_frame(report: WeeklyReport) -> pd.DataFrame:
+    """The flat per-rep table for csv/json/jsonl/parquet (rates 0-1, durations seconds)."""
+    return report.table[WEEKLY_COLUMNS].reset_index(drop=True)
+
+
+# -- terminal ------------------------------------------------------------------------------
+def _short_duration(seconds: float) -> str:
+    """One significant unit for change columns: ``45s``, ``12m``, ``2.5h``, ``3.2d``."""
+    s = abs(seconds)
+    if s < 60:
+        return f"{s:.0f}s"
+    if s < 3600:
+        return f"{s / 60:.0f}m"
+    unit, size = ("h", 3600) if s < 86400 else ("d", 86400)
+    value = s / size
+    # Tenths only while they matter: 1.5h, but 14h rather than 14.2h.
+    text = f"{value:.1f}" if value < 10 else f"{value:.0f}"
+    return text.removesuffix(".0") + unit
+
+
+def delta(metric: str, cur: float, prev: float) -> tuple[str, int]:
+    """Change against the previous period as text (``▲5pp``, ``▼12m``, ``▲3``) and its
+    meaning: +1 better, -1 worse, 0 neutral (no change, no comparison, or leads)."""
+    if _nan(cur) or _nan(prev):
+        return ("new" if _nan(prev) and not _nan(cur) else ""), 0
+    change = float(cur) - float(prev)
+    if metric in ("reply_rate", "within_sla"):
+        change = round(change * 100)  # percentage points
+        text = f"{abs(change):.0f}pp"
+    elif metric.endswith("_s"):
+        text = _short_duration(change)
+    else:
+        text = f"{abs(change):.0f}"
+    if change == 0 or text in ("0", "0s", "0pp"):
+        return "=", 0
+    arrow = "▲" if change > 0 else "▼"
+    return arrow + text, int(np.sign(change)) * DIRECTION[metric]
+
+
+def _nan(v: object) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+
+
+def _value(metric: str, v: object) -> str:
+    if _nan(v):
+        return "-"
+    if metric in ("reply_rate", "within_sla", "lead_share"):
+        return f"{float(v) * 100:.0f}%"  # type: ignore[arg-type]
+    if metric.endswith("_s"):
+        return format_duration(float(v))  # type: ignore[arg-type]
+    return f"{int(v):,}"  # type: ignore[call-overload]
+
+
+_STYLE = {1: "green", -1: "red", 0: "dim"}
+
+
+def _cell(row: pd.Series, metric: str) -> Text:
+    text = Text(_value(metric, row[metric]))
+    change, meaning = delta(metric, row[metric], row[f"prev_{metric}"])
+    if change:
+        text.append(" ")
+        text.append(change, style=_STYLE[meaning])
+    return text
+
+
+def render_weekly_terminal(report: WeeklyReport, console: Console) -> None:
+    """Print the weekly summary: team headline, per-rep table with changes, oldest
+    unanswered leads, leads and replies per day, and when leads arrive. Arrows carry the
+    direction and colour only repeats it, so it reads the same without colour."""
+    console.print(_render_terminal(report))
+
+
+def _render_terminal(report: WeeklyReport) -> RenderableType:
+    team = report.table.iloc[-1]
+    head = Text()
+    head.append("Weekly lead response", style="bold")
+    head.append(f"  {report.label()}  ({report.tz})\n")
+    head.append(
+        f"vs {report.label(report.previous)} · {report.basis} time · SLA target "
+        f"{format_duration(report.sla_target_s)} · as of "
+        f"{datetime.fromtimestamp(report.as_of_ms / 1000, report.tz):%a %Y-%m-%d %H:%M}",
+        style="dim",
+    )
+    # Team headline as a row of small "cards": label above, value and change below.
+    kpis = Table.grid(padding=(0, 3))
+    cards = [("Leads", "leads"), ("Reply rate", "reply_rate"), ("Median", "median_s"),
+             ("p90", "p90_s"), ("Within SLA", "within_sla"), ("Unanswered", "unanswered")]
+    for _ in cards:
+        kpis.add_column(no_wrap=True)
+    kpis.add_row(*[Text(label, style="dim") for label, _ in cards])
+    values = []
+    for _, metric in cards:
+        cell = _cell(team, metric)
+        cell.stylize("bold", 0, len(_value(metric, team[metric])))
+        values.append(cell)
+    kpis.add_row(*values)
+    return Group(head, Text(), kpis, Text(), _reps_table(report), *_unanswered_part(report),
+                 _daily_table(report), _heatmap_text(report))
+
+
+def _reps_table(report: WeeklyReport) -> Table:
+    t = Table(title="Per rep, change vs previous period", title_justify="left",
+              title_style="bold", header_style="bold", box=box.SIMPLE_HEAD, show_edge=False,
+              padding=(0, 1, 0, 0))
+    t.add_column("rep", overflow="ellipsis", max_width=22, no_wrap=True)
+    show_team = report.table["team"].notna().any()
+    if show_team:
+        t.add_column("team", overflow="ellipsis", max_width=10, no_wrap=True)
+    columns = [("leads", "leads"), ("share", "lead_share"), ("reply rate", "reply_rate"),
+               ("median", "median_s"), ("p90", "p90_s"), ("in SLA", "within_sla"),
+               ("unanswered", "unanswered")]
+    for label, _ in columns:
+        t.add_column(label, justify="right", no_wrap=True)
+    for _, row in report.table.iterrows():  # one row per rep: a handful
+        is_team = row["rep"] == TEAM
+        if is_team:
+            t.add_section()
+        cells: list[Text | str] = [str(row["rep"])]
+        if show_team:
+            cells.append("" if _nan(row["team"]) else str(row["team"]))
+        for _, metric in columns:
+            cells.append(Text(_value(metric, row[metric])) if metric == "lead_share"
+                         else _cell(row, metric))
+        t.add_row(*cells, style="bold" if is_team else None)
+    return t
+
+
+def _unanswered_part(report: WeeklyReport) -> list[RenderableType]:
+    u = report.oldest_unanswered
+    if u.empty:
+        return [Text("\nNo unanswered leads from this period.", style="green"), Text()]
+    more = report.unanswered_total - len(u)
+    title = "Oldest unanswered leads" + (f" (10 of {report.unanswered_total})" if more else "")
+    t = Table(title=title, title_justify="left", title_style="bold", header_style="bold",
+              box=box.SIMPLE_HEAD, show_edge=False,
+              padding=(0, 1, 0, 0))
+    t.add_column("received", no_wrap=True)
+    t.add_column("waiting", justify="right", no_wrap=True)
+    t.add_column("rep", overflow="ellipsis", max_width=18, no_wrap=True)
+    t.add_column("from", overflow="ellipsis", max_width=28, no_wrap=True)
+    t.add_column("subject", overflow="ellipsis", no_wrap=True, ratio=1)
+    for r in u.itertuples(index=False):
+        when = datetime.fromtimestamp(r.lead_time_ms / 1000, report.tz)
+        t.add_row(f"{when:%a %d %b %H:%M}", format_duration(r.waiting_s), str(r.rep),
+                  Text(str(r.lead_from)), Text("" if _nan(r.subject) else str(r.subject)))
+    return [Text(), t, Text()]
+
+
+def _daily_table(report: WeeklyReport) -> Table:
+    d = report.daily
+    t = Table(title="Leads and first replies per day", title_justify="left",
+              title_style="bold", header_style="bold", box=box.SIMPLE_HEAD, show_edge=False,
+              padding=(0, 1, 0, 0))
+    t.add_column("day", no_wrap=True)
+    t.add_column("leads", justify="right")
+    t.add_column("", no_wrap=True, min_width=_BAR)
+    t.add_column("replies", justify="right")
+    t.add_column("", no_wrap=True, min_width=_BAR)
+    # Both bars on one scale, so a day's leads and replies compare at a glance.
+    top = max(int(d[["leads", "first_replies"]].to_numpy().max(initial=0)), 1)
+    for r in d.itertuples(index=False):
+        t.add_row(f"{r.date:%a %d %b}", str(r.leads),
+                  Text("█" * round(r.leads / top * _BAR), style="blue"),
+                  str(r.first_replies),
+                  Text("█" * round(r.first_replies / top * _BAR), style="green"))
+    return t
+
+
+_BAR = 24
+_SHADES = " ░▒▓█"
+
+
+def _heatmap_text(report: WeeklyReport) -> Text:
+    h = report.heatmap.to_numpy()
+    top = max(int(h.max(initial=0)), 1)
+    # 0 stays blank; any lead shows at least the lightest shade.
+    level = np.where(h > 0, np.ceil(h / top * (len(_SHADES) - 1)), 0).astype(int)
+    out = Text(f"\nLeads by hour of day ({report.tz}), darkest = {top}\n", style="bold")
+    out.append("     " + "".join(f"{x:<6}" for x in range(0, 24, 6)) + "\n", style="dim")
+    for name, row in zip(WEEKDAYS, level, strict=True):
+        out.append(f"{name}  ")
+        out.append("".join(_SHADES[v] for v in row), style="blue")
+        out.append(f"  {int(h[WEEKDAYS.index(name)].sum())}\n", style="dim")
+    return out
+
+
+__all__ = ["TEAM", "WeeklyReport", "delta", "heatmap", "render_weekly_terminal", "weekly_frame",
+           "weekly_periods", "weekly_report"]
