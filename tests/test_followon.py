@@ -94,6 +94,18 @@ def test_internal_forward_does_not_end_or_split_a_block(mb: Mailbox) -> None:
     assert b["response_s"][0] == 5400 and b["responder"][0] == "Bob"
 
 
+def test_reply_at_the_same_instant_answers_the_block(mb: Mailbox) -> None:
+    # The reply is written first (smaller id) but stamped at the follow-up's second:
+    # "at or after" the block's first message, so it answers that block in 0 s.
+    lead = mb.send(PROSPECT, "sales@acme.example", at(0, 9))
+    r1 = mb.send("alice@acme.example", PAT, at(0, 9, 30), parent=lead)
+    r2 = mb.send("alice@acme.example", PAT, at(0, 11), parent=r1)
+    mb.send(PROSPECT, "alice@acme.example", at(0, 11), parent=r1)
+    b = blocks_of(mb.analysis())
+    assert list(b["reply_message_id"]) == [r1, r2]
+    assert b["response_s"].tolist() == [1800.0, 0.0]
+
+
 def test_reply_after_as_of_leaves_the_block_open(mb: Mailbox) -> None:
     lead = mb.send(PROSPECT, "sales@acme.example", at(0, 9))
     mb.send("alice@acme.example", PAT, at(2), parent=lead)

@@ -111,7 +111,7 @@ def reply_blocks(
             "reply_time_ms": form["reply_time_ms"].astype("float64").to_numpy(),
             "reply_from": form["reply_from"].to_numpy(),
         })
-        blocks = pd.concat([first, blocks], ignore_index=True)
+        blocks = pd.concat([first, blocks] if not blocks.empty else [first], ignore_index=True)
 
     lead_cols = leads.set_index("lead_id")[["thread_id", "lead_message_id", "rep"]]
     out = blocks.join(lead_cols, on="lead_id")
