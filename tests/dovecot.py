@@ -19,7 +19,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +50,7 @@ mail_gid = {mail_gid}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
-mail_location = maildir:{root}/mail/%u
+mail_location = maildir:{data}/mail/%u
 mailbox_list_index = no
 {ssl}
 passdb {{
@@ -57,7 +59,7 @@ passdb {{
 }}
 userdb {{
   driver = static
-  args = uid={mail_uid} gid={mail_gid} home={root}/home/%u
+  args = uid={mail_uid} gid={mail_gid} home={data}/home/%u
 }}
 namespace inbox {{
   inbox = yes
@@ -157,12 +159,13 @@ class Dovecot:
     mail_uid: int = -1
     mail_gid: int = -1
     _seq: int = field(default=0, repr=False)
+    _data: Path | None = field(default=None, repr=False)
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> Dovecot:
         require_binaries("dovecot", "openssl")
         self.root.mkdir(parents=True, exist_ok=True)
-        for d in ("run", "state", "mail", "home"):
+        for d in ("run", "state"):
             (self.root / d).mkdir(exist_ok=True)
         self.port = self.port or free_port()
         self.ssl_port = self.ssl_port or free_port()
@@ -179,10 +182,11 @@ class Dovecot:
         uid, gid = os.getuid(), os.getgid()
         self.mail_uid, self.mail_gid = self._mail_ids()
         for d in ("mail", "home"):
-            os.chown(self.root / d, self.mail_uid, self.mail_gid)
+            (self.data / d).mkdir(exist_ok=True)
+            os.chown(self.data / d, self.mail_uid, self.mail_gid)
         ssl = _SSL.format(mode=self.tls, root=self.root) if self.tls != "no" else "ssl = no\n"
         conf = _CONFIG.format(
-            root=self.root, port=self.port, ssl=ssl,
+            root=self.root, data=self.data, port=self.port, ssl=ssl,
             ssl_port=self.ssl_port if self.tls != "no" else 0, uid=uid, gid=gid,
             user=pwd.getpwuid(uid).pw_name, group=grp.getgrgid(gid).gr_name,
             login_user=self._login_user(), mail_uid=self.mail_uid, mail_gid=self.mail_gid,
@@ -280,8 +284,22 @@ class Dovecot:
 
     # -- the Maildir ------------------------------------------------------------------
     @property
+    def data(self) -> Path:
+        """Where mail and home live. Normally under ``root``; as root, mail is accessed as
+        the dovecot user, which cannot enter pytest's 0700 tmp dirs, so then a directory of
+        its own in the system temp dir (removed when this object goes away)."""
+        if self._data is None:
+            if self._mail_ids()[0] == os.getuid():
+                self._data = self.root
+            else:
+                self._data = Path(tempfile.mkdtemp(prefix="replytime-dovecot-"))
+                self._data.chmod(0o711)
+                weakref.finalize(self, shutil.rmtree, str(self._data), True)
+        return self._data
+
+    @property
     def maildir(self) -> Path:
-        return self.root / "mail" / self.user
+        return self.data / "mail" / self.user
 
     def folder_dir(self, folder: str) -> Path:
         """Maildir++ layout: INBOX is the top directory, "A/B" is ".A.B"."""
