@@ -207,3 +207,33 @@ def test_environment_variables_select_config_and_db(workspace: tuple[Path, Path]
             env={"REPLYTIME_DB": str(db), "REPLYTIME_CONFIG": str(cfg)})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["leads"] == 3
+
+
+def test_stale_leads_and_fail_if_any(workspace: tuple[Path, Path]) -> None:
+    # Carol's lead of 2026-11-04 09:00 is 15h old at the as-of time.
+    r = report(workspace, "unanswered", "--format", "csv", "--calendar", "--older-than", "14h",
+               "--fail-if-any")
+    assert r.returncode == 1 and "1 unanswered lead(s) older than 14h" in r.stderr
+    r = report(workspace, "unanswered", "--format", "csv", "--calendar", "--older-than", "15h",
+               "--fail-if-any")
+    assert r.returncode == 0 and pd.read_csv(io.StringIO(r.stdout)).empty
+
+
+def test_compare_periods(workspace: tuple[Path, Path]) -> None:
+    r = report(workspace, "compare", "--format", "csv", "--a", "2026-11-02..2026-11-03",
+               "--b", "2026-11-03..2026-11-05")
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(io.StringIO(r.stdout)).set_index("rep")
+    assert list(df.columns[:8]) == ["a_leads", "b_leads", "a_median_s", "b_median_s",
+                                    "median_p", "a_within_sla", "b_within_sla", "sla_p"]
+    assert df.loc["TEAM", "a_leads"] == 1 and df.loc["TEAM", "b_leads"] == 2
+    assert df.loc["TEAM", "a_median_s"] == 1800 and df.loc["TEAM", "b_median_s"] == 7200
+    assert "fewer than 10 leads" in df.loc["TEAM", "note"]
+    r = report(workspace, "compare", "--a", "last-week")
+    assert r.returncode == 2 and "needs both --a" in r.stderr
+
+
+def test_leads_all_replies(workspace: tuple[Path, Path]) -> None:
+    r = report(workspace, "leads", "--format", "json", "--all-replies")
+    blocks = json.loads(r.stdout)
+    assert [b["response_s"] for b in blocks] == [1800, 7200, None]

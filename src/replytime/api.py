@@ -26,7 +26,14 @@ from replytime.cache import Cache, open_cache
 from replytime.config import Config, load_config
 from replytime.errors import UsageError
 from replytime.matcher import Roster, match_leads, prepare
-from replytime.periods import Period, parse_instant, parse_period, utc_now, zone
+from replytime.periods import (
+    Period,
+    parse_duration,
+    parse_instant,
+    parse_period,
+    utc_now,
+    zone,
+)
 from replytime.threads import assign_threads
 
 Basis = Literal["business", "calendar"]
@@ -83,7 +90,8 @@ class Analysis:
     @cached_property
     def messages(self) -> pd.DataFrame:
         refresh_threads(self.cache, self.config)
-        return prepare(self.cache.messages(), Roster(self.config))
+        raw = self.cache.messages(labels=bool(self.config.leads.labels))
+        return prepare(raw, Roster(self.config))
 
     @cached_property
     def all_leads(self) -> pd.DataFrame:
@@ -121,6 +129,13 @@ class Analysis:
             )
         leads["business_age_s"] = age
         return leads
+
+    @cached_property
+    def all_blocks(self) -> pd.DataFrame:
+        """Every block of consecutive external messages in lead threads (section 3b)."""
+        from replytime.followon import reply_blocks
+
+        return reply_blocks(self.messages, self.all_leads, self.config, self.as_of_ms)
 
     def basis(self, basis: Basis | None = None) -> Basis:
         """Business time by default when a schedule exists (section 3, "Statistics")."""
@@ -162,9 +177,21 @@ class Analysis:
 
     def reps(self, sel: Selection | None = None, basis: Basis | None = None,
              include_total: bool = False, **kw: object) -> pd.DataFrame:
+        from replytime import followon
+
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
-        table = metrics.reps_table(self.select(sel), self.config, self.basis(basis),
-                                   include_total=include_total)
+        leads = self.select(sel)
+        b = self.basis(basis)
+        table = metrics.reps_table(leads, self.config, b, include_total=include_total)
+        # Overall reply time (section 3b) is counted by responder.
+        blocks = self.all_blocks[self.all_blocks["lead_id"].isin(leads["lead_id"])]
+        overall = followon.overall_by_rep(blocks, b)
+        if include_total:
+            overall = pd.concat(
+                [overall, followon.overall_by_rep(blocks.assign(responder="TOTAL"), b)]
+            )
+        table = table.merge(overall, on="rep", how="left")
+        table["replies"] = table["replies"].fillna(0).astype("int64")
         if sel.reps or sel.team:
             wanted = set(self.select(sel)["rep"]) | {
                 r.name for r in self.config.reps
@@ -174,9 +201,46 @@ class Analysis:
             table = table[table["rep"].isin(wanted) | (table["rep"] == "TOTAL")]
         return table.reset_index(drop=True)
 
-    def unanswered(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
+    def unanswered(self, sel: Selection | None = None, older_than: str | int | None = None,
+                   basis: Basis | None = None, **kw: object) -> pd.DataFrame:
+        """The unanswered queue, oldest first; ``older_than`` keeps only stale leads (waiting
+        longer than that, in business or calendar time as the report)."""
+        from replytime.followon import stale_leads
+
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
-        return metrics.unanswered_table(self.select(sel), self.as_of_ms)
+        table = metrics.unanswered_table(self.select(sel), self.as_of_ms)
+        if older_than is None:
+            return table
+        try:
+            limit = older_than if isinstance(older_than, int) else parse_duration(older_than)
+        except ValueError as exc:
+            raise UsageError(f"--older-than: {exc}") from None
+        return stale_leads(table, limit, self.basis(basis)).reset_index(drop=True)
+
+    def blocks(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
+        """Every reply block of the selected leads (``report leads --all-replies``)."""
+        sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        leads = self.select(sel)
+        return self.all_blocks[self.all_blocks["lead_id"].isin(leads["lead_id"])].reset_index(
+            drop=True
+        )
+
+    def compare(self, a: str, b: str, sel: Selection | None = None,
+                basis: Basis | None = None) -> pd.DataFrame:
+        """Per rep and team: leads, median and within-SLA in periods A and B, with p-values
+        (Mann–Whitney U on response times, two-proportion z-test on within-SLA)."""
+        from replytime import followon
+
+        sel = sel or self.selection()
+        try:
+            pa, pb = (followon.parse_range(x, self.tz, self.now) for x in (a, b))
+        except ValueError as exc:
+            raise UsageError(f"--a/--b: {exc}") from None
+        la, lb = (
+            metrics.select(metrics.in_period(self.all_leads, p), sel.reps, sel.team, self.config)
+            for p in (pa, pb)
+        )
+        return followon.compare(la, lb, self.config, self.basis(basis))
 
     def sla(self, sel: Selection | None = None, basis: Basis | None = None,
             **kw: object) -> pd.DataFrame:

@@ -283,6 +283,7 @@ class Kind(StrEnum):
     volume = "volume"
     threads = "threads"
     sla = "sla"
+    compare = "compare"
 
 
 class Format(StrEnum):
@@ -300,7 +301,7 @@ def report(
     kind: Annotated[Kind, typer.Argument(
         help="reps: per-rep response times; leads: one row per lead; unanswered: the "
         "queue, oldest first; volume: messages per day; threads: thread lengths; sla: "
-        "leads per response-time bucket.",
+        "leads per response-time bucket; compare: two periods side by side (--a, --b).",
     )],
     since: Annotated[str | None, typer.Option(
         help="Leads from this time (inclusive): 2026-11-02, 7d, 4w, last-week, this-month."
@@ -327,6 +328,23 @@ def report(
     raw_csv: Annotated[bool, typer.Option(
         "--raw-csv", help="Do not neutralise spreadsheet formulas in CSV cells."
     )] = False,
+    older_than: Annotated[str | None, typer.Option(
+        "--older-than", metavar="DURATION",
+        help="unanswered: only leads waiting longer than this (stale, e.g. 4h, 2d).",
+    )] = None,
+    fail_if_any: Annotated[bool, typer.Option(
+        "--fail-if-any", help="unanswered: exit 1 when the list is not empty (cron alerts).",
+    )] = False,
+    all_replies: Annotated[bool, typer.Option(
+        "--all-replies", help="leads: one row per reply block, not only the first reply.",
+    )] = False,
+    period_a: Annotated[str | None, typer.Option(
+        "--a", metavar="SINCE..UNTIL",
+        help="compare: the first period, e.g. 2026-10-01..2026-11-01",
+    )] = None,
+    period_b: Annotated[str | None, typer.Option(
+        "--b", metavar="SINCE..UNTIL", help="compare: the second period, e.g. last-week.",
+    )] = None,
     fail_if_over: Annotated[str | None, typer.Option(
         "--fail-if-over", metavar="DURATION",
         help="Exit 1 if the team's or any selected rep's median response exceeds this.",
@@ -361,12 +379,25 @@ def report(
         df = analysis.reps(sel, basis=basis, include_total=table)
         title = f"Response times per rep ({used} time), leads {label}"
         caption = f"SLA target {_dur(analysis.config.sla_target_s)}; as of " + _when(analysis)
+    elif kind is Kind.leads and all_replies:
+        df = analysis.blocks(sel)
+        title = f"Every reply block of the leads {label}"
     elif kind is Kind.leads:
         df = analysis.leads(sel)
         title = f"Leads {label}"
     elif kind is Kind.unanswered:
-        df = analysis.unanswered(sel)
-        title = f"Unanswered leads as of {_when(analysis)}, oldest first"
+        df = analysis.unanswered(sel, older_than=older_than, basis=basis)
+        stale = f" waiting over {older_than} ({used} time)" if older_than else ""
+        title = f"Unanswered leads{stale} as of {_when(analysis)}, oldest first"
+    elif kind is Kind.compare:
+        if not (period_a and period_b):
+            raise UsageError("compare needs both --a SINCE..UNTIL and --b SINCE..UNTIL")
+        from replytime.followon import MEDIAN_TEST, SLA_TEST
+
+        df = analysis.compare(period_a, period_b, sel, basis=basis)
+        title = f"A = {period_a} vs B = {period_b} ({used} time)"
+        caption = (f"median_p: {MEDIAN_TEST} on response times; sla_p: {SLA_TEST} on "
+                   "within-SLA shares. p < 0.05: unlikely to be noise.")
     elif kind is Kind.volume:
         df = analysis.volume(sel)
         title = f"Volume per day ({analysis.tz}), {label}"
@@ -380,7 +411,13 @@ def report(
                chosen == "markdown" else None, caption=caption, raw_csv=raw_csv)
     if output:
         _summary(f"wrote {output}")
+    if kind is Kind.compare and table:
+        for note in df.loc[df["note"].fillna("") != "", ["rep", "note"]].itertuples():
+            _summary(f"note: {note.rep}: {note.note}")
     _check_targets(analysis, sel, basis, fail_if_over, fail_if_under)
+    if fail_if_any and kind is Kind.unanswered and len(df):
+        stale = f" older than {older_than}" if older_than else ""
+        raise CheckFailed(f"{len(df)} unanswered lead(s){stale}")
 
 
 def _check_targets(analysis: Any, sel: Any, basis: Any, over: str | None,

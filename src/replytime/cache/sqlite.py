@@ -315,13 +315,17 @@ class SQLiteCache:
         return changed
 
     # -- reads ----------------------------------------------------------------------
-    def messages(self) -> pd.DataFrame:
-        """All cached messages with what the matcher and metrics need."""
+    def messages(self, *, labels: bool = False) -> pd.DataFrame:
+        """All cached messages with what the matcher and metrics need; ``labels`` adds the
+        union of each message's labels over its locations (costly, so only on request)."""
+        label_sql = (
+            "(SELECT group_concat(labels, ',') FROM locations l WHERE l.msg_key = m.msg_key)"
+            if labels else "NULL"
+        )
         df = pd.read_sql_query(
             "SELECT m.id, m.message_id, m.from_addr, m.to_addrs, m.cc_addrs, m.reply_to, "
             "m.subject, m.time_ms, m.automated, m.thread_id, m.extra, "
-            "(SELECT group_concat(labels, ',') FROM locations l WHERE l.msg_key = m.msg_key) "
-            "AS labels FROM messages m",
+            f"{label_sql} AS labels FROM messages m",
             self.conn,
         )
         df["automated"] = df["automated"].astype(bool)
