@@ -1,0 +1,110 @@
+"""Gmail full sync against the fake Gmail server with the per-user quota enforced.
+
+Usage: .venv/bin/python benchmarks/bench_gmail.py [--messages 100000] [--rate 250]
+
+The fake server runs in its own process (so it never competes with the client for the GIL)
+and enforces ``rate`` units/s over a one-second moving window, answering 429 beyond it.
+Reports messages/s, quota units per message (target: below 5, one messages.get), the share
+of the quota ceiling used (target: at least 90%), 429s received, and the cost of an
+incremental sync with nothing new (target: one history.list call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from fake_gmail import FakeGmail, generate_mailbox  # noqa: E402
+
+from replytime.cache import open_cache  # noqa: E402
+from replytime.config import Account, Config  # noqa: E402
+from replytime.connectors import gmail  # noqa: E402
+
+TARGET_CEILING = 0.90
+MESSAGES_GET_UNITS = 5
+
+
+def serve(conn: Connection, messages: int, rate: float, window: float, seed: int) -> None:
+    fake = FakeGmail(generate_mailbox(messages, seed=seed), quota_rate=rate,
+                     quota_window=window, log_requests=False)
+    conn.send((fake.start(), len(fake.messages), len(fake.threads)))
+    while True:
+        cmd = conn.recv()
+        with fake.lock:
+            figures = {"units": fake.units_total, "rejected_429": fake.rejected_429,
+                       "refreshes": fake.refresh_count}
+        conn.send(figures)
+        if cmd == "stop":
+            fake.stop()
+            return
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=100_000)
+    ap.add_argument("--rate", type=float, default=250.0, help="quota units per second")
+    ap.add_argument("--window", type=float, default=1.0, help="moving-average window, seconds")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+
+    parent, child = mp.Pipe()
+    proc = mp.get_context("spawn").Process(
+        target=serve, args=(child, args.messages, args.rate, args.window, args.seed)
+    )
+    proc.start()
+    url, n_messages, n_threads = parent.recv()
+    with tempfile.TemporaryDirectory() as tmp:
+        token = Path(tmp) / "token.json"
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, json.dumps({"refresh_token": "refresh-secret-1", "client_id": "bench",
+                                 "client_secret": "bench", "token_uri": url + "token"}).encode())
+        os.close(fd)
+        account = Account("bench", "gmail", {
+            "token_file": str(token), "api_endpoint": url, "quota_rate": args.rate,
+            "quota_window": args.window,
+        })
+        cache = open_cache(Path(tmp) / "cache.sqlite")
+        t0 = time.monotonic()
+        stats = gmail.sync(cache, account, Config())
+        elapsed = time.monotonic() - t0
+        parent.send("figures")
+        full = parent.recv()
+        t1 = time.monotonic()
+        inc = gmail.sync(cache, account, Config())
+        inc_elapsed = time.monotonic() - t1
+        parent.send("stop")
+        after = parent.recv()
+        proc.join()
+        cached = cache.conn.execute("SELECT count(*) FROM locations").fetchone()[0]
+
+    units = full["units"]
+    per_message = units / max(1, stats.fetched)
+    ceiling = units / (args.rate * elapsed)
+    print(f"mailbox: {n_messages} messages in {n_threads} threads; quota {args.rate:g} units/s "
+          f"over {args.window:g} s")
+    print(f"full sync: {stats.fetched} messages ({cached} cached) in {elapsed:.1f} s = "
+          f"{stats.fetched / elapsed:.1f} messages/s")
+    print(f"quota units: {units} = {per_message:.3f} units/message "
+          f"(messages.get alone: {MESSAGES_GET_UNITS}) "
+          f"[{'ok' if per_message < MESSAGES_GET_UNITS else 'MISSED'}]")
+    print(f"quota ceiling reached: {ceiling:.1%} (target >= {TARGET_CEILING:.0%}) "
+          f"[{'ok' if ceiling >= TARGET_CEILING else 'MISSED'}]")
+    print(f"429 answers: {full['rejected_429']}; requests: {stats.extra['requests']}; "
+          f"retries: {stats.extra['retries']}")
+    print(f"incremental, nothing new: {inc.extra['requests']} request(s), "
+          f"{after['units'] - units} units, {inc_elapsed * 1000:.0f} ms "
+          f"[{'ok' if inc.extra['requests'] == 1 else 'MISSED'}]")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
