@@ -64,6 +64,14 @@ def make_account(tmp_path: Path, fake: FakeGmail, **options: Any) -> Account:
     return Account("sales-gmail", "gmail", opts)
 
 
+def synced(tmp_path: Path, fake: FakeGmail) -> tuple[Any, Account]:
+    """A cache after a first full sync of ``fake``, and its account."""
+    cache = open_cache(tmp_path / "c.sqlite")
+    account = make_account(tmp_path, fake)
+    gmail.sync(cache, account, CONFIG)
+    return cache, account
+
+
 def dump(cache: Any, account: str = "sales-gmail") -> dict[str, Any]:
     """Everything a sync writes, without row ids and timestamps."""
     c = cache.conn
@@ -140,9 +148,7 @@ def test_full_sync_stores_every_message_exactly(fake: FakeGmail, tmp_path: Path)
 def test_incremental_applies_adds_label_changes_and_deletes(
     fake: FakeGmail, tmp_path: Path
 ) -> None:
-    cache = open_cache(tmp_path / "c.sqlite")
-    account = make_account(tmp_path, fake)
-    gmail.sync(cache, account, CONFIG)
+    cache, account = synced(tmp_path, fake)
     ids = sorted(fake.messages)
     thread = fake.messages[ids[0]].thread_id
     reply = fake.add_message(
@@ -174,9 +180,7 @@ def test_incremental_applies_adds_label_changes_and_deletes(
 def test_incremental_prefers_threads_get_for_several_changes_in_a_thread(
     fake: FakeGmail, tmp_path: Path
 ) -> None:
-    cache = open_cache(tmp_path / "c.sqlite")
-    account = make_account(tmp_path, fake)
-    gmail.sync(cache, account, CONFIG)
+    cache, account = synced(tmp_path, fake)
     big = max(fake.threads.values(), key=len)
     for m in big[:3]:
         fake.relabel(m.id, add=("Label_3",))
@@ -188,9 +192,7 @@ def test_incremental_prefers_threads_get_for_several_changes_in_a_thread(
 
 
 def test_nothing_new_costs_exactly_one_history_call(fake: FakeGmail, tmp_path: Path) -> None:
-    cache = open_cache(tmp_path / "c.sqlite")
-    account = make_account(tmp_path, fake)
-    gmail.sync(cache, account, CONFIG)
+    cache, account = synced(tmp_path, fake)
     before = dump(cache)
     mark, units = len(fake.log), fake.units_total
     stats = gmail.sync(cache, account, CONFIG)
@@ -201,9 +203,7 @@ def test_nothing_new_costs_exactly_one_history_call(fake: FakeGmail, tmp_path: P
 
 
 def test_expired_history_falls_back_to_a_full_sync(fake: FakeGmail, tmp_path: Path) -> None:
-    cache = open_cache(tmp_path / "c.sqlite")
-    account = make_account(tmp_path, fake)
-    gmail.sync(cache, account, CONFIG)
+    cache, account = synced(tmp_path, fake)
     gone = sorted(fake.messages)[7]
     fake.delete(gone)
     fake.add_message([("From", "x@prospect.example"), ("To", "sales@acme.example"),
@@ -342,9 +342,7 @@ def test_killed_sync_resumes_to_the_same_cache(tmp_path: Path, seed: int) -> Non
 # -- credentials ------------------------------------------------------------------------
 
 def test_refreshed_token_is_saved_back_with_mode_0600(fake: FakeGmail, tmp_path: Path) -> None:
-    cache = open_cache(tmp_path / "c.sqlite")
-    account = make_account(tmp_path, fake)
-    gmail.sync(cache, account, CONFIG)
+    cache, account = synced(tmp_path, fake)
     token = Path(account.options["token_file"])
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     saved = json.loads(token.read_text())
@@ -448,9 +446,7 @@ def test_no_token_appears_in_output_or_logs(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    cache = open_cache(tmp_path / "c.sqlite")
-    account = make_account(tmp_path, fake)
-    gmail.sync(cache, account, CONFIG)
+    cache, account = synced(tmp_path, fake)
     fake.expire_tokens()
     fake.revoked = True
     with pytest.raises(AuthError) as err:

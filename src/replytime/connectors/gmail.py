@@ -223,55 +223,62 @@ class _Session:
                 raise SourceUnreachable(f"cannot reach Google's token endpoint ({exc})") from None
             self.save_if_refreshed()
 
-    def _classify(self, exc: HttpError) -> str:
-        """'retry', 'missing', 'auth' or 'fatal'."""
+    def _raise_for(self, exc: HttpError, what: str, *, missing_ok: bool = True) -> bool:
+        """Raise for errors a retry cannot fix; True for 404 (gone), False to retry."""
         status = exc.resp.status
         if status in _TRANSIENT:
-            return "retry"
-        if status == 404:
-            return "missing"
-        if status == 403:
-            reasons = {d.get("reason") for d in (exc.error_details or []) if isinstance(d, dict)}
-            return "retry" if reasons & _RATE_REASONS else "auth"
-        if status == 401:
-            return "auth"
-        return "fatal"
+            return False
+        if status == 404 and missing_ok:
+            return True
+        reasons = {d.get("reason") for d in (exc.error_details or []) if isinstance(d, dict)}
+        if status == 403 and reasons & _RATE_REASONS:
+            return False
+        if status in (401, 403):
+            raise self._auth_error(exc) from None
+        raise SourceUnreachable(f"Gmail answered {status} to {what} ({exc.reason})") from None
 
     def _auth_error(self, exc: Exception) -> AuthError:
         if isinstance(exc, HttpError) and exc.resp.status == 403:
             return AuthError(f"Gmail refused access ({exc.reason}): {self.again()}")
         return AuthError(f"the Gmail token of {self.account.name} was refused: {self.again()}")
 
+    def _attempt(
+        self, what: str, cost: int, execute: Callable[[], Any], *, missing_ok: bool = True
+    ) -> tuple[Any, str | None]:
+        """Send one HTTP request paced by the quota: (response, None); (None, None) when the
+        item is gone (404); (None, reason) after a transient failure worth retrying."""
+        slot = self.limiter.acquire_slot(cost)
+        self.requests += 1
+        try:
+            return execute(), None
+        except HttpError as exc:
+            if self._raise_for(exc, what, missing_ok=missing_ok):
+                return None, None
+            return None, f"HTTP {exc.resp.status}"
+        except RefreshError:
+            raise self._auth_error(RefreshError()) from None
+        except (OSError, httplib2.HttpLib2Error, TransportError) as exc:
+            return None, type(exc).__name__  # dropped connection, timeout: retry
+        finally:
+            self.limiter.settle(slot)
+
+    def _give_up(self, api: str, last: str | None) -> SourceUnreachable:
+        return SourceUnreachable(
+            f"Gmail still failing after {self.max_attempts} attempts ({api}: {last}); "
+            "everything fetched so far is kept, run sync again later"
+        )
+
     def call(self, api: str, make: Callable[[], Any]) -> dict[str, Any] | None:
         """One request with quota pacing and retries; None for 404."""
+        last: str | None = None
         for attempt in range(self.max_attempts):
             if attempt:
                 self.retries += 1
                 time.sleep(backoff_delay(attempt - 1, base=self.retry_base, cap=self.retry_cap))
-            slot = self.limiter.acquire_slot(COST[api])
-            self.requests += 1
-            try:
-                return make().execute(num_retries=0)
-            except HttpError as exc:
-                kind = self._classify(exc)
-                if kind == "missing":
-                    return None
-                if kind == "auth":
-                    raise self._auth_error(exc) from None
-                if kind == "fatal":
-                    raise SourceUnreachable(f"Gmail answered {exc.resp.status} to {api} "
-                                            f"({exc.reason})") from None
-                last = f"HTTP {exc.resp.status}"
-            except RefreshError:
-                raise self._auth_error(RefreshError()) from None
-            except (OSError, httplib2.HttpLib2Error, TransportError) as exc:
-                last = type(exc).__name__  # dropped connection, timeout: retry
-            finally:
-                self.limiter.settle(slot)
-        raise SourceUnreachable(
-            f"Gmail still failing after {self.max_attempts} attempts ({api}: {last}); "
-            "everything fetched so far is kept, run sync again later"
-        )
+            body, last = self._attempt(api, COST[api], lambda: make().execute(num_retries=0))
+            if last is None:
+                return body
+        raise self._give_up(api, last)
 
     def batch_size(self, api: str) -> int:
         # About a quarter of the quota window per batch: big enough to amortise the HTTP
@@ -299,25 +306,8 @@ class _Session:
             batch = BatchHttpRequest(callback=callback, batch_uri=self.batch_uri)
             for i, item in enumerate(chunk):
                 batch.add(make(item), request_id=str(i))
-            slot = self.limiter.acquire_slot(COST[api] * len(chunk))
-            self.requests += 1
-            failed_whole: str | None = None
-            try:
-                batch.execute()
-            except HttpError as exc:
-                kind = self._classify(exc)
-                if kind == "auth":
-                    raise self._auth_error(exc) from None
-                if kind != "retry":
-                    raise SourceUnreachable(f"Gmail answered {exc.resp.status} to a batch "
-                                            f"({exc.reason})") from None
-                failed_whole = f"HTTP {exc.resp.status}"
-            except RefreshError:
-                raise self._auth_error(RefreshError()) from None
-            except (OSError, httplib2.HttpLib2Error, TransportError) as exc:
-                failed_whole = type(exc).__name__
-            finally:
-                self.limiter.settle(slot)
+            _, failed_whole = self._attempt("a batch", COST[api] * len(chunk), batch.execute,
+                                            missing_ok=False)
             if failed_whole is not None:
                 whole_failures += 1
                 if whole_failures >= 2 and size > 1:
@@ -332,15 +322,8 @@ class _Session:
                     if exc is None and resp is not None:
                         done.append((item, resp))
                         continue
-                    kind = self._classify(exc) if exc is not None else "retry"
-                    if kind == "missing":
-                        done.append((item, None))
-                    elif kind == "auth":
-                        raise self._auth_error(exc or RuntimeError())
-                    elif kind == "fatal":
-                        assert exc is not None
-                        raise SourceUnreachable(
-                            f"Gmail answered {exc.resp.status} to {api} ({exc.reason})")
+                    if exc is not None and self._raise_for(exc, api):
+                        done.append((item, None))  # deleted since it was listed
                     else:
                         retry.append(item)
                 failed_whole = f"{len(retry)} of {len(chunk)} parts failed" if retry else None
@@ -353,11 +336,7 @@ class _Session:
                     attempts[item] = attempts.get(item, 0) + 1
                     worst = max(worst, attempts[item])
                 if worst >= self.max_attempts:
-                    raise SourceUnreachable(
-                        f"Gmail still failing after {self.max_attempts} attempts ({api}: "
-                        f"{failed_whole}); everything fetched so far is kept, run sync again "
-                        "later"
-                    )
+                    raise self._give_up(api, failed_whole)
                 self.retries += 1
                 time.sleep(backoff_delay(worst - 1, base=self.retry_base, cap=self.retry_cap))
             elif size < self.batch_size(api):
