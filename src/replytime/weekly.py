@@ -208,6 +208,9 @@ def _compare(cur: pd.DataFrame, prev: pd.DataFrame) -> pd.DataFrame:
     for col in ("leads", "answered", "unanswered"):
         out[col] = out[col].fillna(0).astype("int64")
         out[f"prev_{col}"] = out[f"prev_{col}"].fillna(0).astype("int64")
+    # No leads, no rate: reps_table reports within SLA 0 there; "-" says it better here.
+    out["within_sla"] = out["within_sla"].where(out["leads"] > 0)
+    out["prev_within_sla"] = out["prev_within_sla"].where(out["prev_leads"] > 0)
     team_leads = out.loc[TEAM, "leads"]
     prev_team_leads = out.loc[TEAM, "prev_leads"]
     out["lead_share"] = out["leads"] / team_leads if team_leads else np.nan
@@ -380,7 +383,7 @@ def _reps_table(report: WeeklyReport) -> Table:
     show_team = report.table["team"].notna().any()
     if show_team:
         t.add_column("team", overflow="ellipsis", max_width=10, no_wrap=True)
-    columns = [("leads", "leads"), ("share", "lead_share"), ("reply rate", "reply_rate"),
+    columns = [("leads", "leads"), ("share", "lead_share"), ("replied", "reply_rate"),
                ("median", "median_s"), ("p90", "p90_s"), ("in SLA", "within_sla"),
                ("unanswered", "unanswered")]
     for label, _ in columns:
