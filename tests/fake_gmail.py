@@ -176,6 +176,8 @@ class FakeGmail:
         self.page_max = page_max
         self.delay = delay
         self.fail_after: int | None = None
+        self.drop_rate = 0.0  # fraction of HTTP requests whose connection is just closed
+        self.dropped = 0
         self.answered = 0
         self.log_requests = log_requests
         self.log: list[LogEntry] = []
@@ -547,8 +549,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _headers(self) -> dict[str, str]:
         return {k.lower(): v for k, v in self.headers.items()}
 
+    def _drop(self) -> bool:
+        """Close the connection without an answer (a dropped connection), sometimes."""
+        g = self.gmail
+        with g.lock:
+            drop = bool(g.drop_rate) and g.rng.random() < g.drop_rate
+            g.dropped += drop
+        if drop:
+            self.close_connection = True
+        return drop
+
     def do_GET(self) -> None:  # noqa: N802
         g = self.gmail
+        if self._drop():
+            return
         if g.delay:
             time.sleep(g.delay)
         status, body = g.handle("GET", self.path, self._headers())
@@ -568,6 +582,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if path != "/batch/gmail/v1":
             self._send(404, json.dumps(_error(404, "notFound", "Not Found")[1]).encode())
+            return
+        if self._drop():
             return
         if g.delay:
             time.sleep(g.delay)

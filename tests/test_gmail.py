@@ -244,14 +244,18 @@ def test_metadata_scope_refuses_a_query(fake: FakeGmail, tmp_path: Path) -> None
 
 # -- faults, quota, resumption ---------------------------------------------------------
 
-def test_ten_percent_faults_still_give_the_exact_cache(fake: FakeGmail, tmp_path: Path) -> None:
-    fake.fault_rate = 0.10
+def test_faults_and_dropped_connections_still_give_the_exact_cache(
+    fake: FakeGmail, tmp_path: Path
+) -> None:
+    fake.fault_rate = 0.10  # of requests and of batch parts
+    fake.drop_rate = 0.15  # of HTTP connections (there are few: batches of 5 threads)
     cache = open_cache(tmp_path / "c.sqlite")
-    account = make_account(tmp_path, fake)
+    account = make_account(tmp_path, fake, batch_size=5)
     stats = gmail.sync(cache, account, CONFIG)
     assert cached(cache) == expected(fake)
     faults = [e for e in fake.log if e.status in (429, 500, 503)]
     assert len(faults) > 3
+    assert fake.dropped > 0
     assert stats.extra["retries"] > 0
     for i in range(4):
         fake.add_message([("From", f"p{i}@prospect.example"), ("To", "sales@acme.example"),
