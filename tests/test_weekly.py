@@ -316,3 +316,13 @@ def test_terminal_no_color_env(calendar: WeeklyReport, monkeypatch: pytest.Monke
     text = out.getvalue()
     assert not re.search(r"\x1b\[[0-9;]*3[0-7]m|\x1b\[[0-9;]*38;", text)  # no colour codes
     assert "▲11h" in text
+
+
+def test_team_filter(tmp_path: Path) -> None:
+    rep = weekly_report(build(tmp_path).analysis(as_of=AS_OF), team="West")
+    f = weekly_frame(rep)
+    assert list(f["rep"]) == ["Carol", "TEAM"]
+    assert list(f["team"]) == ["West", "West"]
+    assert list(f["leads"]) == [2, 2] and list(f["prev_leads"]) == [1, 1]
+    assert list(f["unanswered"]) == [1, 1]
+    assert list(rep.oldest_unanswered["lead_from"]) == ["l5@client.example"]

@@ -18,7 +18,16 @@ import pandas as pd
 
 from replytime.periods import format_duration
 from replytime.render import human_frame
-from replytime.weekly import TEAM, WEEKDAYS, WeeklyReport, _short_duration, delta
+from replytime.weekly import (
+    HEADLINE,
+    TEAM,
+    WEEKDAYS,
+    WeeklyReport,
+    delta,
+    format_value,
+    is_missing,
+    short_duration,
+)
 
 BLUE = "#2563eb"
 GREEN = "#059669"
@@ -65,10 +74,6 @@ footer{{color:{GREY};font-size:12px;text-align:center;margin-top:8px}}
 
 def _e(value: object) -> str:
     return escape("" if value is None else str(value), quote=True)
-
-
-def _missing(v: object) -> bool:
-    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
 def _page(title: str, body: str) -> str:
@@ -160,19 +165,11 @@ def _chart_reps(report: WeeklyReport) -> list[str]:
     return [r for r in t["rep"] if r != TEAM]
 
 
-_CARDS = [("Leads", "leads"), ("Reply rate", "reply_rate"), ("Median", "median_s"),
-          ("p90", "p90_s"), ("Within SLA", "within_sla"), ("Unanswered", "unanswered")]
 _CLASS = {1: "better", -1: "worse", 0: "neutral"}
 
 
 def _fmt(metric: str, v: object) -> str:
-    if _missing(v):
-        return "–"
-    if metric in ("reply_rate", "within_sla", "lead_share"):
-        return f"{float(v) * 100:.0f}%"  # type: ignore[arg-type]
-    if metric.endswith("_s"):
-        return format_duration(float(v))  # type: ignore[arg-type]
-    return f"{int(v):,}"  # type: ignore[call-overload]
+    return format_value(metric, v, missing="–")
 
 
 def _delta_span(metric: str, row: pd.Series) -> str:
@@ -185,7 +182,7 @@ def _delta_span(metric: str, row: pd.Series) -> str:
 def _cards(report: WeeklyReport) -> str:
     team = report.table.iloc[-1]
     cards = []
-    for label, metric in _CARDS:
+    for label, metric in HEADLINE:
         cards.append(
             f'<div class="card"><div class="label">{_e(label)}</div>'
             f'<div class="value">{_e(_fmt(metric, team[metric]))}'
@@ -199,19 +196,18 @@ def _cards(report: WeeklyReport) -> str:
 def _reps_table(report: WeeklyReport) -> str:
     t = report.table
     show_team = bool(t["team"].notna().any())
-    cols = [("Leads", "leads"), ("Reply rate", "reply_rate"), ("Median", "median_s"),
-            ("p90", "p90_s"), ("Within SLA", "within_sla"), ("Unanswered", "unanswered")]
+    cols = HEADLINE
     head = "<th>Rep</th>" + ("<th>Team</th>" if show_team else "") + "<th>Share</th>"
     head += "".join(f'<th class="num">{_e(label)}</th>' for label, _ in cols)
     rows = []
     for _, row in t.iterrows():  # a handful of reps
         is_team = row["rep"] == TEAM
         share = row["lead_share"]
-        bar = "" if _missing(share) or is_team else (
+        bar = "" if is_missing(share) or is_team else (
             f'<span class="share" style="width:{float(share) * 80:.0f}px"></span>')
         cells = f"<td>{_e(row['rep'])}</td>"
         if show_team:
-            cells += f"<td>{_e('' if _missing(row['team']) else row['team'])}</td>"
+            cells += f"<td>{_e('' if is_missing(row['team']) else row['team'])}</td>"
         cells += (f'<td class="num" style="text-align:left">{bar}'
                   f'{_e(_fmt("lead_share", share))}</td>')
         for _, metric in cols:
@@ -236,7 +232,7 @@ def _unanswered_table(report: WeeklyReport) -> str:
     rows = []
     for r in u.itertuples(index=False):
         when = datetime.fromtimestamp(r.lead_time_ms / 1000, report.tz)
-        subject = "" if _missing(r.subject) else str(r.subject)
+        subject = "" if is_missing(r.subject) else str(r.subject)
         rows.append(
             f"<tr><td>{_e(f'{when:%a %d %b %H:%M}')}</td>"
             f'<td class="num">{_e(format_duration(r.waiting_s))}</td>'
@@ -394,7 +390,7 @@ def svg_distribution(
     sx = float(x(sla_target_s))
     parts.append(f'<line x1="{sx:.1f}" x2="{sx:.1f}" y1="{top - 6}" y2="{height - bottom}" '
                  f'stroke="{RED}" stroke-width="2" stroke-dasharray="6 4"/>')
-    parts.append(_text(sx, top - 12, f"SLA target {_short_duration(sla_target_s)}", fill=RED,
+    parts.append(_text(sx, top - 12, f"SLA target {short_duration(sla_target_s)}", fill=RED,
                        weight="bold"))
     parts.append("</svg>")
     return "".join(parts)

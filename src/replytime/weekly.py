@@ -41,6 +41,9 @@ WEEKLY_COLUMNS = [
     "reply_rate_change", "median_change_s", "p90_change_s", "within_sla_change",
     "unanswered_change",
 ]
+# The team headline (terminal and HTML cards): label, metric.
+HEADLINE = [("Leads", "leads"), ("Reply rate", "reply_rate"), ("Median", "median_s"),
+            ("p90", "p90_s"), ("Within SLA", "within_sla"), ("Unanswered", "unanswered")]
 # metric -> +1 when a higher value is better, -1 when lower is better, 0 when neither.
 DIRECTION = {"leads": 0, "reply_rate": 1, "median_s": -1, "p90_s": -1, "within_sla": 1,
              "unanswered": -1}
@@ -154,10 +157,7 @@ def weekly_report(
     prev_sel = Selection(previous, base.reps, base.team)
     used = analysis.basis(basis)
 
-    table = _compare(
-        analysis.reps(sel, basis=used, include_total=True),
-        analysis.reps(prev_sel, basis=used, include_total=True),
-    )
+    table = _compare(_reps(analysis, sel, used), _reps(analysis, prev_sel, used))
     if base.team:
         table.loc[table["rep"] == TEAM, "team"] = base.team
 
@@ -186,6 +186,19 @@ def weekly_report(
         daily=daily_flow(leads, selected_all, period, analysis.tz),
         response_times=response_times,
     )
+
+
+def _reps(analysis: Analysis, sel: Selection, basis: Basis) -> pd.DataFrame:
+    """Per-rep table with a TOTAL row, like ``Analysis.reps`` but without the section 3b
+    extras (reply blocks need a pass over every thread: too slow for a 2 s report)."""
+    leads = analysis.select(sel)
+    table = metrics.reps_table(leads, analysis.config, basis, include_total=True)
+    if sel.reps or sel.team:
+        # Roster reps named by --rep/--team (even without leads) and whoever has leads.
+        roster = pd.DataFrame({"rep": [r.name for r in analysis.config.reps]})
+        wanted = set(metrics.select(roster, sel.reps, sel.team, analysis.config)["rep"])
+        table = table[table["rep"].isin(wanted | set(leads["rep"])) | (table["rep"] == "TOTAL")]
+    return table.reset_index(drop=True)
 
 
 _METRICS = ["leads", "answered", "unanswered", "reply_rate", "median_s", "p90_s", "within_sla"]
@@ -281,7 +294,7 @@ def weekly_frame(report: WeeklyReport) -> pd.DataFrame:
 
 
 # -- terminal ------------------------------------------------------------------------------
-def _short_duration(seconds: float) -> str:
+def short_duration(seconds: float) -> str:
     """One significant unit for change columns: ``45s``, ``12m``, ``2.5h``, ``3.2d``."""
     s = abs(seconds)
     if s < 60:
@@ -298,14 +311,14 @@ def _short_duration(seconds: float) -> str:
 def delta(metric: str, cur: float, prev: float) -> tuple[str, int]:
     """Change against the previous period as text (``▲5pp``, ``▼12m``, ``▲3``) and its
     meaning: +1 better, -1 worse, 0 neutral (no change, no comparison, or leads)."""
-    if _nan(cur) or _nan(prev):
-        return ("new" if _nan(prev) and not _nan(cur) else ""), 0
+    if is_missing(cur) or is_missing(prev):
+        return ("new" if is_missing(prev) and not is_missing(cur) else ""), 0
     change = float(cur) - float(prev)
     if metric in ("reply_rate", "within_sla"):
         change = round(change * 100)  # percentage points
         text = f"{abs(change):.0f}pp"
     elif metric.endswith("_s"):
-        text = _short_duration(change)
+        text = short_duration(change)
     else:
         text = f"{abs(change):.0f}"
     if change == 0 or text in ("0", "0s", "0pp"):
@@ -314,13 +327,14 @@ def delta(metric: str, cur: float, prev: float) -> tuple[str, int]:
     return arrow + text, int(np.sign(change)) * DIRECTION[metric]
 
 
-def _nan(v: object) -> bool:
+def is_missing(v: object) -> bool:
     return v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
 
 
-def _value(metric: str, v: object) -> str:
-    if _nan(v):
-        return "-"
+def format_value(metric: str, v: object, missing: str = "-") -> str:
+    """A weekly metric for people: ``87%``, ``1h 05m``, ``1,204``."""
+    if is_missing(v):
+        return missing
     if metric in ("reply_rate", "within_sla", "lead_share"):
         return f"{float(v) * 100:.0f}%"  # type: ignore[arg-type]
     if metric.endswith("_s"):
@@ -332,7 +346,7 @@ _STYLE = {1: "green", -1: "red", 0: "dim"}
 
 
 def _cell(row: pd.Series, metric: str) -> Text:
-    text = Text(_value(metric, row[metric]))
+    text = Text(format_value(metric, row[metric]))
     change, meaning = delta(metric, row[metric], row[f"prev_{metric}"])
     if change:
         text.append(" ")
@@ -360,15 +374,14 @@ def _render_terminal(report: WeeklyReport) -> RenderableType:
     )
     # Team headline as a row of small "cards": label above, value and change below.
     kpis = Table.grid(padding=(0, 3))
-    cards = [("Leads", "leads"), ("Reply rate", "reply_rate"), ("Median", "median_s"),
-             ("p90", "p90_s"), ("Within SLA", "within_sla"), ("Unanswered", "unanswered")]
+    cards = HEADLINE
     for _ in cards:
         kpis.add_column(no_wrap=True)
     kpis.add_row(*[Text(label, style="dim") for label, _ in cards])
     values = []
     for _, metric in cards:
         cell = _cell(team, metric)
-        cell.stylize("bold", 0, len(_value(metric, team[metric])))
+        cell.stylize("bold", 0, len(format_value(metric, team[metric])))
         values.append(cell)
     kpis.add_row(*values)
     return Group(head, Text(), kpis, Text(), _reps_table(report), *_unanswered_part(report),
@@ -394,9 +407,9 @@ def _reps_table(report: WeeklyReport) -> Table:
             t.add_section()
         cells: list[Text | str] = [str(row["rep"])]
         if show_team:
-            cells.append("" if _nan(row["team"]) else str(row["team"]))
+            cells.append("" if is_missing(row["team"]) else str(row["team"]))
         for _, metric in columns:
-            cells.append(Text(_value(metric, row[metric])) if metric == "lead_share"
+            cells.append(Text(format_value(metric, row[metric])) if metric == "lead_share"
                          else _cell(row, metric))
         t.add_row(*cells, style="bold" if is_team else None)
     return t
@@ -419,7 +432,7 @@ def _unanswered_part(report: WeeklyReport) -> list[RenderableType]:
     for r in u.itertuples(index=False):
         when = datetime.fromtimestamp(r.lead_time_ms / 1000, report.tz)
         t.add_row(f"{when:%a %d %b %H:%M}", format_duration(r.waiting_s), str(r.rep),
-                  Text(str(r.lead_from)), Text("" if _nan(r.subject) else str(r.subject)))
+                  Text(str(r.lead_from)), Text("" if is_missing(r.subject) else str(r.subject)))
     return [Text(), t, Text()]
 
 
@@ -461,5 +474,6 @@ def _heatmap_text(report: WeeklyReport) -> Text:
     return out
 
 
-__all__ = ["TEAM", "WeeklyReport", "delta", "heatmap", "render_weekly_terminal", "weekly_frame",
-           "weekly_periods", "weekly_report"]
+__all__ = ["HEADLINE", "TEAM", "WeeklyReport", "delta", "format_value", "heatmap", "is_missing",
+           "render_weekly_terminal", "short_duration", "weekly_frame", "weekly_periods",
+           "weekly_report"]
