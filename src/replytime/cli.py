@@ -213,7 +213,7 @@ def demo(
     analysis = Analysis(cache, cfg, as_of=as_of)
     con = console()
     con.print(f"Imported {stats.fetched} example messages into {target}.")
-    table = analysis.reps(include_total=True)
+    table = analysis.reps(include_total=True)[TABLE_COLUMNS["reps"]]
     con.print(rich_table(
         table, analysis.tz,
         title=f"Response times per rep ({analysis.basis()} time), all example leads",
@@ -225,7 +225,8 @@ def demo(
         "Same thing by hand:\n"
         f"  replytime --config {cfg_path} --db {target} import {mailbox}\n"
         f"  replytime --config {cfg_path} --db {target} report reps --as-of {when}\n"
-        "Try also: report leads | unanswered | volume | threads | sla, --format csv|json"
+        "Try also: report leads | unanswered | volume | threads | sla, --format csv|json",
+        soft_wrap=True,
     )
 
 
@@ -294,6 +295,16 @@ class Format(StrEnum):
     markdown = "markdown"
     parquet = "parquet"
     html = "html"
+
+
+# The terminal view keeps to ~100 columns; machine formats carry every column.
+TABLE_COLUMNS = {
+    "reps": ["rep", "team", "leads", "reply_rate", "median_s", "p90_s", "mean_s",
+             "within_sla", "unanswered"],
+    "leads": ["lead_time_ms", "lead_from", "rep", "answered", "response_s", "business_s",
+              "kind"],
+    "unanswered": ["lead_time_ms", "lead_from", "rep", "age_s", "business_age_s"],
+}
 
 
 @app.command()
@@ -407,6 +418,8 @@ def report(
     else:
         df = analysis.sla(sel, basis=basis)
         title = f"Leads per response time bucket ({used} time), {label}"
+    if table and kind.value in TABLE_COLUMNS:
+        df = df[[c for c in TABLE_COLUMNS[kind.value] if c in df.columns]]
     emit_frame(df, chosen, output=output, tz=analysis.tz, title=title if table or
                chosen == "markdown" else None, caption=caption, raw_csv=raw_csv)
     if output:

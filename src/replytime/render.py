@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -100,6 +101,15 @@ def human_frame(df: pd.DataFrame, tz: ZoneInfo | timezone) -> pd.DataFrame:
     return out
 
 
+_HEADERS = {
+    "reply_rate": "reply rate", "median_s": "median", "p90_s": "p90", "mean_s": "mean",
+    "min_s": "min", "max_s": "max", "within_sla": "in SLA", "handoffs_in": "covered",
+    "handoffs_out": "handed off", "overall_median_s": "all replies",
+    "response_s": "response", "business_s": "business", "age_s": "age",
+    "business_age_s": "business age", "unanswered": "open",
+}
+
+
 def rich_table(
     df: pd.DataFrame,
     tz: ZoneInfo | timezone,
@@ -110,13 +120,18 @@ def rich_table(
 ) -> Table:
     """A rich Table; a first-column value equal to ``total_label`` is drawn as a totals row."""
     h = human_frame(df, tz)
-    table = Table(title=title, caption=caption, header_style="bold", show_lines=False)
+    table = Table(title=title, caption=caption, header_style="bold", show_lines=False,
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     for col in h.columns:
         numeric = col not in ("rep", "team", "bucket", "date") and (
             pd.api.types.is_numeric_dtype(df[col]) if col in df else True
         )
-        table.add_column(col.replace("_", " "), justify="right" if numeric else "left",
-                         overflow="fold")
+        header = _HEADERS.get(col, col.replace("_", " "))
+        # Numbers never shrink; names may, with an ellipsis, when the terminal is narrow.
+        widest = int(h[col].str.len().max()) if len(h) else 0
+        table.add_column(header, justify="right" if numeric else "left",
+                         overflow="ellipsis", no_wrap=True,
+                         min_width=max(widest, len(header)) if numeric else min(widest, 12))
     first = h.columns[0] if len(h.columns) else None
     for row in h.itertuples(index=False):
         is_total = first is not None and total_label is not None and row[0] == total_label
@@ -127,8 +142,11 @@ def rich_table(
 
 
 def console(file: object = None) -> Console:
-    """A console that draws colour only on a terminal and honours NO_COLOR."""
-    return Console(file=file, no_color="NO_COLOR" in os.environ or None, soft_wrap=False)
+    """A console that draws colour only on a terminal and honours NO_COLOR. Off a terminal
+    (a pipe, a cron mail) tables get 100 columns rather than rich's 80."""
+    width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 100
+    return Console(file=file, no_color="NO_COLOR" in os.environ or None, soft_wrap=False,
+                   width=width)
 
 
 def atomic_write(path: Path, write: Callable[[io.IOBase], None], *, binary: bool) -> None:
