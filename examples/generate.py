@@ -15,11 +15,13 @@ knowledge of who answers whom, never from replytime's code, so it can check the 
 from __future__ import annotations
 
 import argparse
+import bisect
 import csv
 import heapq
 import itertools
 import os
 import random
+import re
 import sys
 import time
 import zlib
@@ -37,7 +39,9 @@ DEFAULT_START = datetime(2026, 9, 7, tzinfo=UTC)  # a Monday (and US Labor Day)
 DEFAULT_DAYS = 60 + 20 / 24
 DEFAULT_THREADS = 300
 DEFAULT_SEED = 7
-MESSAGES_PER_THREAD = 3.3  # about, for sizing big mailboxes by message count
+# Slightly under the mean (about 3.26): --messages then starts enough threads to stop at
+# exactly that many, a day or so before the export time.
+MESSAGES_PER_THREAD = 3.2
 FORM_REPLY_WINDOW = 14 * 86400  # must match reply_window in examples/replytime.toml
 
 INTERNAL_DOMAIN = "acme.example"
@@ -56,6 +60,7 @@ class Person:
     header: str  # "Name <addr>", RFC 2047-encoded when needed
     key: str  # the lower-case address, how the brief compares addresses
     internal: bool  # in acme.example
+    domain: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,7 @@ class Rep:
 Prospect = tuple[Person, str]  # a person at a prospect company, and the company's name
 
 _HEADER_CACHE: dict[str, str] = {}
+_SPECIALS = re.compile(r"[,.()]")  # a display name with these must be quoted
 
 
 def encode_words(text: str) -> str:
@@ -90,12 +96,13 @@ def encode_words(text: str) -> str:
 
 def person(name: str, addr: str, zone: str) -> Person:
     if name.isascii():
-        shown = f'"{name}"' if any(c in name for c in ",.()") else name
+        shown = f'"{name}"' if _SPECIALS.search(name) else name
     else:
         shown = encode_words(name)
     key = addr.lower()
+    domain = key.rpartition("@")[2]
     return Person(name, addr, zone, f"{shown} <{addr}>" if name else addr, key,
-                  key.endswith("@" + INTERNAL_DOMAIN))
+                  domain == INTERNAL_DOMAIN, domain)
 
 
 _US_2026 = frozenset({date(2026, 9, 7), date(2026, 10, 12), date(2026, 11, 11),
@@ -235,6 +242,7 @@ _NOREPLY = [  # (sender, subject)
 _KINDS = ("lead", "form", "outbound", "internal", "newsletter", "noreply", "partner")
 _KIND_WEIGHTS = (40, 13, 14, 9, 12, 7, 5)
 _KIND_CUM = tuple(itertools.accumulate(_KIND_WEIGHTS))
+_TURNS_CUM = (0.35, 0.65, 0.85, 0.95)
 
 
 # -- time --------------------------------------------------------------------------------------
@@ -456,7 +464,7 @@ def _render(m: _Msg) -> bytes:
             + f"Subject: {m.subject}\nDate: {rfc_date(m.ts, s.zone)}\nMessage-ID: <{m.mid}>\n")
     if not s.internal:
         # Stamped by our MX a few seconds after the Date (importers use Date when present).
-        text = (f"Received: from mx.{s.key.rpartition('@')[2]} by mx.acme.example with ESMTPS; "
+        text = (f"Received: from mx.{s.domain} by mx.acme.example with ESMTPS; "
                 f"{rfc_date(m.ts + 3, 'UTC')}\n{text}")
     if m.parent is not None:
         refs = "\n ".join([f"<{r}>" for r in m.refs])
@@ -493,7 +501,7 @@ class _Planner:
         """A unique Message-ID in the sender's provider's style."""
         self.n_mid += 1
         r = self.rng.getrandbits(64)
-        domain = sender.key.rsplit("@", 1)[-1]
+        domain = sender.domain
         if sender is WORDPRESS:  # PHPMailer: a hash at the web server's name
             return f"{r:016x}{self.n_mid:x}@www.acme.example"
         if domain == INTERNAL_DOMAIN:  # Google Workspace
@@ -588,7 +596,7 @@ class _Planner:
                      subject: str, cc: list[Person]) -> None:
         """Follow-up turns after a rep's message: the prospect writes, the rep answers."""
         rng = self.rng
-        turns = rng.choices((0, 1, 2, 3, 4), (35, 30, 20, 10, 5))[0]
+        turns = bisect.bisect(_TURNS_CUM, rng.random())  # 0-4 turns: 35%, 30%, 20%, 10%, 5%
         rep_person = last.sender if last.sender.internal else rep.person
         for _ in range(turns):
             if rng.random() < 0.05:  # the prospect is away: their out-of-office answers
@@ -918,7 +926,7 @@ def generate_messages(
         weights.append(w * min(1.0, days - d))
     total = sum(weights)
     heap: list[tuple[int, int, GeneratedMessage]] = []
-    seq = itertools.count()
+    seq = 0
     emitted = 0
     done = 0
     acc = 0.0
@@ -943,7 +951,8 @@ def generate_messages(
                 gm = GeneratedMessage(_render(m), m.mid, m.ts,
                                       m.sender.key if m.sender is not DAEMON else "MAILER-DAEMON",
                                       m.thread, kind, expected if m.mid == lead_id else None)
-                heapq.heappush(heap, (m.ts, next(seq), gm))
+                seq += 1
+                heapq.heappush(heap, (m.ts, seq, gm))
         # Threads of later days start no earlier than local midnight east of UTC (+14h).
         watermark = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) + (
             86400 - 14 * 3600)
@@ -960,9 +969,7 @@ def write_mbox(path: str | os.PathLike[str], messages: Iterable[GeneratedMessage
     n = 0
     with open(path, "wb") as f:
         for m in messages:
-            f.write(b"From %s %s\n" % (m.sender.encode(), time.asctime(time.gmtime(m.ts)).encode()))
-            f.write(m.raw)
-            f.write(b"\n")
+            f.write(f"From {m.sender} {time.asctime(time.gmtime(m.ts))}\n".encode() + m.raw + b"\n")
             n += 1
     return n
 
