@@ -285,6 +285,7 @@ class Kind(StrEnum):
     threads = "threads"
     sla = "sla"
     compare = "compare"
+    weekly = "weekly"
 
 
 class Format(StrEnum):
@@ -312,7 +313,8 @@ def report(
     kind: Annotated[Kind, typer.Argument(
         help="reps: per-rep response times; leads: one row per lead; unanswered: the "
         "queue, oldest first; volume: messages per day; threads: thread lengths; sla: "
-        "leads per response-time bucket; compare: two periods side by side (--a, --b).",
+        "leads per response-time bucket; compare: two periods side by side (--a, --b); "
+        "weekly: last full week vs the week before (default period: last-week).",
     )],
     since: Annotated[str | None, typer.Option(
         help="Leads from this time (inclusive): 2026-11-02, 7d, 4w, last-week, this-month."
@@ -375,8 +377,6 @@ def report(
     from replytime.render import emit_frame
 
     chosen = fmt.value if fmt else ("table" if sys.stdout.isatty() and not output else "csv")
-    if chosen == "html":
-        raise UsageError("--format html is not available yet")
     cfg = _config()
     cache = open_cache(G.db, create=False)
     analysis = Analysis(cache, cfg, as_of=as_of)
@@ -386,6 +386,12 @@ def report(
     label = sel.period.label(analysis.tz)
     table = chosen == "table"
     title, caption = None, None
+    if kind is Kind.weekly:
+        wr = _weekly(analysis, chosen, output, since, until, rep, team, basis, raw_csv)
+        if output:
+            _summary(f"wrote {output}")
+        _check_targets(analysis, wr.selection, basis, fail_if_over, fail_if_under)
+        return
     if kind is Kind.reps:
         df = analysis.reps(sel, basis=basis, include_total=table)
         title = f"Response times per rep ({used} time), leads {label}"
@@ -420,8 +426,9 @@ def report(
         title = f"Leads per response time bucket ({used} time), {label}"
     if table and kind.value in TABLE_COLUMNS:
         df = df[[c for c in TABLE_COLUMNS[kind.value] if c in df.columns]]
-    emit_frame(df, chosen, output=output, tz=analysis.tz, title=title if table or
-               chosen == "markdown" else None, caption=caption, raw_csv=raw_csv)
+    emit_frame(df, chosen, output=output, tz=analysis.tz,
+               title=title if chosen in ("table", "markdown", "html") else None,
+               caption=caption, raw_csv=raw_csv)
     if output:
         _summary(f"wrote {output}")
     if kind is Kind.compare and table:
@@ -431,6 +438,36 @@ def report(
     if fail_if_any and kind is Kind.unanswered and len(df):
         stale = f" older than {older_than}" if older_than else ""
         raise CheckFailed(f"{len(df)} unanswered lead(s){stale}")
+
+
+def _weekly(analysis: Any, chosen: str, output: Path | None, since: str | None,
+            until: str | None, rep: list[str] | None, team: str | None,
+            basis: str | None, raw_csv: bool) -> Any:
+    """`report weekly`: the weekly summary in any format; returns the WeeklyReport."""
+    import io
+
+    from rich.console import Console
+
+    from replytime.render import atomic_write, console, emit_frame, write_payload
+    from replytime.weekly import render_weekly_terminal, weekly_frame, weekly_report
+
+    wr = weekly_report(analysis, since, until, rep, team, basis)  # type: ignore[arg-type]
+    if chosen == "table":
+        if output:
+            buf = io.StringIO()
+            render_weekly_terminal(wr, Console(file=buf, width=100, no_color=True))
+            atomic_write(output, lambda f: f.write(buf.getvalue()), binary=False)
+        else:
+            render_weekly_terminal(wr, console())
+    elif chosen == "html":
+        from replytime.html import render_weekly_html
+
+        write_payload(render_weekly_html(wr), output)
+    else:
+        emit_frame(weekly_frame(wr), chosen, output=output, tz=analysis.tz,
+                   title=f"Weekly summary, {wr.label()}" if chosen == "markdown" else None,
+                   raw_csv=raw_csv)
+    return wr
 
 
 def _check_targets(analysis: Any, sel: Any, basis: Any, over: str | None,

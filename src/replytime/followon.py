@@ -23,7 +23,6 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from replytime.config import Config
 from replytime.matcher import UNASSIGNED, Roster, prepare
@@ -224,6 +223,8 @@ def two_proportion_p(x_a: int, n_a: int, x_b: int, n_b: int) -> float:
     if pooled <= 0 or pooled >= 1:
         return float("nan")
     z = (x_b / n_b - x_a / n_a) / np.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    from scipy import stats as sps  # slow to import; only `report compare` needs it
+
     return float(2 * sps.norm.sf(abs(z)))
 
 
@@ -231,6 +232,8 @@ def mann_whitney_p(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided Mann–Whitney U p-value; NaN when a sample is empty."""
     if len(a) == 0 or len(b) == 0:
         return float("nan")
+    from scipy import stats as sps
+
     return float(sps.mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
 

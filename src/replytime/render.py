@@ -189,6 +189,11 @@ def emit_frame(
         else:
             console().print(table)
         return
+    if fmt == "html":
+        from replytime.html import frame_to_html
+
+        write_payload(frame_to_html(df, title or "replytime report", tz), output)
+        return
     m = machine_frame(df)
     if fmt == "parquet":
         data = io.BytesIO()
