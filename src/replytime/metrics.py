@@ -14,7 +14,7 @@ import pandas as pd
 
 from replytime.config import Config
 from replytime.matcher import UNASSIGNED
-from replytime.periods import Period, format_duration
+from replytime.periods import Period, short_duration
 
 THREAD_BUCKETS: tuple[tuple[str, int, float], ...] = (
     ("1", 1, 1),
@@ -147,7 +147,7 @@ def sla_table(leads: pd.DataFrame, config: Config, basis: str) -> pd.DataFrame:
     labels = []
     lower = 0
     for e in edges:
-        labels.append(f"{format_duration(lower) if lower else '0'}-{format_duration(e)}")
+        labels.append(f"{short_duration(lower) if lower else '0'}-{short_duration(e)}")
         lower = e
     labels += ["more", "unanswered"]
     dur = leads.loc[leads["answered"], duration_column(basis)].to_numpy(dtype="float64")

@@ -42,6 +42,17 @@ def format_duration(seconds: float | None) -> str:
     return f"{s // 86400}d {s % 86400 // 3600:02d}h"
 
 
+def short_duration(seconds: int) -> str:
+    """Compact label for a round duration: ``90s``, ``15m``, ``4h``, ``1h30m``."""
+    s = int(seconds)
+    if s % 3600 == 0 and s:
+        return f"{s // 3600}h"
+    if s % 60 == 0 and s:
+        h, m = divmod(s // 60, 60)
+        return f"{h}h{m:02d}m" if h else f"{m}m"
+    return f"{s}s"
+
+
 def zone(name: str | None) -> ZoneInfo | timezone:
     """The named IANA zone, or the machine's local zone when None."""
     if name:

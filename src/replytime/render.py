@@ -97,8 +97,13 @@ def human_frame(df: pd.DataFrame, tz: ZoneInfo | timezone) -> pd.DataFrame:
         elif s.dtype == bool:
             out[col] = s.map({True: "yes", False: "no"})
         else:
-            out[col] = s.map(lambda v: "" if _missing(v) else str(v))
+            out[col] = s.map(lambda v: "" if _missing(v) else _clip(str(v)))
     return out
+
+
+def _clip(text: str, width: int = 32) -> str:
+    """Long addresses and names are cut so a table keeps its numbers on screen."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 _HEADERS = {
@@ -121,7 +126,8 @@ def rich_table(
     """A rich Table; a first-column value equal to ``total_label`` is drawn as a totals row."""
     h = human_frame(df, tz)
     table = Table(title=title, caption=caption, header_style="bold", show_lines=False,
-                  box=box.SIMPLE_HEAD, pad_edge=False)
+                  box=box.SIMPLE_HEAD, pad_edge=False,
+                  min_width=min(len(title or ""), 100) or None)
     for col in h.columns:
         numeric = col not in ("rep", "team", "bucket", "date") and (
             pd.api.types.is_numeric_dtype(df[col]) if col in df else True
