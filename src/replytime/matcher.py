@@ -127,10 +127,13 @@ def _first_replies(
 
 
 def _form_rule_matches(m: pd.DataFrame, rule: FormRule) -> pd.Series:
-    hit = m["from_addr"].fillna("").str.match(fnmatch.translate(rule.from_glob))
+    hit = m["from_addr"].fillna("").str.match(fnmatch.translate(rule.from_glob)) & m["timed"]
     if rule.subject is not None:
-        hit &= m["subject"].fillna("").str.contains(rule.subject, regex=True)
-    return hit & m["timed"]
+        # Only the few messages from the form's sender are searched; re.search (not
+        # str.contains) so a rule's capture groups do not trigger pandas warnings.
+        subjects = m.loc[hit, "subject"].fillna("")
+        hit.loc[hit] = subjects.map(lambda s: rule.subject.search(s) is not None).astype(bool)
+    return hit
 
 
 def _form_lead_address(rows: pd.DataFrame, rule: FormRule) -> pd.Series:
