@@ -445,11 +445,19 @@ class _Pipeline:
     def __iter__(self) -> Iterator[tuple[int, list[list[Value]]]]:
         while len(self.pending) < self.depth and self.next < len(self.chunks):
             self._send()
+        carry: list[list[Value]] = []
         while self.pending:
             tag, index = self.pending.popleft()
-            responses = self._read_until(tag)
+            responses = carry + self._read_until(tag)
             self._send()  # keep the server busy while this chunk is parsed and written
-            yield index, responses
+            # Dovecot may run pipelined FETCHes concurrently: untagged responses of the
+            # next command can arrive before this one's tagged OK. Chunks are ascending
+            # UID runs, so split by UID and keep the later ones for their own chunk.
+            top = self.chunks[index][-1]
+            mine, carry = [], []
+            for r in responses:
+                (carry if _uid_of(r) > top else mine).append(r)
+            yield index, mine
 
     def _read_until(self, tag: bytes) -> list[list[Value]]:
         out: list[list[Value]] = []
@@ -488,6 +496,13 @@ class _Pipeline:
                     f"UID FETCH failed: {m.group(3).strip().decode('utf-8', 'replace')}"
                 )
             return out
+
+
+def _uid_of(response: list[Value]) -> int:
+    for i in range(0, len(response) - 1, 2):
+        if response[i] == b"UID" and isinstance(response[i + 1], bytes):
+            return int(response[i + 1])  # type: ignore[arg-type]
+    return 0  # unsolicited FETCH without UID: ignored by _records
 
 
 def _uid_set(uids: Sequence[int]) -> bytes:
@@ -701,10 +716,11 @@ def _records(
             continue  # an unsolicited FETCH (flag change) without UID
         loc = prefix + uid_raw.decode()
         block = next((v for k, v in d.items() if k.startswith(b"BODY[")), None)
-        if not isinstance(block, bytes):
-            skipped.append((loc, "the server returned no header"))
-            continue
         date = d.get(b"INTERNALDATE")
+        if not isinstance(block, bytes):
+            if date is not None:  # else an unsolicited flag update: not an answer to us
+                skipped.append((loc, "the server returned no header"))
+            continue
         try:
             ms = parse_internaldate(date) if isinstance(date, bytes) else None
         except (ValueError, KeyError):
