@@ -9,6 +9,8 @@ message is automated (section 3).
 from __future__ import annotations
 
 import calendar
+import datetime
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
@@ -51,18 +53,33 @@ WANTED_HEADERS: tuple[str, ...] = (
 )
 _WANTED = frozenset(h.lower() for h in WANTED_HEADERS)
 
-# A header field: name, colon, value with its folded continuation lines.
-_FIELD_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.M)
-_FOLD_RE = re.compile(r"\r?\n(?=[ \t])")
+_WANTED_BYTES = frozenset(h.encode() for h in _WANTED)
+# Splits a header block into logical fields: at every line break not followed by a fold
+# (space or tab). One C-level pass; the hot path of every import.
+_LOGICAL_RE = re.compile(rb"\n(?![ \t])")
+# A field name: printable ASCII but no colon (RFC 5322 ftext).
+_NAME_RE = re.compile(rb"[!-9;-~]+")
+_LOGICAL_STR_RE = re.compile(r"\n(?![ \t])")
+_NAME_STR_RE = re.compile(r"[!-9;-~]+")
 _MSGID_RE = re.compile(r"<([^<>\s]+)>")
 _ANGLE_RE = re.compile(r"<\s*([^<>\s]*@[^<>\s]*)\s*>")
 _NOREPLY_RE = re.compile(
     r"^(?:no[-_.]?reply|do[-_.]?not[-_.]?reply|mailer[-_.]?daemon|postmaster)(?:[+].*)?$"
 )
 _AUTO_PRECEDENCE = frozenset({"bulk", "junk", "list", "auto_reply"})
-_AUTO_PRESENT = ("x-autoreply", "x-autorespond", "x-auto-response-suppress", "list-id",
-                 "list-unsubscribe")
+_AUTO_PRESENT = frozenset({"x-autoreply", "x-autorespond", "x-auto-response-suppress",
+                           "list-id", "list-unsubscribe"})
 _MIN_YEAR, _MAX_YEAR = 1970, 2200
+_EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
+# The Date shape nearly every mailer writes ("Tue, 3 Nov 2026 09:15:00 +0100"), parsed without
+# email.utils; anything else (zone names, two-digit years, no comma...) takes parsedate_tz.
+_DATE_RE = re.compile(
+    r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+"
+    r"(\d{1,2}):(\d{2})(?::(\d{2}))?\s+([+-])(\d{2})(\d{2})(?![\d:])"
+)
+_MONTHS = {m: i + 1 for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))}
+_MONTH_DAYS: dict[tuple[int, int], int] = {}  # (year, month) -> days from 1970-01-01 to its 1st
 
 
 def header_block_end(data: bytes) -> int:
@@ -70,7 +87,8 @@ def header_block_end(data: bytes) -> int:
     if data.startswith((b"\n", b"\r\n")):
         return 1 if data[:1] == b"\n" else 2
     lf = data.find(b"\n\n")
-    crlf = data.find(b"\r\n\r\n")
+    # A CRLF blank line only matters before the first LF one: do not scan the rest.
+    crlf = data.find(b"\r\n\r\n", 0, lf + 1 if lf >= 0 else len(data))
     if lf < 0 and crlf < 0:
         return -1
     if crlf < 0 or (0 <= lf < crlf):
@@ -85,13 +103,78 @@ def _text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
+def _field_name(raw: bytes, sep: bytes) -> bytes | None:
+    """The lower-case name of a logical field whose name is not a plain wanted one: allows
+    blanks before the colon (obsolete syntax), refuses anything that is not a field name."""
+    if not sep:
+        return None
+    name = raw.rstrip(b" \t")
+    return name.lower() if _NAME_RE.fullmatch(name) else None
+
+
+def _str_field_name(raw: str, sep: str) -> str:
+    if not sep:
+        return ""
+    name = raw.rstrip(" \t")
+    return name.lower() if _NAME_STR_RE.fullmatch(name) else ""
+
+
+def _value(raw: bytes) -> str:
+    if b"\n" in raw:  # unfold: drop the line breaks, keep the blanks that follow them
+        raw = raw.replace(b"\r\n", b"").replace(b"\n", b"")
+    return _text(raw).strip()
+
+
 def split_fields(block: bytes, wanted: frozenset[str] = _WANTED) -> list[tuple[str, str]]:
     """(lower-case name, unfolded value) for each wanted field, in order of appearance."""
+    wanted_b = _WANTED_BYTES if wanted is _WANTED else frozenset(w.encode() for w in wanted)
     out: list[tuple[str, str]] = []
-    for m in _FIELD_RE.finditer(block):
-        name = m.group(1).decode("ascii").lower()
-        if name in wanted:
-            out.append((name, _FOLD_RE.sub("", _text(m.group(2))).strip()))
+    for line in _LOGICAL_RE.split(block):
+        raw, sep, value = line.partition(b":")
+        name = raw.lower()
+        if name not in wanted_b or not sep:
+            name = _field_name(raw, sep)  # type: ignore[assignment]
+            if name not in wanted_b:
+                continue
+        out.append((name.decode("ascii"), _value(value)))
+    return out
+
+
+def _field_dict(block: bytes, wanted: frozenset[str], wanted_b: frozenset[bytes]) -> dict[str, str]:
+    """Like split_fields, straight into a dict where the first occurrence wins (and later
+    duplicates are not even decoded)."""
+    out: dict[str, str] = {}
+    try:
+        # Nearly every block is ASCII or UTF-8: decode it once, not field by field.
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        for line in _LOGICAL_STR_RE.split(text):
+            raw, sep, value = line.partition(":")
+            name = raw.lower()
+            if name not in wanted or not sep:
+                # Rare: "Name :" (obsolete syntax) or a line without a colon.
+                if not sep or raw[-1:] not in (" ", "\t"):
+                    continue
+                name = _str_field_name(raw, sep)
+                if name not in wanted:
+                    continue
+            if name not in out:
+                if "\n" in value:
+                    value = value.replace("\r\n", "").replace("\n", "")
+                out[name] = value.strip()
+        return out
+    for line in _LOGICAL_RE.split(block):
+        raw, sep, value = line.partition(b":")
+        name = raw.lower()
+        if name not in wanted_b or not sep:
+            name = _field_name(raw, sep)  # type: ignore[assignment]
+            if name not in wanted_b:
+                continue
+        key = name.decode("ascii")
+        if key not in out:
+            out[key] = _value(value)
     return out
 
 
@@ -141,6 +224,24 @@ def parse_date_ms(value: str | None) -> tuple[int | None, int | None]:
     """UTC epoch milliseconds and the original offset in minutes; (None, None) if unusable."""
     if not value:
         return None, None
+    m = _DATE_RE.match(value)
+    if m is not None and (month := _MONTHS.get(m.group(2).lower())) is not None:
+        year = int(m.group(3))
+        if not _MIN_YEAR <= year <= _MAX_YEAR:
+            return None, None
+        first = _MONTH_DAYS.get((year, month))
+        if first is None:
+            first = _MONTH_DAYS[(year, month)] = (
+                datetime.date(year, month, 1).toordinal() - _EPOCH_ORDINAL
+            )
+        hh, mm, sign, oh, om = m.group(4, 5, 7, 8, 9)
+        # The same arithmetic as calendar.timegm, so both paths agree on odd values too.
+        offset = (int(oh) * 3600 + int(om) * 60) * (-1 if sign == "-" else 1)
+        seconds = (
+            (first + int(m.group(1)) - 1) * 86400
+            + int(hh) * 3600 + int(mm) * 60 + int(m.group(6) or 0) - offset
+        )
+        return seconds * 1000, offset // 60
     try:
         parts = parsedate_tz(value)
     except Exception:
@@ -185,7 +286,7 @@ def is_automated(fields: dict[str, str], from_addr: str | None) -> bool:
     auto = fields.get("auto-submitted")
     if auto is not None and auto.split(";", 1)[0].strip().lower() != "no":
         return True
-    if any(h in fields for h in _AUTO_PRESENT):
+    if not _AUTO_PRESENT.isdisjoint(fields):
         return True
     if fields.get("precedence", "").strip().lower() in _AUTO_PRECEDENCE:
         return True
@@ -212,7 +313,17 @@ def record_from_fields(
     fields: dict[str, str] = {}
     for name, value in pairs:
         fields.setdefault(name.lower(), value)
+    return _record(fields, server_time_ms, provider_thread_id, labels, keep, problems)
 
+
+def _record(
+    fields: dict[str, str],
+    server_time_ms: int | None,
+    provider_thread_id: str | None,
+    labels: Sequence[str],
+    keep: Iterable[str],
+    problems: int,
+) -> MessageRecord:
     from_list, bad_from = parse_addresses(fields.get("from"))
     to, bad_to = parse_addresses(fields.get("to"))
     cc, bad_cc = parse_addresses(fields.get("cc"))
@@ -241,6 +352,7 @@ def record_from_fields(
     all_labels = list(labels)
     if "x-gmail-labels" in fields:
         all_labels += [lb.strip() for lb in decode_words(fields["x-gmail-labels"]).split(",")]
+    ctype = fields.get("content-type")
     subject = fields.get("subject")
     message_id = _message_id(fields.get("message-id"))
     record = MessageRecord(
@@ -256,10 +368,10 @@ def record_from_fields(
         in_reply_to=_parent_id(fields.get("in-reply-to")),
         references=parse_references(fields.get("references")),
         automated=is_automated(fields, from_addr),
-        content_type=(fields.get("content-type", "").split(";", 1)[0].strip().lower() or None),
+        content_type=(ctype.split(";", 1)[0].strip().lower() or None) if ctype else None,
         provider_thread_id=thread.strip() if thread else None,
-        labels=tuple(sorted({lb for lb in all_labels if lb})),
-        extra={k.lower(): fields[k.lower()] for k in keep if k.lower() in fields},
+        labels=tuple(sorted({lb for lb in all_labels if lb})) if all_labels else (),
+        extra={k.lower(): fields[k.lower()] for k in keep if k.lower() in fields} if keep else {},
         problems=problems,
     )
     if message_id is None:
@@ -284,16 +396,38 @@ def parse_header_block(
     end = header_block_end(block)
     if end >= 0:
         block = block[:end]
-    keep = tuple(keep)
-    wanted = _WANTED | {k.lower() for k in keep} if keep else _WANTED
-    pairs = split_fields(block, wanted)
-    if not pairs and block.strip():
-        problems |= PROBLEM_MALFORMED
-    return record_from_fields(
-        pairs,
+    return parse_header_fields(
+        block,
         server_time_ms=server_time_ms,
         provider_thread_id=provider_thread_id,
         labels=labels,
         keep=keep,
         problems=problems,
     )
+
+
+def parse_header_fields(
+    block: bytes,
+    *,
+    server_time_ms: int | None = None,
+    provider_thread_id: str | None = None,
+    labels: Sequence[str] = (),
+    keep: Iterable[str] = (),
+    problems: int = 0,
+) -> MessageRecord:
+    """Like parse_header_block for a block the caller has already cut at its end (the file
+    importer has found the blank line anyway: no need to search for it twice)."""
+    if b"\0" in block:  # NUL bytes are never meaningful in a header; SQLite text hates them
+        block = block.replace(b"\0", b"")
+    keep = tuple(keep)
+    wanted, wanted_b = _wanted_sets(keep) if keep else (_WANTED, _WANTED_BYTES)
+    fields = _field_dict(block, wanted, wanted_b)
+    if not fields and block.strip():
+        problems |= PROBLEM_MALFORMED
+    return _record(fields, server_time_ms, provider_thread_id, labels, keep, problems)
+
+
+@functools.lru_cache(maxsize=32)
+def _wanted_sets(keep: tuple[str, ...]) -> tuple[frozenset[str], frozenset[bytes]]:
+    wanted = _WANTED | {k.lower() for k in keep}
+    return wanted, frozenset(w.encode("utf-8") for w in wanted)

@@ -1,0 +1,470 @@
+"""Offline import (connectors/files.py) on the real notmuch corpora and on hand-made broken
+input: exact counts, stable locations, idempotent re-imports, flat streaming of mbox files."""
+
+from __future__ import annotations
+
+import io
+import mailbox
+import os
+import re
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from replytime.cache.sqlite import SQLiteCache
+from replytime.connectors import files
+from replytime.connectors.files import (
+    MAX_HEADER,
+    import_paths,
+    iter_messages,
+    maildir_location,
+    scan_mbox,
+)
+from replytime.errors import UsageError
+from replytime.model import PROBLEM_NO_TIME, PROBLEM_TRUNCATED
+
+CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
+
+
+def corpus_files(folder: str) -> list[Path]:
+    return sorted(p for p in (CORPORA / folder).rglob("*") if p.is_file())
+
+
+def dump(cache: SQLiteCache) -> dict[str, list[tuple[object, ...]]]:
+    """Every table in full, in a stable order (the accounts' sync time left out)."""
+    q = cache.conn.execute
+    return {
+        "messages": q("SELECT * FROM messages ORDER BY id").fetchall(),
+        "locations": q("SELECT * FROM locations ORDER BY account, location").fetchall(),
+        "skipped": q("SELECT * FROM skipped ORDER BY account, location").fetchall(),
+        "accounts": q("SELECT name, type, state FROM accounts ORDER BY name").fetchall(),
+    }
+
+
+def counts(cache: SQLiteCache) -> tuple[int, int, int, int]:
+    """(messages, locations, skipped, messages without a time)."""
+    q = cache.conn.execute
+    return (
+        q("SELECT count(*) FROM messages").fetchone()[0],
+        q("SELECT count(*) FROM locations").fetchone()[0],
+        q("SELECT count(*) FROM skipped").fetchone()[0],
+        q("SELECT count(*) FROM messages WHERE time_ms IS NULL").fetchone()[0],
+    )
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> SQLiteCache:
+    c = SQLiteCache(tmp_path / "cache.sqlite")
+    yield c
+    c.close()
+
+
+MSG = (
+    "From: Lead Person <lead@client.example>\n"
+    "To: sales@acme.example\n"
+    "Subject: {subject}\n"
+    "Date: Tue, 03 Nov 2026 09:15:00 +0100\n"
+    "Message-ID: <{mid}>\n"
+    "\n"
+    "Hello\n"
+)
+
+
+def msg(mid: str, subject: str = "Quote please") -> bytes:
+    return MSG.format(mid=mid, subject=subject).encode()
+
+
+# -- the real corpora ---------------------------------------------------------------------------
+# Expected numbers come from inspecting the corpus independently of replytime's parser:
+# `find FOLDER -type f | wc -l` for the places, and Python's email package (compat32 policy)
+# for distinct Message-ID headers (every file has one); every Date parses with
+# email.utils.parsedate_tz, so no message lacks a time:
+#   default   53 files, 52 ids (<20091117232137.GA7669@griffis1.net> twice)
+#   lkml     210 files, 176 ids (34 messages stored twice, as in the list archive)
+#   threading 12 files, 12 ids; broken 4 files, 4 ids
+#   duplicate  9 files, 3 ids (<87r2ecrr6x.fsf@zephyr.silentflame.com> five times)
+@pytest.mark.parametrize(
+    ("folder", "places", "messages"),
+    [("default", 53, 52), ("lkml", 210, 176), ("threading", 12, 12), ("broken", 4, 4),
+     ("duplicate", 9, 3)],
+)
+def test_corpus_import_counts(cache: SQLiteCache, folder: str, places: int, messages: int) -> None:
+    stats = import_paths(cache, [CORPORA / folder], account="corpus")
+    assert (stats.fetched, stats.skipped, stats.extra["new"]) == (places, 0, messages)
+    assert counts(cache) == (messages, places, 0, 0)
+    assert len(corpus_files(folder)) == places
+    # One location per file, the flags suffix stripped: all of them point at real files.
+    locs = {r[0] for r in cache.conn.execute("SELECT location FROM locations")}
+    assert locs == {maildir_location(str(p)) for p in corpus_files(folder)}
+    # No folder name became a label.
+    labelled = cache.conn.execute("SELECT count(*) FROM locations WHERE labels <> ''")
+    assert labelled.fetchone() == (0,)
+
+
+def test_corpus_all_folders_at_once(cache: SQLiteCache) -> None:
+    # The five folders have no Message-ID in common: 52 + 176 + 12 + 4 + 3 = 247 messages.
+    stats = import_paths(cache, [CORPORA], account="corpus")
+    assert (stats.fetched, stats.skipped) == (288, 0)
+    assert counts(cache) == (247, 288, 0, 0)
+
+
+def test_broken_corpus_fields(cache: SQLiteCache) -> None:
+    import_paths(cache, [CORPORA / "broken"])
+    rows = dict(cache.conn.execute("SELECT message_id, cc_addrs FROM messages"))
+    # broken-cc has "Cc: Bob" and later "cc: Charles": the first field wins.
+    assert rows["multiple-cc@example.org"] == "bob@example.org"
+    loops = dict(cache.conn.execute(
+        "SELECT message_id, in_reply_to FROM messages WHERE message_id LIKE 'mid-loop-%'"))
+    assert loops == {"mid-loop-12@example.org": "mid-loop-21@example.org",
+                     "mid-loop-21@example.org": "mid-loop-12@example.org"}
+
+
+def test_duplicate_corpus_keeps_first_in_name_order(cache: SQLiteCache) -> None:
+    import_paths(cache, [CORPORA / "duplicate"])
+    keys = cache.conn.execute(
+        "SELECT location FROM locations WHERE msg_key = '87r2ecrr6x.fsf@zephyr.silentflame.com'"
+    ).fetchall()
+    assert sorted(Path(k[0]).name for k in keys) == [f"msg-3-{i}" for i in range(1, 6)]
+    # msg-3-1 is read first (name order); its subject is the one stored.
+    subject = cache.conn.execute(
+        "SELECT subject FROM messages WHERE msg_key = '87r2ecrr6x.fsf@zephyr.silentflame.com'"
+    ).fetchone()[0]
+    first = next(r for _, r, _ in iter_messages([CORPORA / "duplicate" / "msg-3-1:2,"]))
+    assert first is not None and subject == first.subject
+
+
+def test_reimport_is_idempotent(cache: SQLiteCache) -> None:
+    import_paths(cache, [CORPORA / "default", CORPORA / "duplicate"])
+    before = dump(cache)
+    stats = import_paths(cache, [CORPORA / "default", CORPORA / "duplicate"])
+    assert (stats.fetched, stats.extra["new"]) == (62, 0)
+    assert dump(cache) == before
+
+
+def test_pool_gives_the_same_cache_as_one_process(tmp_path: Path) -> None:
+    # Tiny units so the 210 lkml files make 30 units spread over 2 worker processes.
+    one = SQLiteCache(tmp_path / "one.sqlite")
+    two = SQLiteCache(tmp_path / "two.sqlite")
+    paths = [CORPORA / "lkml", CORPORA / "duplicate", CORPORA / "default"]
+    s1 = import_paths(one, paths, workers=1, unit_files=7)
+    s2 = import_paths(two, paths, workers=2, unit_files=7, batch_size=50)
+    assert (s1.fetched, s2.fetched) == (272, 272)
+    assert dump(one) == dump(two)
+    one.close()
+    two.close()
+
+
+def test_same_message_in_two_folders_is_stored_once(cache: SQLiteCache, tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        shutil.copy(CORPORA / "threading" / "ghost-root" / "child", tmp_path / name / "m1")
+    stats = import_paths(cache, [tmp_path / "a", tmp_path / "b"])
+    assert stats.fetched == 2 and stats.extra["new"] == 1
+    assert counts(cache) == (1, 2, 0, 0)
+
+
+def test_maildir_flag_change_is_not_a_new_place(cache: SQLiteCache, tmp_path: Path) -> None:
+    md = tmp_path / "Mail"
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True)
+    (md / "cur" / "1700000000.M1P1.host:2,").write_bytes(msg("a@x.example"))
+    (md / "tmp" / "1700000001.M2P1.host").write_bytes(msg("in-delivery@x.example"))
+    (md / ".notmuch").mkdir()
+    (md / ".notmuch" / "flintlock").write_bytes(b"\0\0garbage")
+    (md / "dovecot-uidlist").write_bytes(b"3 V1 N2\n")
+    (md / ".mbsyncstate").write_bytes(b"junk\n")
+    import_paths(cache, [md])
+    before = dump(cache)
+    os.rename(md / "cur" / "1700000000.M1P1.host:2,", md / "cur" / "1700000000.M1P1.host:2,RS")
+    import_paths(cache, [md])
+    assert dump(cache) == before
+    assert before["locations"] == [
+        ("import", str(md / "cur" / "1700000000.M1P1.host"), "a@x.example", "")
+    ]
+    assert before["skipped"] == []  # tmp/, .notmuch, index files: not mail, not skipped either
+
+
+def test_maildir_plus_plus_subfolders(cache: SQLiteCache, tmp_path: Path) -> None:
+    md = tmp_path / "Maildir"
+    for folder in ("", ".Sales", ".Sales.Leads"):
+        for sub in ("cur", "new", "tmp"):
+            (md / folder / sub).mkdir(parents=True, exist_ok=True)
+    (md / "new" / "1").write_bytes(msg("1@x.example"))
+    (md / ".Sales" / "cur" / "2:2,S").write_bytes(msg("2@x.example"))
+    (md / ".Sales.Leads" / "new" / "3").write_bytes(msg("3@x.example"))
+    (md / ".Sales.Leads" / "tmp" / "4").write_bytes(msg("4@x.example"))
+    stats = import_paths(cache, [md])
+    assert (stats.fetched, stats.skipped) == (3, 0)
+    ids = [r[0] for r in cache.conn.execute("SELECT message_id FROM messages ORDER BY id")]
+    assert ids == ["2@x.example", "3@x.example", "1@x.example"]  # depth first, name order
+
+
+# -- mbox -------------------------------------------------------------------------------------
+def test_mbox_round_trip(cache: SQLiteCache, tmp_path: Path) -> None:
+    """The lkml messages written with the standard library's mailbox.mbox import as the same
+    set of messages as the Maildir they came from."""
+    box = mailbox.mbox(tmp_path / "lkml.mbox")
+    for p in corpus_files("lkml"):
+        box.add(p.read_bytes())
+    box.flush()
+    box.close()
+    stats = import_paths(cache, [tmp_path / "lkml.mbox"])
+    assert (stats.fetched, stats.skipped) == (210, 0)
+    other = SQLiteCache(tmp_path / "maildir.sqlite")
+    import_paths(other, [CORPORA / "lkml"])
+    cols = "msg_key, from_addr, to_addrs, cc_addrs, subject, time_ms, in_reply_to, refs, automated"
+    got = cache.conn.execute(f"SELECT {cols} FROM messages ORDER BY msg_key").fetchall()
+    want = other.conn.execute(f"SELECT {cols} FROM messages ORDER BY msg_key").fetchall()
+    assert len(got) == 176 and got == want
+    other.close()
+    # Locations are the path and the byte offset of each From line.
+    data = (tmp_path / "lkml.mbox").read_bytes()
+    offsets = [int(loc.rsplit("#", 1)[1]) for (loc,) in
+               cache.conn.execute("SELECT location FROM locations")]
+    assert len(offsets) == 210
+    assert all(data[o:o + 5] == b"From " and (o == 0 or data[o - 1:o] == b"\n") for o in offsets)
+
+
+def _scan(data: bytes, chunk: int, start: int = 0, end: int | None = None
+          ) -> list[tuple[int, bytes, int]]:
+    return list(scan_mbox(io.BytesIO(data), start, end, chunk=chunk))
+
+
+MBOX = (
+    b"From a@x Thu Jan  1 00:00:00 2026\n" + msg("1@x.example") +
+    b">From the body, quoted: not a separator\n\n"
+    b"From b@x Thu Jan  1 00:00:00 2026\r\n" + msg("2@x.example").replace(b"\n", b"\r\n") +
+    b"\r\n"
+    b"From c@x Thu Jan  1 00:00:00 2026\n" + msg("3@x.example").split(b"\n\n")[0] + b"\n"
+    b"From d@x Thu Jan  1 00:00:00 2026\n"
+    b"\nan empty header block\n"
+    b"From e@x Thu Jan  1 00:00:00 2026\n" + msg("5@x.example")
+)
+
+
+def test_scan_mbox_is_the_same_whatever_the_chunk_size() -> None:
+    whole = _scan(MBOX, 1 << 20)
+    assert [o for o, _, _ in whole] == [m.start() for m in re.finditer(rb"(?m)^From ", MBOX)]
+    assert [p for _, _, p in whole] == [0, 0, 0, 0, 0]
+    assert whole[3][1] == b""  # d: no headers at all
+    assert whole[2][1].endswith(b"Message-ID: <3@x.example>\n")  # c: headers only
+    for chunk in (1, 2, 5, 6, 7, 13, 64, 100):
+        assert _scan(MBOX, chunk) == whole, chunk
+    # Byte ranges (how workers share a big mbox) together give every message once.
+    for cut in range(1, len(MBOX)):
+        assert _scan(MBOX, 16, 0, cut) + _scan(MBOX, 16, cut) == whole, cut
+
+
+def test_mbox_import_locations_and_skips(cache: SQLiteCache, tmp_path: Path) -> None:
+    path = tmp_path / "box.mbox"
+    path.write_bytes(MBOX)
+    stats = import_paths(cache, [path])
+    assert (stats.fetched, stats.skipped) == (4, 1)
+    offsets = [m.start() for m in re.finditer(rb"(?m)^From ", MBOX)]
+    assert cache.conn.execute("SELECT location, reason FROM skipped").fetchall() == [
+        (f"{path}#{offsets[3]}", "no usable headers")
+    ]
+    ids = [r[0] for r in cache.conn.execute("SELECT message_id FROM messages ORDER BY id")]
+    assert ids == ["1@x.example", "2@x.example", "3@x.example", "5@x.example"]
+
+
+def test_big_mbox_is_split_into_ranges(cache: SQLiteCache, tmp_path: Path) -> None:
+    # Ranges of 4 KiB cut a 3,000-message mbox into many units, scanned by two worker
+    # processes, with every message once and in file order.
+    path = tmp_path / "big.mbox"
+    with open(path, "wb") as f:
+        for i in range(3000):
+            f.write(b"From x Thu Jan  1 00:00:00 2026\n" + msg(f"{i}@big.example") + b"\n")
+    units = list(files._units([path], mbox_range=4096))
+    assert len(units) == (path.stat().st_size + 4095) // 4096
+    stats = import_paths(cache, [path], workers=2, mbox_range=4096)
+    assert (stats.fetched, stats.skipped, stats.extra["new"]) == (3000, 0, 3000)
+    ids = [r[0] for r in cache.conn.execute("SELECT message_id FROM messages ORDER BY id")]
+    assert ids == [f"{i}@big.example" for i in range(3000)]
+
+
+def test_takeout_mbox(cache: SQLiteCache, tmp_path: Path) -> None:
+    path = tmp_path / "All mail Including Spam and Trash.mbox"
+    path.write_bytes(
+        b"From 1780000000000000001@xxx Tue Nov 03 08:15:00 +0000 2026\n"
+        b"X-GM-THRID: 1780000000000000001\n"
+        b"X-Gmail-Labels: Inbox,Important,=?UTF-8?Q?Leads/Caf=C3=A9?=,Opened\n"
+        + msg("t1@client.example") +
+        b"\nFrom 1780000000000000002@xxx Tue Nov 03 09:15:00 +0000 2026\n"
+        b"X-GM-THRID: 1780000000000000001\n"
+        b"X-Gmail-Labels: Sent\n"
+        b"From: Alice <alice@acme.example>\nTo: lead@client.example\n"
+        b"Subject: Re: Quote please\nDate: Tue, 03 Nov 2026 10:15:00 +0100\n"
+        b"Message-ID: <t2@acme.example>\nIn-Reply-To: <t1@client.example>\n\nSure\n"
+    )
+    stats = import_paths(cache, [path], account="takeout")
+    assert (stats.fetched, stats.skipped) == (2, 0)
+    rows = cache.conn.execute(
+        "SELECT m.message_id, m.provider_thread_id, l.labels FROM messages m "
+        "JOIN locations l USING (msg_key) ORDER BY m.id").fetchall()
+    assert rows == [
+        ("t1@client.example", "1780000000000000001", "Important,Inbox,Leads/Café,Opened"),
+        ("t2@acme.example", "1780000000000000001", "Sent"),
+    ]
+
+
+def test_single_eml_file(cache: SQLiteCache, tmp_path: Path) -> None:
+    path = tmp_path / "lead.eml"
+    path.write_bytes(msg("eml@client.example").replace(b"\n", b"\r\n"))
+    stats = import_paths(cache, [path])
+    assert (stats.fetched, stats.skipped) == (1, 0)
+    assert cache.conn.execute(
+        "SELECT m.message_id, m.from_addr, m.subject, m.time_ms, m.time_offset, l.location "
+        "FROM messages m JOIN locations l USING (msg_key)").fetchone() == (
+        "eml@client.example", "lead@client.example", "Quote please", 1793693700000, 60, str(path))
+
+
+# -- usage errors -------------------------------------------------------------------------------
+def test_missing_path(cache: SQLiteCache, tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as e:
+        import_paths(cache, [CORPORA / "default", tmp_path / "nope.mbox"])
+    assert str(e.value) == f"{tmp_path / 'nope.mbox'} does not exist"
+    assert counts(cache) == (0, 0, 0, 0)  # checked before anything is written
+
+
+def test_empty_directory(cache: SQLiteCache, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError) as e:
+        import_paths(cache, [tmp_path / "empty"])
+    assert str(e.value) == f"no mail found in {tmp_path / 'empty'}"
+    assert e.value.exit_code == 2
+
+
+def test_directory_of_garbage_only(cache: SQLiteCache, tmp_path: Path) -> None:
+    d = tmp_path / "junk"
+    d.mkdir()
+    (d / "a.bin").write_bytes(bytes(range(256)) * 4)
+    (d / "b.txt").write_bytes(b"")
+    with pytest.raises(UsageError) as e:
+        import_paths(cache, [d])
+    assert str(e.value) == f"no mail found in {d} (1 empty file; 1 not a message)"
+    assert counts(cache) == (0, 0, 0, 0)
+
+
+def test_fifo_and_file_used_as_directory(cache: SQLiteCache, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError) as e:
+        import_paths(cache, [fifo])
+    assert str(e.value) == f"{fifo} is not a file or a directory (mbox, Maildir or .eml expected)"
+    eml = tmp_path / "lead.eml"
+    eml.write_bytes(msg("x@y.example"))
+    # A file used as a directory (pathlib drops a trailing slash, so go one level below it).
+    with pytest.raises(UsageError) as e:
+        import_paths(cache, [eml / "inner.eml"])
+    assert str(e.value) == f"cannot read {eml / 'inner.eml'}: not a directory"
+
+
+def test_fifo_inside_a_directory_is_skipped(cache: SQLiteCache, tmp_path: Path) -> None:
+    d = tmp_path / "mail"
+    d.mkdir()
+    (d / "m1").write_bytes(msg("m1@x.example"))
+    os.mkfifo(d / "pipe")
+    stats = import_paths(cache, [d])
+    assert (stats.fetched, stats.skipped) == (1, 1)
+    assert cache.conn.execute("SELECT location, reason FROM skipped").fetchall() == [
+        (str(d / "pipe"), "not a regular file")]
+
+
+def test_unreadable_file(cache: SQLiteCache, tmp_path: Path) -> None:
+    path = tmp_path / "secret.eml"
+    path.write_bytes(msg("secret@x.example"))
+    path.chmod(0)
+    try:
+        readable = True
+        try:
+            path.open("rb").close()
+        except PermissionError:
+            readable = False
+        if readable:
+            # Running as root: mode 000 does not stop reads, so the file simply imports.
+            assert import_paths(cache, [path]).fetched == 1
+        else:
+            with pytest.raises(UsageError) as e:
+                import_paths(cache, [path])
+            assert str(e.value) == f"cannot read {path}: permission denied"
+    finally:
+        path.chmod(0o600)
+
+
+# -- broken input -------------------------------------------------------------------------------
+def test_broken_files_are_skipped_or_flagged(cache: SQLiteCache, tmp_path: Path) -> None:
+    d = tmp_path / "broken"
+    d.mkdir()
+    good = msg("good@x.example")
+    (d / "01-good").write_bytes(good)
+    (d / "02-empty").write_bytes(b"")
+    (d / "03-garbage").write_bytes(bytes(range(128, 256)) * 50)
+    (d / "04-cut-early").write_bytes(good[:12])  # "From: Lead P": no address, id or date
+    (d / "05-cut-in-headers").write_bytes(good[:good.index(b"Message-ID") + 20])
+    (d / "06-nul-and-latin1").write_bytes(
+        b"From: J\xe9r\xf4me <jerome@x.example>\nSubject: caf\xe9\0 au lait\n"
+        b"Message-ID: <nul@x.example>\nDate: Tue, 03 Nov 2026 09:15:00 +0100\n\nbody\0\0\n")
+    (d / "07-bad-charset").write_bytes(
+        b"From: =?x-unknown?q?Bad?= <bad@x.example>\nSubject: =?utf-8?b?////?=\n"
+        b"Message-ID: <charset@x.example>\nDate: not a date\n\n")
+    (d / "08-text-file").write_bytes(b"Note: this is a README, not mail\n")
+    stats = import_paths(cache, [d])
+    assert (stats.fetched, stats.skipped) == (4, 4)
+    assert cache.conn.execute("SELECT location, reason FROM skipped ORDER BY 1").fetchall() == [
+        (str(d / "02-empty"), "empty file"),
+        (str(d / "03-garbage"), "not a message"),
+        (str(d / "04-cut-early"), "no usable headers"),
+        (str(d / "08-text-file"), "no usable headers"),
+    ]
+    rows = dict(
+        (r[0], r[1:]) for r in cache.conn.execute(
+            "SELECT message_id, subject, from_addr, time_ms IS NULL, problems FROM messages"))
+    assert rows == {
+        "good@x.example": ("Quote please", "lead@client.example", 0, 0),
+        # Cut in the middle of the Message-ID line: the id is partial, the block flagged.
+        "good@x.": ("Quote please", "lead@client.example", 0, PROBLEM_TRUNCATED),
+        "nul@x.example": ("café au lait", "jerome@x.example", 0, 0),
+        "charset@x.example": ("=?utf-8?b?////?=", "bad@x.example", 1, PROBLEM_NO_TIME),
+    }
+    assert counts(cache) == (4, 4, 4, 1)
+
+
+def test_huge_header_block_is_cut_and_flagged(cache: SQLiteCache, tmp_path: Path) -> None:
+    # A header "loop": the same Received line repeated until the block is over MAX_HEADER.
+    line = b"Received: from loop.example by loop.example; Tue, 03 Nov 2026 09:15:00 +0000\n"
+    head = msg("huge@x.example").split(b"\n\n")[0] + b"\n"
+    data = head + line * (MAX_HEADER // len(line) + 100) + b"\nbody\n"
+    (tmp_path / "huge.eml").write_bytes(data)
+    (tmp_path / "huge.mbox").write_bytes(b"From x Thu Jan  1 00:00:00 2026\n" + data)
+    found = list(iter_messages([tmp_path / "huge.eml", tmp_path / "huge.mbox"]))
+    assert [(r.message_id, r.problems) for _, r, _ in found if r] == [
+        ("huge@x.example", PROBLEM_TRUNCATED), ("huge@x.example", PROBLEM_TRUNCATED)]
+    assert [loc for loc, _, _ in found] == [str(tmp_path / "huge.eml"),
+                                            f"{tmp_path / 'huge.mbox'}#0"]
+
+
+def test_unknown_fields_only(tmp_path: Path) -> None:
+    path = tmp_path / "odd"
+    path.write_bytes(b"X-Only-Unknown: 1\nMessage-ID: <odd@x.example>\n\n")
+    [(loc, rec, why)] = list(iter_messages([path]))
+    assert rec is not None and rec.message_id == "odd@x.example" and why is None
+    assert rec.problems == PROBLEM_NO_TIME
+    path.write_bytes(b"X-Only-Unknown: 1\n\n")
+    [(loc, rec, why)] = list(iter_messages([path]))
+    assert (rec, why) == (None, "no usable headers")
+
+
+def test_location_strips_maildir_flags_only_from_the_name() -> None:
+    assert maildir_location("/m/cur/123.M1P2.host:2,FRS") == "/m/cur/123.M1P2.host"
+    assert maildir_location("/m/cur/123.host!2,S") == "/m/cur/123.host"
+    assert maildir_location("/odd:2,dir/msg") == "/odd:2,dir/msg"
+    assert maildir_location("/m/new/123.host") == "/m/new/123.host"
+
+
+def test_cache_file_is_a_real_sqlite_database(cache: SQLiteCache) -> None:
+    import_paths(cache, [CORPORA / "threading"])
+    with sqlite3.connect(cache.path) as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone() == (12,)
