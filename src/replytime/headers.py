@@ -79,7 +79,9 @@ _DATE_RE = re.compile(
 )
 _MONTHS = {m: i + 1 for i, m in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))}
-_MONTH_DAYS: dict[tuple[int, int], int] = {}  # (year, month) -> days from 1970-01-01 to its 1st
+# (year, month) -> (days from 1970-01-01 to its 1st, days in the month)
+_MONTH_DAYS: dict[tuple[int, int], tuple[int, int]] = {}
+_MAX_OFFSET = 24 * 3600 - 60  # UTC offsets beyond +-23:59 are not time zones
 
 
 def header_block_end(data: bytes) -> int:
@@ -220,38 +222,46 @@ def _slow_addresses(value: str) -> tuple[tuple[str, ...], bool]:
     return addrs, not addrs and "@" in value
 
 
+def _epoch_seconds(
+    year: int, month: int, day: int, hh: int, mm: int, ss: int, offset: int
+) -> int | None:
+    """Seconds since the epoch for a wall-clock time at a UTC offset in seconds, or None
+    when a field is out of range (31 Feb, 25:00, a +9900 offset: garbage, not a time)."""
+    if not _MIN_YEAR <= year <= _MAX_YEAR or not 1 <= month <= 12:
+        return None
+    known = _MONTH_DAYS.get((year, month))
+    if known is None:
+        first = datetime.date(year, month, 1).toordinal() - _EPOCH_ORDINAL
+        known = _MONTH_DAYS[(year, month)] = (first, calendar.monthrange(year, month)[1])
+    first, length = known
+    if not (1 <= day <= length and hh <= 23 and mm <= 59 and ss <= 60
+            and -_MAX_OFFSET <= offset <= _MAX_OFFSET):
+        return None
+    return (first + day - 1) * 86400 + hh * 3600 + mm * 60 + ss - offset
+
+
 def parse_date_ms(value: str | None) -> tuple[int | None, int | None]:
     """UTC epoch milliseconds and the original offset in minutes; (None, None) if unusable."""
     if not value:
         return None, None
     m = _DATE_RE.match(value)
     if m is not None and (month := _MONTHS.get(m.group(2).lower())) is not None:
-        year = int(m.group(3))
-        if not _MIN_YEAR <= year <= _MAX_YEAR:
+        day, year, hh, mm, ss, oh, om = (int(g or 0) for g in m.group(1, 3, 4, 5, 6, 8, 9))
+        offset = (oh * 3600 + om * 60) * (-1 if m.group(7) == "-" else 1)
+        if om > 59:
             return None, None
-        first = _MONTH_DAYS.get((year, month))
-        if first is None:
-            first = _MONTH_DAYS[(year, month)] = (
-                datetime.date(year, month, 1).toordinal() - _EPOCH_ORDINAL
-            )
-        hh, mm, sign, oh, om = m.group(4, 5, 7, 8, 9)
-        # The same arithmetic as calendar.timegm, so both paths agree on odd values too.
-        offset = (int(oh) * 3600 + int(om) * 60) * (-1 if sign == "-" else 1)
-        seconds = (
-            (first + int(m.group(1)) - 1) * 86400
-            + int(hh) * 3600 + int(mm) * 60 + int(m.group(6) or 0) - offset
-        )
-        return seconds * 1000, offset // 60
-    try:
-        parts = parsedate_tz(value)
-    except Exception:
-        return None, None
-    if parts is None or not (_MIN_YEAR <= parts[0] <= _MAX_YEAR):
-        return None, None
-    offset = parts[9] or 0
-    try:
-        seconds = calendar.timegm(parts[:6]) - offset  # type: ignore[arg-type]
-    except (ValueError, OverflowError):
+    else:
+        # Anything else (zone names, two-digit years, no comma...): the standard library.
+        try:
+            parts = parsedate_tz(value)
+        except Exception:
+            return None, None
+        if parts is None:
+            return None, None
+        year, month, day, hh, mm, ss = parts[:6]
+        offset = parts[9] or 0
+    seconds = _epoch_seconds(year, month, day, hh, mm, ss, offset)
+    if seconds is None:
         return None, None
     return seconds * 1000, offset // 60
 
