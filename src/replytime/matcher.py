@@ -47,9 +47,14 @@ class Roster:
         self.rep_of = config.rep_by_address()
 
     def is_internal(self, addrs: pd.Series) -> pd.Series:
-        a = addrs.fillna("").astype(str).str.lower()
-        domain = a.str.rsplit("@", n=1).str[-1]
-        return (domain.isin(self.domains) | a.isin(self.addresses)) & (a != "")
+        """Vectorised over a Series of addresses; the string work is done once per distinct
+        address (few, even in a million-message cache), then mapped back with isin."""
+        a = addrs.fillna("").astype(str)
+        unique = pd.Series(pd.unique(a.to_numpy()), dtype=object)
+        low = unique.str.lower()
+        domain = low.str.rsplit("@", n=1).str[-1]
+        internal = unique[(domain.isin(self.domains) | low.isin(self.addresses)) & (low != "")]
+        return a.isin(internal)
 
     def rep_name(self, addrs: pd.Series) -> pd.Series:
         """Roster name, else the address itself (section 3, "Rep")."""

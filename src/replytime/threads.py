@@ -115,22 +115,23 @@ def _merge_by_subject(
     work: pd.DataFrame,
     is_internal: Callable[[pd.Series], pd.Series] | None,
 ) -> np.ndarray:
-    """Rule 3: join header-less thread starts to an earlier thread by subject + participant."""
-    comp = work["comp"].to_numpy().copy()
+    """Rule 3: a thread whose first message has no threading headers joins the previous
+    thread with the same normalised subject and a shared external participant, when that
+    thread's last message is at most 14 days older. Vectorised: one candidate edge per
+    (subject, participant) neighbour pair, then connected components over threads."""
+    comp = work["comp"].to_numpy()
     timed = work.dropna(subset=["time"])
     if timed.empty:
         return comp
     first = timed.sort_values(["comp", "time", "key"]).groupby("comp").head(1)
-    first = first.assign(subject=normalise_subject(df.loc[first.index, "subject"]))
-    first = first[first["subject"] != ""]
-    dup = first["subject"].duplicated(keep=False)
-    candidates = first[dup]
-    if not candidates[candidates["no_headers"]].shape[0]:
+    first = first.assign(subject=normalise_subject(df.loc[first.index, "subject"]).to_numpy())
+    first = first[(first["subject"] != "") & first["subject"].duplicated(keep=False)]
+    if not first["no_headers"].any():
         return comp
+    wanted = set(first.loc[first["no_headers"], "subject"])
+    first = first[first["subject"].isin(wanted)].set_index("comp")
 
-    # External participants and last activity of each component that might take part.
-    comps = candidates["comp"].unique()
-    members = df.loc[work["comp"].isin(comps)]
+    members = df.loc[work["comp"].isin(first.index)]
     addrs = pd.concat(
         [
             members["from_addr"],
@@ -141,31 +142,26 @@ def _merge_by_subject(
     addrs = addrs[addrs.notna() & (addrs != "")]
     if is_internal is not None:
         addrs = addrs[~is_internal(addrs).to_numpy()]
-    people = (
-        pd.DataFrame({"comp": work.loc[addrs.index, "comp"].to_numpy(), "addr": addrs.to_numpy()})
-        .drop_duplicates()
-        .groupby("comp")["addr"]
-        .agg(frozenset)
+    last_time = work.loc[members.index].groupby("comp")["time"].max()
+    pairs = pd.DataFrame(
+        {"comp": work.loc[addrs.index, "comp"].to_numpy(), "addr": addrs.to_numpy()}
+    ).drop_duplicates()
+    pairs = pairs.join(first[["subject", "time", "no_headers"]], on="comp")
+    pairs["last"] = pairs["comp"].map(last_time)
+    pairs = pairs.sort_values(["subject", "addr", "time", "comp"])
+    g = pairs.groupby(["subject", "addr"], sort=False)
+    prev_comp = g["comp"].shift()
+    prev_last = g["last"].shift()
+    ok = (
+        pairs["no_headers"].to_numpy()
+        & prev_comp.notna().to_numpy()
+        & ((pairs["time"] - prev_last) <= SUBJECT_WINDOW_MS).to_numpy()
     )
-    last_time = work[work["comp"].isin(comps)].groupby("comp")["time"].max()
-
-    parent: dict[int, int] = {}
-    # Groups of threads sharing a subject are few and small: a loop over them is fine.
-    for _, group in candidates.sort_values("time").groupby("subject", sort=False):
-        clusters: list[tuple[int, set[str], float]] = []  # (root comp, people, last time)
-        for c, t, no_headers in zip(group["comp"], group["time"], group["no_headers"],
-                                    strict=True):
-            mine = people.get(c, frozenset())
-            joined = False
-            if no_headers:
-                for i, (root, ppl, last) in enumerate(clusters):
-                    if t - last <= SUBJECT_WINDOW_MS and ppl & mine:
-                        parent[c] = root
-                        clusters[i] = (root, ppl | mine, max(last, last_time.get(c, t)))
-                        joined = True
-                        break
-            if not joined:
-                clusters.append((c, set(mine), last_time.get(c, t)))
-    if parent:
-        comp = pd.Series(comp).replace(parent).to_numpy()
-    return comp
+    if not ok.any():
+        return comp
+    a = pairs["comp"].to_numpy()[ok]
+    b = prev_comp.to_numpy()[ok].astype(a.dtype)
+    size = int(comp.max()) + 1
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(size, size))
+    _, merged = connected_components(graph, directed=False)
+    return merged[comp]
