@@ -80,8 +80,9 @@ def _missing(v: object) -> bool:
     return v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
 
 
-def human_frame(df: pd.DataFrame, tz: ZoneInfo | timezone) -> pd.DataFrame:
-    """Strings for people: ``1h 05m``, ``87%``, local times, yes/no."""
+def human_frame(df: pd.DataFrame, tz: ZoneInfo | timezone, clip: int | None = None,
+                ) -> pd.DataFrame:
+    """Strings for people: ``1h 05m``, ``87%``, local times, yes/no; text cut to ``clip``."""
     out = pd.DataFrame(index=df.index)
     for col in df.columns:
         s = df[col]
@@ -97,13 +98,13 @@ def human_frame(df: pd.DataFrame, tz: ZoneInfo | timezone) -> pd.DataFrame:
         elif s.dtype == bool:
             out[col] = s.map({True: "yes", False: "no"})
         else:
-            out[col] = s.map(lambda v: "" if _missing(v) else _clip(str(v)))
+            out[col] = s.map(lambda v: "" if _missing(v) else _clip(str(v), clip))
     return out
 
 
-def _clip(text: str, width: int = 32) -> str:
-    """Long addresses and names are cut so a table keeps its numbers on screen."""
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _clip(text: str, width: int | None) -> str:
+    """Long addresses and names are cut so a terminal table keeps its numbers on screen."""
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
 
 _HEADERS = {
@@ -124,7 +125,7 @@ def rich_table(
     total_label: str | None = "TOTAL",
 ) -> Table:
     """A rich Table; a first-column value equal to ``total_label`` is drawn as a totals row."""
-    h = human_frame(df, tz)
+    h = human_frame(df, tz, clip=32)
     table = Table(title=title, caption=caption, header_style="bold", show_lines=False,
                   box=box.SIMPLE_HEAD, pad_edge=False,
                   min_width=min(len(title or ""), 100) or None)
