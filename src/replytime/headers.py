@@ -63,6 +63,7 @@ _LOGICAL_STR_RE = re.compile(r"\n(?![ \t])")
 _NAME_STR_RE = re.compile(r"[!-9;-~]+")
 _MSGID_RE = re.compile(r"<([^<>\s]+)>")
 _ANGLE_RE = re.compile(r"<\s*([^<>\s]*@[^<>\s]*)\s*>")
+_QUOTED_NAME_RE = re.compile(r'"[^"]*"(?=\s*<)')
 _NOREPLY_RE = re.compile(
     r"^(?:no[-_.]?reply|do[-_.]?not[-_.]?reply|mailer[-_.]?daemon|postmaster)(?:[+].*)?$"
 )
@@ -194,23 +195,32 @@ def parse_addresses(value: str | None) -> tuple[tuple[str, ...], bool]:
     """Lower-case addr-specs from an address header, and whether something did not parse."""
     if not value:
         return (), False
-    if '"' not in value and "(" not in value and "=?" not in value:
-        # Fast path for the common shapes: a@b, Name <a@b>, several of them.
-        addrs = []
-        for part in value.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            m = _ANGLE_RE.search(part)
-            addr = m.group(1) if m else part
-            if "@" in addr and " " not in addr:
-                addrs.append(addr.lower())
-            elif m is None and part.endswith(";"):
-                continue  # an empty group such as "undisclosed-recipients:;"
-            elif not (m is None and ":" in part):
-                return _slow_addresses(value)
-        return tuple(addrs), False
-    return _slow_addresses(value)
+    original = value
+    if '"' in value and "(" not in value and "\\" not in value:
+        # Quoted display names ("Ng, Alice" <a@b>) are dropped so their commas cannot split
+        # an address; a quote left over (a quoted local part) takes the slow path.
+        value = _QUOTED_NAME_RE.sub("", value)
+    # Encoded words may stay: RFC 2047 keeps ",", "<" and "@" out of them.
+    if '"' in value or "(" in value:
+        return _slow_addresses(original)
+    # Fast path for the common shapes: a@b, Name <a@b>, groups, several of them.
+    addrs = []
+    for part in value.split(","):
+        m = _ANGLE_RE.search(part)
+        if m is not None:
+            addr = m.group(1)
+        else:
+            addr = part
+            if ":" in addr:  # "Team: a@b" starts a group
+                addr = addr.rsplit(":", 1)[1]
+            addr = addr.strip().rstrip(";").rstrip()  # "a@b;" ends one
+            if not addr:
+                continue  # an empty part, or an empty group ("undisclosed-recipients:;")
+        if "@" in addr and " " not in addr and "<" not in addr and ">" not in addr:
+            addrs.append(addr.lower())
+        else:
+            return _slow_addresses(original)
+    return tuple(addrs), False
 
 
 def _slow_addresses(value: str) -> tuple[tuple[str, ...], bool]:
