@@ -51,3 +51,22 @@ def test_example_covers_the_interesting_cases(analysis: Analysis) -> None:
     handoffs = leads["answered"] & leads["addressed_rep"].notna() & (
         leads["addressed_rep"] != leads["responder"])
     assert handoffs.sum() >= 3
+
+
+@pytest.mark.parametrize(
+    ("since", "until"),
+    [("2026-09-07", "2026-09-14"), ("2026-10-12", "2026-10-19"), ("2026-10-26", "2026-11-02"),
+     ("2026-09-20T13:00", "2026-10-03T02:00"), ("2026-11-02", "2026-11-09")],
+)
+def test_reading_only_the_active_threads_changes_no_number(
+    analysis: Analysis, since: str, until: str
+) -> None:
+    scoped = Analysis(analysis.cache, analysis.config, as_of=AS_OF)
+    sel = scoped.selection(since, until)
+    scoped.limit_to(sel.period)
+    assert len(scoped.messages) < len(analysis.messages)
+    pd.testing.assert_frame_equal(scoped.leads(sel), analysis.leads(sel))
+    pd.testing.assert_frame_equal(scoped.reps(sel), analysis.reps(sel))
+    pd.testing.assert_frame_equal(scoped.volume(sel), analysis.volume(sel))
+    pd.testing.assert_frame_equal(scoped.threads(sel), analysis.threads(sel))
+    pd.testing.assert_frame_equal(scoped.unanswered(sel), analysis.unanswered(sel))

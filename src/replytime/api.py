@@ -25,7 +25,14 @@ from replytime import metrics
 from replytime.cache import Cache, open_cache
 from replytime.config import Config, load_config
 from replytime.errors import UsageError
-from replytime.matcher import Roster, match_leads, prepare
+from replytime.matcher import (
+    UNASSIGNED,
+    Roster,
+    form_history_start,
+    form_notifications,
+    match_leads,
+    prepare,
+)
 from replytime.periods import (
     Period,
     parse_duration,
@@ -70,9 +77,12 @@ class Analysis:
         config: Config,
         *,
         as_of: datetime | str | None = None,
+        scope: Period | None = None,
     ) -> None:
         self.cache = cache
         self.config = config
+        self.scope: Period | None = None
+        self._form_start: int | None = None  # form leads before this are not exact
         self.tz = zone(config.timezone)
         self.now = utc_now()
         if isinstance(as_of, str):
@@ -85,19 +95,47 @@ class Analysis:
         # Relative periods ("last-week", "7d") count back from the as-of time, so a report
         # "as of" a past date shows what it would have shown then.
         self.now = self.as_of
+        if scope is not None:
+            self.limit_to(scope)
+
+    def limit_to(self, period: Period) -> None:
+        """Read only what reports on leads of ``period`` need: the threads active in it
+        (whole), which is exact for every lead, first reply and message of the period and
+        keeps a report on one week of a ten-million-message cache fast. Call it before the
+        first report; an unbounded period reads everything."""
+        if "messages" in self.__dict__:
+            raise RuntimeError("limit_to() must come before the first report")
+        bounded = period.since_ms is not None and period.until_ms is not None
+        self.scope = period if bounded else None
 
     # -- frames ---------------------------------------------------------------------------
     @cached_property
     def messages(self) -> pd.DataFrame:
         refresh_threads(self.cache, self.config)
-        raw = self.cache.messages(labels=bool(self.config.leads.labels))
-        return prepare(raw, Roster(self.config))
+        roster = Roster(self.config)
+        active = None
+        if self.scope is not None:
+            since, until = int(self.scope.since_ms), int(self.scope.until_ms)  # type: ignore[arg-type]
+            forms = self.config.leads.forms
+            if forms:
+                # Form leads look across threads and back along earlier notifications.
+                notes = form_notifications(
+                    self.cache.form_notifications([r.from_glob for r in forms]),
+                    roster, self.config, self.as_of_ms,
+                )
+                since = self._form_start = form_history_start(notes, since)
+                until += max(r.reply_window_s for r in forms) * 1000
+            active = (since, until)
+        raw = self.cache.messages(labels=bool(self.config.leads.labels), active=active)
+        return prepare(raw, roster)
 
     @cached_property
     def all_leads(self) -> pd.DataFrame:
         """Every lead as of ``as_of``, with business times."""
         leads = match_leads(self.messages, self.config, self.as_of_ms)
-        return self._with_business(leads)
+        if self._form_start is not None:
+            leads = leads[(leads["kind"] != "form") | (leads["lead_time_ms"] >= self._form_start)]
+        return self._with_business(leads.reset_index(drop=True))
 
     def _with_business(self, leads: pd.DataFrame) -> pd.DataFrame:
         leads = leads.copy()
@@ -155,11 +193,10 @@ class Analysis:
         except ValueError as exc:
             raise UsageError(f"--since/--until: {exc}") from None
         reps = (rep,) if isinstance(rep, str) else tuple(rep or ())
+        known = {x.name.lower() for x in self.config.reps}
         for r in reps:
-            known = {x.name.lower() for x in self.config.reps} | {
-                x.lower() for x in self.all_leads["rep"].unique()
-            }
-            if r.lower() not in known:
+            # Internal addresses outside the roster are reps of their own (section 3).
+            if r.lower() not in known and "@" not in r and r != UNASSIGNED:
                 names = ", ".join(x.name for x in self.config.reps) or "none in the config"
                 raise UsageError(f"--rep: unknown rep {r!r} (reps: {names})")
         if team and not any((x.team or "").lower() == team.lower() for x in self.config.reps):

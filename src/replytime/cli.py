@@ -381,6 +381,7 @@ def report(
     cache = open_cache(G.db, create=False)
     analysis = Analysis(cache, cfg, as_of=as_of)
     sel = analysis.selection(since, until, rep, team)
+    analysis.limit_to(_scope(analysis, kind, sel.period, since, until, period_a, period_b))
     basis = None if business is None else ("business" if business else "calendar")
     used = analysis.basis(basis)
     label = sel.period.label(analysis.tz)
@@ -438,6 +439,29 @@ def report(
     if fail_if_any and kind is Kind.unanswered and len(df):
         stale = f" older than {older_than}" if older_than else ""
         raise CheckFailed(f"{len(df)} unanswered lead(s){stale}")
+
+
+def _scope(analysis: Any, kind: Kind, period: Any, since: str | None, until: str | None,
+           period_a: str | None, period_b: str | None) -> Any:
+    """The lead period a report needs data for (see Analysis.limit_to)."""
+    from replytime.periods import Period
+
+    if kind is Kind.weekly:
+        from replytime.weekly import weekly_periods
+
+        current, previous = weekly_periods(since, until, analysis.tz, analysis.as_of)
+        return Period(previous.since_ms, current.until_ms)
+    if kind is Kind.compare and period_a and period_b:
+        from replytime.followon import parse_range
+
+        try:
+            a, b = (parse_range(x, analysis.tz, analysis.now) for x in (period_a, period_b))
+        except ValueError:
+            return Period(None, None)  # reported properly by the compare itself
+        if None in (a.since_ms, a.until_ms, b.since_ms, b.until_ms):
+            return Period(None, None)
+        return Period(min(a.since_ms, b.since_ms), max(a.until_ms, b.until_ms))
+    return period
 
 
 def _weekly(analysis: Any, chosen: str, output: Path | None, since: str | None,

@@ -156,10 +156,13 @@ def _json_get(text: str, key: str) -> str | None:
         return None
 
 
-def _form_leads(m: pd.DataFrame, roster: Roster, config: Config, as_of_ms: int) -> pd.DataFrame:
-    """Section 3b, "Form leads": notifications whose lead address is in Reply-To (or a
-    header); the first reply is found in any thread by the lead address in To/Cc."""
+def form_notifications(
+    m: pd.DataFrame, roster: Roster, config: Config, as_of_ms: int
+) -> pd.DataFrame:
+    """Messages that a ``[[leads.forms]]`` rule turns into lead candidates, with their lead
+    address (``lead_from``, external only) and reply window, in time order."""
     frames = []
+    m = m if "timed" in m else m.assign(timed=m["time_ms"].notna())
     for rule in config.leads.forms:
         hits = m[_form_rule_matches(m, rule) & (m["time_ms"] <= as_of_ms)]
         if hits.empty:
@@ -169,8 +172,39 @@ def _form_leads(m: pd.DataFrame, roster: Roster, config: Config, as_of_ms: int) 
         hits = hits[(hits["lead_from"] != "") & ~roster.is_internal(hits["lead_from"]).to_numpy()]
         frames.append(hits)
     if not frames:
+        return pd.DataFrame(columns=[*m.columns, "lead_from", "window_ms"])
+    return pd.concat(frames).drop_duplicates(subset=["id"]).sort_values(["time_ms", "id"])
+
+
+def form_history_start(notes: pd.DataFrame, since_ms: int) -> int:
+    """How far back form notifications must be read so that every form lead whose reply
+    window reaches ``since_ms`` comes out exactly as with the whole history.
+
+    Whether a notification starts a lead depends on the ones before it, but never across a
+    gap longer than the reply window: after such a gap a notification always starts a new
+    lead. So per lead address the history starts at the last such gap before the earliest
+    notification that matters (``since - window``)."""
+    if notes.empty:
+        return since_ms
+    window = int(notes["window_ms"].max())
+    n = notes.sort_values(["lead_from", "time_ms"])
+    gap = n["time_ms"] - n.groupby("lead_from")["time_ms"].shift()
+    starts = n.loc[gap.isna() | (gap > window), ["lead_from", "time_ms"]]
+    cutoff = since_ms - window
+    relevant = n.loc[n["time_ms"] >= cutoff, "lead_from"].unique()
+    starts = starts[starts["lead_from"].isin(relevant)]
+    before = starts[starts["time_ms"] <= cutoff].groupby("lead_from")["time_ms"].max()
+    first = starts.groupby("lead_from")["time_ms"].min()
+    chain = before.reindex(first.index).fillna(first)
+    return int(min(chain.min(), since_ms)) if len(chain) else since_ms
+
+
+def _form_leads(m: pd.DataFrame, roster: Roster, config: Config, as_of_ms: int) -> pd.DataFrame:
+    """Section 3b, "Form leads": notifications whose lead address is in Reply-To (or a
+    header); the first reply is found in any thread by the lead address in To/Cc."""
+    notes = form_notifications(m, roster, config, as_of_ms)
+    if notes.empty:
         return pd.DataFrame()
-    notes = pd.concat(frames).drop_duplicates(subset=["id"]).sort_values(["time_ms", "id"])
 
     # Replies: human internal mail to the lead address, in any thread.
     rcpt = _explode_recipients(m, ("to_addrs", "cc_addrs"))[["id", "addr"]].drop_duplicates()

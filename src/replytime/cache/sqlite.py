@@ -73,6 +73,18 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: per-thread time span, so a report over one week reads only the threads active in it.
+    """
+    CREATE TABLE threads (
+        thread_id TEXT PRIMARY KEY,
+        start_ms INTEGER,                  -- earliest non-automated timed message
+        first_ms INTEGER,                  -- earliest timed message
+        last_ms INTEGER,                   -- latest timed message
+        messages INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX threads_span ON threads(last_ms, first_ms);
+    DELETE FROM meta WHERE key = 'threads_fingerprint';  -- refill on next use
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -310,23 +322,55 @@ class SQLiteCache:
 
     def rebuild_threads(self, assign: Callable[[pd.DataFrame], pd.Series], fingerprint: str) -> int:
         changed = self.set_threads(assign(self.thread_inputs()))
-        with self.transaction():
+        with self.transaction() as c:
+            c.execute("DELETE FROM threads")
+            c.execute(
+                "INSERT INTO threads (thread_id, start_ms, first_ms, last_ms, messages) "
+                "SELECT thread_id, min(CASE WHEN automated = 0 THEN time_ms END), "
+                "min(time_ms), max(time_ms), count(*) FROM messages "
+                "WHERE thread_id IS NOT NULL GROUP BY thread_id"
+            )
             self.set_meta("threads_fingerprint", fingerprint)
         return changed
 
+    def form_notifications(self, globs: Sequence[str]) -> pd.DataFrame:
+        """Messages whose sender matches one of the form rules' globs (all time; few)."""
+        if not globs:
+            return pd.DataFrame(columns=["id", "time_ms", "from_addr", "reply_to", "extra"])
+        where = " OR ".join("from_addr GLOB ?" for _ in globs)
+        return pd.read_sql_query(
+            f"SELECT id, time_ms, from_addr, reply_to, subject, extra FROM messages "
+            f"WHERE time_ms IS NOT NULL AND ({where})",
+            self.conn,
+            params=tuple(globs),
+        )
+
     # -- reads ----------------------------------------------------------------------
-    def messages(self, *, labels: bool = False) -> pd.DataFrame:
-        """All cached messages with what the matcher and metrics need; ``labels`` adds the
-        union of each message's labels over its locations (costly, so only on request)."""
+    def messages(
+        self, *, labels: bool = False, active: tuple[int, int] | None = None
+    ) -> pd.DataFrame:
+        """Cached messages with what the matcher and metrics need.
+
+        ``active=(a, b)`` keeps whole threads with a timed message in [a, b) (and a few
+        more whose span covers it): every lead, first reply and message of that window
+        with its complete thread, without reading the rest of the cache. ``labels`` adds
+        each message's labels over its locations (costly, so only on request).
+        """
         label_sql = (
             "(SELECT group_concat(labels, ',') FROM locations l WHERE l.msg_key = m.msg_key)"
             if labels else "NULL"
         )
+        where, params = "", ()
+        if active is not None:
+            where = (" WHERE m.thread_id IN (SELECT thread_id FROM threads "
+                     "WHERE last_ms >= ? AND first_ms < ?)")
+            params = (int(active[0]), int(active[1]))
         df = pd.read_sql_query(
             "SELECT m.id, m.message_id, m.from_addr, m.to_addrs, m.cc_addrs, m.reply_to, "
             "m.subject, m.time_ms, m.automated, m.thread_id, m.extra, "
-            f"{label_sql} AS labels FROM messages m",
+            f"{label_sql} AS labels FROM messages m{where}",
             self.conn,
+            params=params,
         )
         df["automated"] = df["automated"].astype(bool)
         return df
