@@ -139,8 +139,9 @@ def write_mailboxes(maildir: Path, mbox: Path, n: int, seed: int, which: str) ->
 
 
 # -- measuring -------------------------------------------------------------------------------
-def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one command run as a child process."""
+def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system, its worker processes
+    included) of one command run as a child process."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -149,7 +150,7 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float
     err = proc.stderr.read().decode() if proc.stderr else ""
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def cli_command(path: Path, db: Path) -> list[str]:
@@ -224,13 +225,14 @@ def main() -> None:
             warm(path)
             for kind, command in kinds:
                 db = fresh(work / f"cache-{name}-{kind}.sqlite")
-                seconds, rss = run(command(path, db))
+                seconds, rss, cpu = run(command(path, db))
                 stored = count_messages(db)
                 results[f"{name}-{kind}"] = seconds
                 ok = "ok" if n / seconds >= TARGET_RATE else "BELOW TARGET"
                 print(f"{kind} import {name:8s}: {seconds:6.2f}s {n / seconds:9,.0f} msg/s  "
-                      f"peak RSS {rss:5.0f} MiB  stored {stored:,}  [{ok}: >= {TARGET_RATE:,}/s]")
-                again, _ = run(command(path, db))
+                      f"cpu {cpu:6.2f}s  peak RSS {rss:5.0f} MiB  stored {stored:,}  "
+                      f"[{ok}: >= {TARGET_RATE:,}/s]")
+                again, _, _ = run(command(path, db))
                 print(f"   again, nothing new   : {again:6.2f}s")
         print("commands:")
         for _, command in kinds:
@@ -247,9 +249,10 @@ def main() -> None:
             )
             env = dict(os.environ, NOTMUCH_CONFIG=str(config))
             warm(maildir)
-            seconds, rss = run(["notmuch", "new", "--quiet"], env)
+            seconds, rss, cpu = run(["notmuch", "new", "--quiet"], env)
             print(f"notmuch new maildir : {seconds:6.2f}s {n / seconds:9,.0f} msg/s  "
-                  f"peak RSS {rss:5.0f} MiB   (NOTMUCH_CONFIG={config} notmuch new --quiet)")
+                  f"cpu {cpu:6.2f}s  peak RSS {rss:5.0f} MiB")
+            print(f"  (NOTMUCH_CONFIG={config} notmuch new --quiet)")
             for kind, _ in kinds:
                 ratio = seconds / results[f"maildir-{kind}"]
                 ok = "ok" if ratio >= TARGET_RATIO else "BELOW TARGET"

@@ -24,6 +24,7 @@ from replytime.connectors.files import (
 )
 from replytime.errors import UsageError
 from replytime.model import PROBLEM_NO_TIME, PROBLEM_TRUNCATED
+from replytime.progress import Progress
 
 CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
 
@@ -468,3 +469,17 @@ def test_cache_file_is_a_real_sqlite_database(cache: SQLiteCache) -> None:
     import_paths(cache, [CORPORA / "threading"])
     with sqlite3.connect(cache.path) as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone() == (12,)
+
+
+def test_kept_headers_and_progress(cache: SQLiteCache, tmp_path: Path) -> None:
+    d = tmp_path / "forms"
+    d.mkdir()
+    for i in range(7):
+        (d / f"m{i}").write_bytes(
+            b"X-Lead-Email: p%d@client.example\n" % i + msg(f"f{i}@www.acme.example"))
+    (d / "zz-empty").write_bytes(b"")
+    progress = Progress("importing", enabled=False)
+    stats = import_paths(cache, [d], keep=("X-Lead-Email",), progress=progress, batch_size=3)
+    assert (stats.fetched, stats.skipped, progress.done) == (7, 1, 8)
+    extras = [r[0] for r in cache.conn.execute("SELECT extra FROM messages ORDER BY id")]
+    assert extras == [f'{{"x-lead-email": "p{i}@client.example"}}' for i in range(7)]

@@ -256,10 +256,11 @@ def parse_date_ms(value: str | None) -> tuple[int | None, int | None]:
         return None, None
     m = _DATE_RE.match(value)
     if m is not None and (month := _MONTHS.get(m.group(2).lower())) is not None:
-        day, year, hh, mm, ss, oh, om = (int(g or 0) for g in m.group(1, 3, 4, 5, 6, 8, 9))
-        offset = (oh * 3600 + om * 60) * (-1 if m.group(7) == "-" else 1)
-        if om > 59:
+        d, _, y, h, mi, sec, sign, oh, om = m.groups()
+        day, year, hh, mm, ss = int(d), int(y), int(h), int(mi), int(sec) if sec else 0
+        if om > "59":  # two digits, so a string comparison will do
             return None, None
+        offset = (int(oh) * 3600 + int(om) * 60) * (-1 if sign == "-" else 1)
     else:
         # Anything else (zone names, two-digit years, no comma...): the standard library.
         try:
