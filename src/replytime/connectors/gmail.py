@@ -511,7 +511,7 @@ class _Sync:
             plan = [["t", tid] if len(mids) > 1 else ["m", mids[0]]
                     for tid, mids in by_thread.items()]
             job = {"history_id": latest, "pending": plan}
-            gone = sorted(deleted & self.cache.known_locations(self.name))
+            gone = sorted(deleted & self.cache.known_locations(self.name)) if deleted else []
             if not plan:
                 self.commit([], {"history_id": latest}, gone)
                 return True
