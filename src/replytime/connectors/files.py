@@ -45,7 +45,7 @@ Found = tuple[str, MessageRecord | None, str | None]
 
 FIRST_READ = 32 * 1024  # most header blocks fit; bigger ones are read on in doubling steps
 MAX_HEADER = 4 * 1024 * 1024  # a header block this long is cut and flagged as truncated
-MBOX_CHUNK = 4 * 1024 * 1024  # mbox files are scanned in chunks of this size
+MBOX_CHUNK = 1024 * 1024  # mbox files are scanned in chunks of this size
 
 # Maildir keeps these beside messages; notmuch keeps its database in .notmuch.
 _SKIP_DIRS = frozenset({".notmuch", "tmp"})
@@ -282,7 +282,8 @@ def _iter_mbox(path: str, keep: Sequence[str], start: int = 0, end: int | None =
 #   ("found", found)              a place already known to be skipped
 Unit = tuple[Any, ...]
 UNIT_FILES = 1000
-MBOX_RANGE = 16 * 1024 * 1024
+# Work for one worker: a few thousand messages, so the results in flight stay small.
+MBOX_RANGE = 4 * 1024 * 1024
 
 
 def _walk(path: str, seen: set[tuple[int, int]]) -> Iterator[tuple[str, bool] | Found]:
@@ -417,7 +418,7 @@ def _found(units: Iterator[Unit], keep: Sequence[str], workers: int) -> Iterator
     # fork: workers start at once and need nothing from the parent but this module's code;
     # they only parse bytes, never touch the cache connection or the progress display.
     ctx = multiprocessing.get_context("fork")
-    window = 2 * workers + 2
+    window = workers + 2  # units in flight: every worker busy, one result ready to write
     with ctx.Pool(workers) as pool:
         pending: collections.deque[Any] = collections.deque()
         for unit in rest:
@@ -492,7 +493,7 @@ def import_paths(
     started = time.monotonic()
     roots = check_paths(paths)
     stats = SyncStats(account=account)
-    before = cache.conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+    before = cache.message_count()
     items: list[tuple[str, MessageRecord]] = []
     skipped: list[tuple[str, str]] = []
     reasons: dict[str, int] = {}
@@ -528,7 +529,7 @@ def import_paths(
         raise UsageError(f"no mail found in {where}" + (f" ({detail})" if detail else ""))
     if items or skipped:
         flush()
-    after = cache.conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+    after = cache.message_count()
     stats.seconds = time.monotonic() - started
     stats.extra = {"new": after - before, "skip_reasons": reasons}
     return stats
