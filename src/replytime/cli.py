@@ -208,7 +208,7 @@ def demo(
     with cache.lock():
         stats = import_paths(cache, [mailbox], account="example", keep=cfg.kept_headers())
         refresh_threads(cache, cfg, force=True)
-    latest = cache.conn.execute("SELECT max(time_ms) FROM messages").fetchone()[0]
+    latest = cache.latest_time_ms()
     as_of = datetime.fromtimestamp(latest / 1000 + 3600, UTC)
     analysis = Analysis(cache, cfg, as_of=as_of)
     con = console()

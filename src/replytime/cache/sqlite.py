@@ -333,6 +333,12 @@ class SQLiteCache:
             self.set_meta("threads_fingerprint", fingerprint)
         return changed
 
+    def message_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+    def latest_time_ms(self) -> int | None:
+        return self.conn.execute("SELECT max(time_ms) FROM messages").fetchone()[0]
+
     def form_notifications(self, globs: Sequence[str]) -> pd.DataFrame:
         """Messages whose sender matches one of the form rules' globs (all time; few)."""
         if not globs:
