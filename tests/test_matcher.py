@@ -263,3 +263,54 @@ def test_form_lead_answered_in_a_new_thread(mb: Mailbox) -> None:
     assert first["lead_message_id"] == note and first["reply_message_id"] == reply
     assert first["response_s"] == 7200 and first["lead_from"] == "pat@client.example"
     assert not leads.iloc[1]["answered"]
+
+
+FORMS = {"forms": [{"from": "wordpress@acme.example", "subject": "^New (lead|enquiry)"},
+                   {"from": "*@chat.example", "lead_address": "header:X-Lead-Email",
+                    "reply_window": "2d"}]}
+
+
+def test_form_lead_answered_by_replying_to_the_notification(mb: Mailbox) -> None:
+    mb.config_data = {**mb.config_data, "leads": FORMS}
+    note = mb.send("wordpress@acme.example", "sales@acme.example", at(0, 9),
+                   reply_to="pat@client.example", subject="New enquiry: Pat")
+    reply = mb.send("alice@acme.example", "pat@client.example", at(0, 9, 20), parent=note,
+                    subject="Re: New enquiry: Pat")
+    leads = mb.analysis().all_leads
+    assert len(leads) == 1  # the notification's thread is not also an email lead
+    row = leads.iloc[0]
+    assert row["kind"] == "form" and row["reply_message_id"] == reply
+    assert row["response_s"] == 1200 and row["rep"] == "Alice"
+
+
+def test_form_reply_after_the_window_leaves_the_lead_unanswered(mb: Mailbox) -> None:
+    mb.config_data = {**mb.config_data, "leads": FORMS}
+    mb.send("bot@chat.example", "sales@acme.example", at(0, 9), subject="Chat transcript",
+            headers={"X-Lead-Email": "Quinn <QUINN@other.example>"})
+    mb.send("bob@acme.example", "quinn@other.example", at(2, 9, 0, 1), subject="Following up")
+    row = one_lead(mb)
+    assert row["kind"] == "form" and row["lead_from"] == "quinn@other.example"
+    assert not row["answered"]
+    # Exactly at the end of the window still counts.
+    mb2 = Mailbox(mb.tmp / "b")
+    mb2.tmp.mkdir()
+    mb2.config_data = {**mb.config_data}
+    mb2.send("bot@chat.example", "sales@acme.example", at(0, 9), subject="Chat transcript",
+             headers={"X-Lead-Email": "quinn@other.example"})
+    mb2.send("bob@acme.example", "quinn@other.example", at(2, 9), subject="Following up")
+    assert one_lead(mb2)["response_s"] == 2 * 86400
+
+
+def test_form_with_internal_reply_to_is_not_a_lead(mb: Mailbox) -> None:
+    mb.config_data = {**mb.config_data, "leads": FORMS}
+    mb.send("wordpress@acme.example", "sales@acme.example", at(0, 9),
+            reply_to="alice@acme.example", subject="New lead: test submission")
+    assert mb.analysis().all_leads.empty
+
+
+def test_unanswered_form_lead_is_attributed_by_the_notifications_to(mb: Mailbox) -> None:
+    mb.config_data = {**mb.config_data, "leads": FORMS}
+    mb.send("wordpress@acme.example", ["sales@acme.example", "carol@acme.example"], at(0, 9),
+            reply_to="pat@client.example", subject="New lead: Pat")
+    row = one_lead(mb, as_of=at(0, 10))
+    assert row["rep"] == "Carol" and not row["answered"]
