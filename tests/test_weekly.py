@@ -326,3 +326,29 @@ def test_team_filter(tmp_path: Path) -> None:
     assert list(f["leads"]) == [2, 2] and list(f["prev_leads"]) == [1, 1]
     assert list(f["unanswered"]) == [1, 1]
     assert list(rep.oldest_unanswered["lead_from"]) == ["l5@client.example"]
+
+
+def test_weekly_shows_who_covered_for_whom(tmp_path: Path) -> None:
+    from replytime.weekly import handoffs, render_weekly_terminal, weekly_report
+    from tests.mailbuilder import Mailbox, at
+
+    mb = Mailbox(tmp_path)
+    for i, responder in enumerate(["bob", "bob", "carol", "alice"]):
+        lead = mb.send(f"p{i}@client.example", "alice@acme.example", at(0, 9 + i),
+                       subject=f"L{i}")
+        mb.send(f"{responder}@acme.example", f"p{i}@client.example", at(0, 10 + i), parent=lead)
+    a = mb.analysis(as_of=at(7, 1))
+    wr = weekly_report(a, since="2026-11-02", until="2026-11-09", basis="calendar")
+    assert wr.handoffs.to_dict("list") == {"addressed_rep": ["Alice", "Alice"],
+                                           "responder": ["Bob", "Carol"], "leads": [2, 1]}
+    assert handoffs(a.all_leads.iloc[3:]).empty
+    from io import StringIO
+
+    from rich.console import Console
+
+    buf = StringIO()
+    render_weekly_terminal(wr, Console(file=buf, width=100, no_color=True))
+    assert "Who covered for whom" in buf.getvalue()
+    from replytime.html import render_weekly_html
+
+    assert "<h2>Who covered for whom</h2>" in render_weekly_html(wr)

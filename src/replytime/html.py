@@ -156,8 +156,23 @@ def render_weekly_html(report: WeeklyReport) -> str:
         f"{heat_svg}</section>",
         f'<section class="panel"><h2>{_e(_unanswered_title(report))}</h2>'
         f"{_unanswered_table(report)}</section>",
+        _handoffs_section(report),
     ])
     return _page(f"Weekly lead response, {report.label()}", body)
+
+
+def _handoffs_section(report: WeeklyReport) -> str:
+    """Who covered for whom: leads addressed to one rep, answered first by another."""
+    if report.handoffs.empty:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(r.addressed_rep)}</td><td>{_e(r.responder)}</td>"
+        f'<td class="num">{int(r.leads)}</td></tr>'
+        for r in report.handoffs.itertuples()
+    )
+    return ('<section class="panel"><h2>Who covered for whom</h2><table><thead><tr>'
+            "<th>addressed to</th><th>answered by</th><th>leads</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></section>")
 
 
 def _chart_reps(report: WeeklyReport) -> list[str]:

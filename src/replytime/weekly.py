@@ -7,7 +7,7 @@ draw it for a terminal (here) or as a self-contained HTML page (``replytime.html
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -74,6 +74,9 @@ class WeeklyReport:
     daily: pd.DataFrame
     # rep, response_s (``basis``), lead_message_id: answered leads of the period.
     response_times: pd.DataFrame
+    # Who covered for whom: addressed_rep, responder, leads (handoffs of the period).
+    handoffs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["addressed_rep", "responder", "leads"]))
 
     @property
     def team(self) -> dict[str, object]:
@@ -185,7 +188,18 @@ def weekly_report(
         heatmap=heatmap(leads["lead_time_ms"], analysis.tz),
         daily=daily_flow(leads, selected_all, period, analysis.tz),
         response_times=response_times,
+        handoffs=handoffs(leads),
     )
+
+
+def handoffs(leads: pd.DataFrame) -> pd.DataFrame:
+    """Answered leads addressed to one rep and first answered by another (section 3b),
+    counted per (addressed rep, responder), most first."""
+    h = leads[leads["answered"] & leads["addressed_rep"].notna()
+              & (leads["addressed_rep"] != leads["responder"])]
+    out = h.groupby(["addressed_rep", "responder"]).size().rename("leads").reset_index()
+    return out.sort_values(["leads", "addressed_rep", "responder"],
+                           ascending=[False, True, True]).reset_index(drop=True)
 
 
 def _reps(analysis: Analysis, sel: Selection, basis: Basis) -> pd.DataFrame:
@@ -385,7 +399,20 @@ def _render_terminal(report: WeeklyReport) -> RenderableType:
         values.append(cell)
     kpis.add_row(*values)
     return Group(head, Text(), kpis, Text(), _reps_table(report), *_unanswered_part(report),
-                 _daily_table(report), _heatmap_text(report))
+                 *_handoffs_part(report), _daily_table(report), _heatmap_text(report))
+
+
+def _handoffs_part(report: WeeklyReport) -> list[RenderableType]:
+    if report.handoffs.empty:
+        return []
+    t = Table(title="Who covered for whom", title_justify="left", box=box.SIMPLE_HEAD,
+              pad_edge=False, header_style="bold")
+    t.add_column("addressed to")
+    t.add_column("answered by")
+    t.add_column("leads", justify="right")
+    for r in report.handoffs.itertuples():
+        t.add_row(str(r.addressed_rep), str(r.responder), str(r.leads))
+    return [t]
 
 
 def _reps_table(report: WeeklyReport) -> Table:
