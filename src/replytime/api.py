@@ -41,7 +41,6 @@ from replytime.periods import (
     utc_now,
     zone,
 )
-from replytime.threads import assign_threads
 
 Basis = Literal["business", "calendar"]
 
@@ -55,6 +54,8 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
         cache.has_unthreaded()
     ):
         return 0
+    from replytime.threads import assign_threads  # scipy: imported only when needed
+
     roster = Roster(config)
     return cache.rebuild_threads(lambda df: assign_threads(df, roster.is_internal), fingerprint)
 

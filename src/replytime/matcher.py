@@ -242,7 +242,7 @@ def match_leads(messages: pd.DataFrame, config: Config, as_of_ms: int) -> pd.Dat
     roster = Roster(config)
     if messages.empty:
         return pd.DataFrame(columns=LEAD_COLUMNS)
-    m = prepare(messages, roster)
+    m = messages if "from_internal" in messages else prepare(messages, roster)
     by_id = m.set_index("id")
 
     forms = _form_leads(m, roster, config, as_of_ms) if config.leads.forms else pd.DataFrame()
