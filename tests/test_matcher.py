@@ -314,3 +314,29 @@ def test_unanswered_form_lead_is_attributed_by_the_notifications_to(mb: Mailbox)
             reply_to="pat@client.example", subject="New lead: Pat")
     row = one_lead(mb, as_of=at(0, 10))
     assert row["rep"] == "Carol" and not row["answered"]
+
+
+def test_form_history_start_follows_chains_of_notifications() -> None:
+    import pandas as pd
+
+    from replytime.matcher import form_history_start
+
+    day = 86_400_000
+    w = 14 * day
+    notes = pd.DataFrame({
+        "lead_from": ["a"] * 4 + ["b"] * 2,
+        # a: 0, 10d, 20d (chained), then a 30-day gap, then 50d. b: 100d, 101d.
+        "time_ms": [0, 10 * day, 20 * day, 50 * day, 100 * day, 101 * day],
+        "window_ms": w,
+    })
+    # Leads from day 25 on: a's chain 0-20d reaches day 25 (20 + 14 > 25): replay from 0.
+    assert form_history_start(notes, 25 * day) == (0, True)
+    # From day 40: a's notification of day 20 no longer reaches it; 50d follows a gap.
+    assert form_history_start(notes, 40 * day) == (40 * day, True)
+    # From day 105: b's chain starts at its first notification, day 100.
+    assert form_history_start(notes, 105 * day) == (100 * day, True)
+    # Read only from day 5 on: whether day 10 follows a gap is unknown, so not enough.
+    assert form_history_start(notes[notes["time_ms"] >= 5 * day], 25 * day, 5 * day)[1] is False
+    # Read from day 45: day 50 is a sure break (nothing missed within its window).
+    later = notes[notes["time_ms"] >= 45 * day]
+    assert form_history_start(later, 55 * day, 30 * day) == (50 * day, True)

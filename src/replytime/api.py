@@ -119,16 +119,26 @@ class Analysis:
             since, until = int(self.scope.since_ms), int(self.scope.until_ms)  # type: ignore[arg-type]
             forms = self.config.leads.forms
             if forms:
-                # Form leads look across threads and back along earlier notifications.
-                notes = form_notifications(
-                    self.cache.form_notifications([r.from_glob for r in forms]),
-                    roster, self.config, self.as_of_ms,
-                )
-                since = self._form_start = form_history_start(notes, since)
+                since = self._form_start = self._form_history(since, until, roster)
                 until += max(r.reply_window_s for r in forms) * 1000
             active = (since, until)
         raw = self.cache.messages(labels=bool(self.config.leads.labels), active=active)
         return prepare(raw, roster)
+
+    def _form_history(self, since: int, until: int, roster: Roster) -> int:
+        """Where form-lead history must start for leads of [since, until): read recent
+        notifications, reaching further back only while a chain of them may go on."""
+        forms = self.config.leads.forms
+        globs = [r.from_glob for r in forms]
+        lookback = 4 * max(r.reply_window_s for r in forms) * 1000
+        while True:
+            loaded_from = since - lookback
+            raw = self.cache.form_notifications(globs, since_ms=loaded_from, until_ms=until)
+            notes = form_notifications(raw, roster, self.config, self.as_of_ms)
+            start, known = form_history_start(notes, since, loaded_from)
+            if known:
+                return start
+            lookback *= 4
 
     @cached_property
     def all_leads(self) -> pd.DataFrame:

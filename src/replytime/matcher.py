@@ -176,27 +176,33 @@ def form_notifications(
     return pd.concat(frames).drop_duplicates(subset=["id"]).sort_values(["time_ms", "id"])
 
 
-def form_history_start(notes: pd.DataFrame, since_ms: int) -> int:
+def form_history_start(
+    notes: pd.DataFrame, since_ms: int, loaded_from: int | None = None
+) -> tuple[int, bool]:
     """How far back form notifications must be read so that every form lead whose reply
-    window reaches ``since_ms`` comes out exactly as with the whole history.
+    window reaches ``since_ms`` comes out exactly as with the whole history; and whether
+    ``notes`` (read from ``loaded_from`` on, None = all history) was enough to tell.
 
     Whether a notification starts a lead depends on the ones before it, but never across a
     gap longer than the reply window: after such a gap a notification always starts a new
     lead. So per lead address the history starts at the last such gap before the earliest
     notification that matters (``since - window``)."""
     if notes.empty:
-        return since_ms
+        return since_ms, True
     window = int(notes["window_ms"].max())
     n = notes.sort_values(["lead_from", "time_ms"])
     gap = n["time_ms"] - n.groupby("lead_from")["time_ms"].shift()
-    starts = n.loc[gap.isna() | (gap > window), ["lead_from", "time_ms"]]
-    cutoff = since_ms - window
-    relevant = n.loc[n["time_ms"] >= cutoff, "lead_from"].unique()
-    starts = starts[starts["lead_from"].isin(relevant)]
-    before = starts[starts["time_ms"] <= cutoff].groupby("lead_from")["time_ms"].max()
-    first = starts.groupby("lead_from")["time_ms"].min()
-    chain = before.reindex(first.index).fillna(first)
-    return int(min(chain.min(), since_ms)) if len(chain) else since_ms
+    # The first notification read for an address is a sure break only if nothing before it
+    # within the window could have been missed.
+    sure = gap.isna() & (loaded_from is None or (n["time_ms"] - window >= (loaded_from or 0)))
+    breaks = n.loc[sure | (gap > window), ["lead_from", "time_ms"]]
+    # Per address, the earliest notification whose window reaches since_ms ...
+    earliest = n[n["time_ms"] >= since_ms - window].groupby("lead_from")["time_ms"].min()
+    # ... and the last sure break at or before it: the chain to replay starts there.
+    breaks = breaks[breaks["time_ms"] <= breaks["lead_from"].map(earliest)]
+    chain = breaks.groupby("lead_from")["time_ms"].max()
+    known = len(chain) == len(earliest)
+    return (int(min(chain.min(), since_ms)) if len(chain) else since_ms), known
 
 
 def _form_leads(m: pd.DataFrame, roster: Roster, config: Config, as_of_ms: int) -> pd.DataFrame:

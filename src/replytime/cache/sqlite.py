@@ -339,16 +339,16 @@ class SQLiteCache:
     def latest_time_ms(self) -> int | None:
         return self.conn.execute("SELECT max(time_ms) FROM messages").fetchone()[0]
 
-    def form_notifications(self, globs: Sequence[str]) -> pd.DataFrame:
-        """Messages whose sender matches one of the form rules' globs (all time; few)."""
-        if not globs:
-            return pd.DataFrame(columns=["id", "time_ms", "from_addr", "reply_to", "extra"])
-        where = " OR ".join("from_addr GLOB ?" for _ in globs)
+    def form_notifications(
+        self, globs: Sequence[str], since_ms: int, until_ms: int
+    ) -> pd.DataFrame:
+        """Messages in [since, until) whose sender matches one of the form rules' globs."""
+        where = " OR ".join("from_addr GLOB ?" for _ in globs) or "0"
         return pd.read_sql_query(
-            f"SELECT id, time_ms, from_addr, reply_to, subject, extra FROM messages "
-            f"WHERE time_ms IS NOT NULL AND ({where})",
+            "SELECT id, time_ms, from_addr, reply_to, subject, extra FROM messages "
+            f"WHERE time_ms >= ? AND time_ms < ? AND ({where})",
             self.conn,
-            params=tuple(globs),
+            params=(int(since_ms), int(until_ms), *globs),
         )
 
     # -- reads ----------------------------------------------------------------------
