@@ -1,0 +1,257 @@
+"""Security properties of the brief (section 6): SQL only with bound parameters, CSV cells
+safe in a spreadsheet unless --raw-csv, ~ and $VARS in config, token and password paths, and
+no secret on a command line or in what a failing command prints (even with --debug)."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from replytime.config import Account
+from replytime.connectors.imap import Settings, get_password
+
+SCRIPT = Path(sys.executable).with_name("replytime")
+SRC = Path(__file__).resolve().parents[1] / "src" / "replytime"
+PASSWORD = "pw-5ecret-Xq9"  # never on a command line, never printed
+
+
+def run(tmp: Path, *args: str, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTIME_")}
+    full.update(NO_COLOR="1", HOME=str(tmp), XDG_CONFIG_HOME=str(tmp / "config"),
+                XDG_DATA_HOME=str(tmp / "data"), RT_IMAP_PW=PASSWORD, **(env or {}))
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, cwd=tmp,
+                          env=full, timeout=120)
+
+
+# -- SQL -------------------------------------------------------------------------------------
+SQL_WORDS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|WHERE|GLOB|LIKE|"
+                       r"VALUES|PRAGMA|ORDER BY|LIMIT)\b")
+# Formatted SQL allowed, by the expressions it interpolates: each is code, never user data.
+ALLOWED_INTERPOLATIONS = {
+    frozenset({"i + 1"}),  # the schema version number in a migration script (a loop index)
+    frozenset({"column"}),  # _glob_filter: a column name from the code; globs are bound "?"
+    frozenset({"bounds", "where"}),  # form-lead query: fragments of "?" placeholders only
+    frozenset({"self.label_agg"}),  # the backend's aggregate function name
+    frozenset({"label_sql", "where"}),  # messages(): a constant subquery and a "?" filter
+    frozenset({"label_sql"}),
+    # the upsert: column lists, "?" placeholders and the dialect's max function
+    frozenset({'", ".join(MESSAGE_COLUMNS)', '", ".join("?" for _ in MESSAGE_COLUMNS)', "m",
+               "greatest", "PROBLEM_NO_TIME"}),
+    frozenset({"PROBLEM_NO_TIME"}),  # a constant bit mask in the upsert
+}
+
+
+def _text(node: ast.AST) -> str:
+    return "".join(n.value for n in ast.walk(node)
+                   if isinstance(n, ast.Constant) and isinstance(n.value, str))
+
+
+def formatted_sql(root: Path = SRC) -> list[tuple[str, int, frozenset[str]]]:
+    """(file, line, interpolated expressions) of every SQL text built by formatting."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.JoinedStr):
+                parts = {ast.get_source_segment(source, v.value) or "?"
+                         for v in node.values if isinstance(v, ast.FormattedValue)}
+            elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and isinstance(
+                    node.left, ast.Constant | ast.JoinedStr):
+                parts = {"%: " + (ast.get_source_segment(source, node.right) or "?")}
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                  and node.func.attr == "format" and isinstance(node.func.value, ast.Constant)):
+                parts = {"format: " + (ast.get_source_segment(source, a) or "?")
+                         for a in [*node.args, *(k.value for k in node.keywords)]}
+            else:
+                continue
+            if parts and SQL_WORDS.search(_text(node)):
+                found.append((str(path.relative_to(root)), node.lineno, frozenset(parts)))
+    return found
+
+
+def test_sql_is_formatted_only_with_code_constants() -> None:
+    found = formatted_sql()
+    assert found, "the scan sees the known, allowed cases"
+    unexpected = [f for f in found if f[2] not in ALLOWED_INTERPOLATIONS]
+    assert unexpected == [], "SQL built with formatting: bind values with ? instead"
+
+
+def test_the_sql_scan_catches_formatting_of_user_data(tmp_path: Path) -> None:
+    (tmp_path / "bad.py").write_text(
+        "def f(c, name):\n"
+        "    c.execute(f\"SELECT * FROM messages WHERE from_addr = '{name}'\")\n"
+        "    c.execute(\"DELETE FROM t WHERE a = %s\" % name)\n"
+        "    c.execute(\"UPDATE t SET a = {}\".format(name))\n"
+        "    c.execute(\"SELECT 1 FROM t WHERE a = ?\", (name,))\n"
+        "    print(f\"hello {name}\")\n")
+    assert formatted_sql(tmp_path) == [
+        ("bad.py", 2, frozenset({"name"})),
+        ("bad.py", 3, frozenset({"%: name"})),
+        ("bad.py", 4, frozenset({"format: name"})),
+    ]
+
+
+# -- CSV -------------------------------------------------------------------------------------
+DANGEROUS = ["=SUM(A1)", "+1 Plus", "-1 Minus", "@Handle", "\tTab", "\rCarriage"]
+
+
+@pytest.fixture(scope="module")
+def hostile_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A cache with one unanswered lead per rep; rep names start with formula characters."""
+    tmp = tmp_path_factory.mktemp("csv")
+    mail = tmp / "mail"
+    mail.mkdir()
+    reps = []
+    for i, name in enumerate(DANGEROUS):
+        (mail / f"{i}.eml").write_bytes(
+            f"From: Prospect {i} <p{i}@client.example>\nTo: rep{i}@acme.example\n"
+            f"Subject: Quote {i}\nDate: Mon, 2 Nov 2026 1{i}:00:00 +0000\n"
+            f"Message-ID: <lead{i}@client.example>\n\nbody\n".encode())
+        reps.append(f"[[reps]]\nname = {json.dumps(name)}\nemails = [\"rep{i}@acme.example\"]\n")
+    cfg = tmp / "replytime.toml"
+    cfg.write_text('[team]\ninternal_domains = ["acme.example"]\ntimezone = "UTC"\n'
+                   + "".join(reps))
+    db = tmp / "c.sqlite"
+    r = run(tmp, "--config", str(cfg), "--db", str(db), "import", str(mail))
+    assert r.returncode == 0, r.stderr
+    return tmp, cfg, db
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["neutralised", "raw-csv"])
+def test_csv_cells_are_neutralised_unless_raw(hostile_cache: tuple[Path, Path, Path],
+                                              raw: bool) -> None:
+    tmp, cfg, db = hostile_cache
+    r = run(tmp, "--config", str(cfg), "--db", str(db), "report", "leads", "--format", "csv",
+            "--as-of", "2026-11-03T00:00Z", *(["--raw-csv"] if raw else []))
+    assert r.returncode == 0, r.stderr
+    # Parsed as a spreadsheet would: a CR inside a cell must be quoted, or the row splits.
+    rows = list(csv.DictReader(io.StringIO(r.stdout, newline="")))
+    assert len(rows) == len(DANGEROUS), r.stdout
+    got = sorted((row["rep"] for row in rows), key=lambda s: s.lstrip("'"))
+    want = sorted(DANGEROUS if raw else ["'" + n for n in DANGEROUS],
+                  key=lambda s: s.lstrip("'"))
+    assert got == want
+    assert sorted(row["lead_from"] for row in rows) == [f"p{i}@client.example"
+                                                        for i in range(len(DANGEROUS))]
+
+
+# -- ~ and $VARS -------------------------------------------------------------------------------
+def test_config_path_with_tilde_and_variables(hostile_cache: tuple[Path, Path, Path]) -> None:
+    tmp, cfg, db = hostile_cache
+    for given in ("~/replytime.toml", "$RT_CFG_DIR/replytime.toml", "${RT_CFG_DIR}/replytime.toml"):
+        r = run(tmp, "--config", given, "--db", "$RT_CFG_DIR/c.sqlite", "status", "--format",
+                "json", env={"RT_CFG_DIR": str(tmp)})
+        assert r.returncode == 0, (given, r.stderr)
+        assert json.loads(r.stdout)["messages"] == len(DANGEROUS)
+
+
+@pytest.mark.parametrize("token_file", ["~/tokens/g.json", "$RT_TOKENS/g.json"])
+def test_gmail_token_path_expanded(tmp_path: Path, token_file: str) -> None:
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(f'[[accounts]]\nname = "g"\ntype = "gmail"\ntoken_file = "{token_file}"\n')
+    r = run(tmp_path, "--config", str(cfg), "--db", str(tmp_path / "c.sqlite"), "sync",
+            env={"RT_TOKENS": str(tmp_path / "tokens")})
+    assert (r.returncode, r.stderr) == (3, f"replytime: error: no Gmail token at "
+                                           f"{tmp_path / 'tokens' / 'g.json'}: run "
+                                           "`replytime auth gmail g`\n")
+
+
+@pytest.mark.parametrize("where", ["~/secrets/pw", "$RT_SECRETS/pw"])
+def test_imap_password_file_and_ca_file_paths_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "pw").write_text(PASSWORD + "\n")
+    (tmp_path / "secrets" / "ca.pem").write_text("not used before connecting\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RT_SECRETS", str(tmp_path / "secrets"))
+    account = Account("i", "imap", {"host": "imap.example.com", "username": "u",
+                                    "password_file": where,
+                                    "ca_file": where.replace("/pw", "/ca.pem"),
+                                    "oauth_token_file": where.replace("/pw", "/tok.json")})
+    assert get_password(account) == PASSWORD
+    s = Settings.from_account(account)
+    assert s.ca_file == str(tmp_path / "secrets" / "ca.pem")
+    assert s.oauth_token_file == str(tmp_path / "secrets" / "tok.json")
+
+
+# -- secrets -----------------------------------------------------------------------------------
+def test_no_command_line_option_takes_a_secret() -> None:
+    import typer.main
+
+    from replytime.cli import app
+
+    def walk(cmd: object, path: str) -> list[str]:
+        names = [f"{path} {opt}" for p in getattr(cmd, "params", []) for opt in
+                 [*getattr(p, "opts", []), *getattr(p, "secondary_opts", []), p.name or ""]]
+        for name, sub in getattr(cmd, "commands", {}).items():
+            names += walk(sub, f"{path} {name}")
+        return names
+
+    options = walk(typer.main.get_command(app), "replytime")
+    assert any("--db" in o for o in options) and any(" sync " in o for o in options)
+    assert [o for o in options if re.search(r"pass|secret|token|credential|key", o, re.I)] == []
+
+
+def test_imap_password_never_on_a_command_line_or_printed(tmp_path: Path) -> None:
+    """A sync hanging on a server that never greets: its /proc cmdline is free of the
+    password; when it gives up, neither the message nor the --debug traceback shows it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def hold() -> None:  # accept and say nothing
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    cfg = tmp_path / "i.toml"
+    cfg.write_text(
+        '[[accounts]]\nname = "i"\ntype = "imap"\nhost = "127.0.0.1"\n'
+        f'port = {port}\nsecurity = "none"\nusername = "rep@acme.example"\n'
+        'password_env = "RT_IMAP_PW"\nretries = 0\ntimeout = 1.5\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTIME_")}
+    env.update(HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "config"), RT_IMAP_PW=PASSWORD)
+    try:
+        proc = subprocess.Popen([str(SCRIPT), "--debug", "--config", str(cfg), "--db",
+                                 str(tmp_path / "c.sqlite"), "sync"], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not accepted and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        assert accepted, "the sync never connected"
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stop.set()
+        holder.join()
+        for s in accepted:
+            s.close()
+        listener.close()
+    assert b"sync" in cmdline and not any(PASSWORD.encode() in a for a in cmdline)
+    assert proc.returncode == 4, err
+    assert err.startswith("Traceback") and err.endswith(
+        f"replytime: error: IMAP server 127.0.0.1:{port} unreachable after 0 retries "
+        "(timed out); 0 messages synced before the failure are kept\n")
+    assert PASSWORD not in out + err
