@@ -1,0 +1,372 @@
+"""What every cache backend shares: the row layout, the upsert rules, the reads the matcher
+and metrics use, status assembly and the threads-table rebuild.
+
+A backend (``sqlite.SQLiteCache``, ``postgres.PostgresCache``) supplies the connection,
+schema migrations, transactions, locks and the few places where the SQL dialects differ.
+SQL here uses ``?`` placeholders with bound parameters; a backend translates them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from replytime.model import PROBLEM_NO_TIME, MessageRecord
+
+MESSAGE_COLUMNS = (
+    "msg_key", "message_id", "from_addr", "to_addrs", "cc_addrs", "reply_to", "subject",
+    "time_ms", "time_offset", "time_source", "in_reply_to", "refs", "automated",
+    "content_type", "provider_thread_id", "extra", "problems",
+)
+
+
+def upsert_sql(greatest: str) -> str:
+    """The message upsert: a better time source replaces a worse one (with its no-time flag),
+    a provider thread id and kept headers fill in once, nothing else changes. ``greatest`` is
+    the dialect's two-argument maximum (SQLite ``max``, PostgreSQL ``greatest``)."""
+    m = "messages"
+    return f"""
+INSERT INTO messages ({", ".join(MESSAGE_COLUMNS)})
+VALUES ({", ".join("?" for _ in MESSAGE_COLUMNS)})
+ON CONFLICT (msg_key) DO UPDATE SET
+    time_ms = CASE WHEN excluded.time_source > {m}.time_source
+                   THEN excluded.time_ms ELSE {m}.time_ms END,
+    time_offset = CASE WHEN excluded.time_source > {m}.time_source
+                       THEN coalesce(excluded.time_offset, {m}.time_offset)
+                       ELSE {m}.time_offset END,
+    problems = CASE WHEN excluded.time_source > {m}.time_source
+                    THEN ({m}.problems & ~{PROBLEM_NO_TIME})
+                         | (excluded.problems & {PROBLEM_NO_TIME})
+                    ELSE {m}.problems END,
+    time_source = {greatest}({m}.time_source, excluded.time_source),
+    provider_thread_id = coalesce({m}.provider_thread_id, excluded.provider_thread_id),
+    extra = CASE WHEN {m}.extra IS NULL OR {m}.extra = '{{}}'
+                 THEN excluded.extra ELSE {m}.extra END
+WHERE excluded.time_source > {m}.time_source
+   OR ({m}.provider_thread_id IS NULL AND excluded.provider_thread_id IS NOT NULL)
+   OR (({m}.extra IS NULL OR {m}.extra = '{{}}') AND excluded.extra <> '{{}}')
+"""
+
+
+LOCATION_SQL = """
+INSERT INTO locations (account, location, msg_key, labels) VALUES (?, ?, ?, ?)
+ON CONFLICT (account, location) DO UPDATE
+SET msg_key = excluded.msg_key, labels = excluded.labels
+WHERE locations.msg_key <> excluded.msg_key OR locations.labels <> excluded.labels
+"""
+
+SKIPPED_SQL = (
+    "INSERT INTO skipped (account, location, reason) VALUES (?, ?, ?) "
+    "ON CONFLICT (account, location) DO NOTHING"
+)
+
+ACCOUNT_SQL = (
+    "INSERT INTO accounts (name, type, last_sync, state) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET last_sync = excluded.last_sync, "
+    "state = CASE WHEN ? THEN excluded.state ELSE accounts.state END"
+)
+
+# Same statement in both dialects: per-thread span for period selection.
+THREADS_SQL = (
+    "INSERT INTO threads (thread_id, start_ms, first_ms, last_ms, messages) "
+    "SELECT thread_id, min(CASE WHEN automated = 0 THEN time_ms END), "
+    "min(time_ms), max(time_ms), count(*) FROM messages "
+    "WHERE thread_id IS NOT NULL GROUP BY thread_id"
+)
+
+THREAD_INPUTS_SQL = (
+    "SELECT id, msg_key, message_id, in_reply_to, refs, provider_thread_id, subject, "
+    "from_addr, to_addrs, cc_addrs, time_ms, thread_id FROM messages"
+)
+
+
+def message_row(r: MessageRecord) -> tuple[Any, ...]:
+    """A record as the values of ``MESSAGE_COLUMNS``."""
+    return (
+        r.key,
+        r.message_id,
+        r.from_addr,
+        ",".join(r.to_addrs),
+        ",".join(r.cc_addrs),
+        ",".join(r.reply_to),
+        r.subject,
+        r.time_ms,
+        r.time_offset,
+        r.time_source,
+        r.in_reply_to,
+        " ".join(r.references),
+        int(r.automated),
+        r.content_type,
+        r.provider_thread_id,
+        json.dumps(r.extra, sort_keys=True) if r.extra else "{}",
+        r.problems,
+    )
+
+
+def utc_now_text() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+
+
+class CacheBase(ABC):
+    """The cache interface every backend offers; see ``SQLiteCache`` for the semantics."""
+
+    backend: ClassVar[str]
+    #: the dialect's two-argument maximum
+    greatest: ClassVar[str]
+    #: the dialect's aggregate joining a location's labels with commas
+    label_agg: ClassVar[str]
+
+    # -- what a backend supplies ----------------------------------------------------------
+    @property
+    @abstractmethod
+    def where(self) -> str:
+        """The cache's place for messages and ``status``: a path, or a URL without password."""
+
+    @abstractmethod
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement (``?`` placeholders); returns a cursor (fetchone, fetchall,
+        iteration)."""
+
+    @abstractmethod
+    def _executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    @abstractmethod
+    def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """A query's rows as a DataFrame typed as ``pandas.read_sql_query`` types them."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Any]:
+        """One write transaction, rolled back on any exception."""
+
+    @abstractmethod
+    def lock(self, what: str = "cache") -> AbstractContextManager[None]:
+        """Cache-wide exclusive writer lock (non-blocking; LockedError when held)."""
+
+    @abstractmethod
+    def lock_account(self, account: str) -> AbstractContextManager[None]:
+        """Exclusive right to import or sync ``account`` (non-blocking; LockedError when
+        another process holds it). Writers of different accounts run side by side."""
+
+    @abstractmethod
+    def _threads_lock(self) -> AbstractContextManager[None]:
+        """Cache-wide lock held while the thread assignment is rebuilt; waits for it."""
+
+    @abstractmethod
+    def _glob_filter(self, column: str, globs: Sequence[str]) -> tuple[str, list[str]]:
+        """SQL matching ``column`` against any of the (case-sensitive, GLOB-style) globs."""
+
+    @abstractmethod
+    def _apply_thread_ids(self, ids: list[int], thread_ids: list[str]) -> None:
+        """Set messages.thread_id for those message ids (inside a transaction)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._execute("SELECT version FROM schema_version").fetchone()[0])
+
+    def _locked_message(self, account: str) -> str:
+        return (
+            f"account {account!r} is being imported or synced into {self.where} by another "
+            "replytime process; try again when it has finished"
+        )
+
+    def __enter__(self) -> CacheBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writes ---------------------------------------------------------------------------
+    def write_batch(
+        self,
+        account: str,
+        items: Sequence[tuple[str, MessageRecord]],
+        *,
+        account_type: str = "files",
+        state: dict[str, Any] | None = None,
+        skipped: Sequence[tuple[str, str]] = (),
+        removed: Sequence[str] = (),
+    ) -> None:
+        """Store (location, record) pairs, skipped places, removals and the account's sync
+        state in one transaction, so a sync killed between batches resumes exactly."""
+        with self.transaction():
+            self._executemany(upsert_sql(self.greatest), [message_row(r) for _, r in items])
+            self._executemany(
+                LOCATION_SQL,
+                [(account, loc, r.key, ",".join(r.labels)) for loc, r in items],
+            )
+            if skipped:
+                self._executemany(SKIPPED_SQL, [(account, loc, why) for loc, why in skipped])
+            if removed:
+                self._remove(account, removed)
+            self._touch_account(account, account_type, state)
+
+    def _remove(self, account: str, locations: Sequence[str]) -> None:
+        keys = [
+            row[0]
+            for loc in locations
+            for row in self._execute(
+                "SELECT msg_key FROM locations WHERE account = ? AND location = ?", (account, loc)
+            ).fetchall()
+        ]
+        self._executemany(
+            "DELETE FROM locations WHERE account = ? AND location = ?",
+            [(account, loc) for loc in locations],
+        )
+        self._executemany(
+            "DELETE FROM messages WHERE msg_key = ? "
+            "AND NOT EXISTS (SELECT 1 FROM locations WHERE locations.msg_key = messages.msg_key)",
+            [(k,) for k in keys],
+        )
+
+    def _touch_account(self, account: str, account_type: str, state: dict[str, Any] | None) -> None:
+        self._execute(
+            ACCOUNT_SQL,
+            (account, account_type, utc_now_text(), json.dumps(state or {}), state is not None),
+        )
+
+    def set_state(self, account: str, state: dict[str, Any], account_type: str = "files") -> None:
+        with self.transaction():
+            self._touch_account(account, account_type, state)
+
+    def account_state(self, account: str) -> dict[str, Any]:
+        row = self._execute("SELECT state FROM accounts WHERE name = ?", (account,)).fetchone()
+        return json.loads(row[0]) if row else {}
+
+    def known_locations(self, account: str, prefix: str = "") -> set[str]:
+        rows = self._execute(
+            "SELECT location FROM locations WHERE account = ? AND substr(location, 1, ?) = ?",
+            (account, len(prefix), prefix),
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- threads --------------------------------------------------------------------------
+    def thread_inputs(self) -> pd.DataFrame:
+        return self._frame(THREAD_INPUTS_SQL)
+
+    def set_threads(self, assignments: pd.Series) -> int:
+        """Write thread ids (indexed by message id); returns how many changed. Messages
+        written after ``assignments`` was computed keep theirs (or none: ``has_unthreaded``
+        then asks for the next rebuild)."""
+        current = self._frame("SELECT id, thread_id FROM messages").set_index("id")
+        new = assignments.reindex(current.index)
+        changed = new[new.notna() & new.ne(current["thread_id"])]
+        with self.transaction():
+            self._apply_thread_ids(changed.index.tolist(), changed.tolist())
+        return len(changed)
+
+    def has_unthreaded(self) -> bool:
+        q = "SELECT 1 FROM messages WHERE thread_id IS NULL LIMIT 1"
+        return self._execute(q).fetchone() is not None
+
+    def rebuild_threads(self, assign: Callable[[pd.DataFrame], pd.Series], fingerprint: str) -> int:
+        """Re-assign every thread id and refill the threads table. Holds the cache-wide
+        threads lock (waiting for another process's rebuild to finish), so concurrent
+        writers of different accounts never interleave two rebuilds."""
+        with self._threads_lock():
+            changed = self.set_threads(assign(self.thread_inputs()))
+            with self.transaction():
+                self._execute("DELETE FROM threads")
+                self._execute(THREADS_SQL)
+                self.set_meta("threads_fingerprint", fingerprint)
+        return changed
+
+    def message_count(self) -> int:
+        return int(self._execute("SELECT count(*) FROM messages").fetchone()[0])
+
+    def latest_time_ms(self) -> int | None:
+        value = self._execute("SELECT max(time_ms) FROM messages").fetchone()[0]
+        return None if value is None else int(value)
+
+    def form_notifications(
+        self, globs: Sequence[str], since_ms: int | None = None, until_ms: int | None = None
+    ) -> pd.DataFrame:
+        """Messages in [since, until) (all time when not given) whose sender matches one of
+        the form rules' globs."""
+        where, params = self._glob_filter("from_addr", globs) if globs else ("1 = 0", [])
+        span: list[int] = []
+        bounds = "time_ms IS NOT NULL"
+        if since_ms is not None:
+            bounds += " AND time_ms >= ?"
+            span.append(int(since_ms))
+        if until_ms is not None:
+            bounds += " AND time_ms < ?"
+            span.append(int(until_ms))
+        return self._frame(
+            "SELECT id, time_ms, from_addr, reply_to, subject, extra FROM messages "
+            f"WHERE {bounds} AND ({where})",
+            (*span, *params),
+        )
+
+    # -- reads ----------------------------------------------------------------------------
+    def messages(
+        self, *, labels: bool = False, active: tuple[int, int] | None = None
+    ) -> pd.DataFrame:
+        """Cached messages with what the matcher and metrics need.
+
+        ``active=(a, b)`` keeps whole threads with a timed message in [a, b) (and a few
+        more whose span covers it): every lead, first reply and message of that window
+        with its complete thread, without reading the rest of the cache. ``labels`` adds
+        each message's labels over its locations (costly, so only on request).
+        """
+        label_sql = (
+            f"(SELECT {self.label_agg} FROM locations l WHERE l.msg_key = m.msg_key)"
+            if labels else "NULL"
+        )
+        where, params = "", ()
+        if active is not None:
+            where = (" WHERE m.thread_id IN (SELECT thread_id FROM threads "
+                     "WHERE last_ms >= ? AND first_ms < ?)")
+            params = (int(active[0]), int(active[1]))
+        df = self._frame(
+            "SELECT m.id, m.message_id, m.from_addr, m.to_addrs, m.cc_addrs, m.reply_to, "
+            "m.subject, m.time_ms, m.automated, m.thread_id, m.extra, "
+            f"{label_sql} AS labels FROM messages m{where}",
+            params,
+        )
+        df["automated"] = df["automated"].astype(bool)
+        return df
+
+    def status(self) -> dict[str, Any]:
+        def one(sql: str, params: Sequence[Any] = ()) -> int:
+            return int(self._execute(sql, params).fetchone()[0])
+
+        accounts = self._execute(
+            "SELECT a.name, a.type, a.last_sync, "
+            "(SELECT count(DISTINCT msg_key) FROM locations l WHERE l.account = a.name) "
+            "FROM accounts a"
+        ).fetchall()
+        return {
+            "messages": one("SELECT count(*) FROM messages"),
+            "threads": one("SELECT count(DISTINCT thread_id) FROM messages"),
+            "no_time": one("SELECT count(*) FROM messages WHERE time_ms IS NULL"),
+            "malformed": one(
+                "SELECT count(*) FROM messages WHERE (problems & ~?) <> 0", (PROBLEM_NO_TIME,)
+            ),
+            "skipped": one("SELECT count(*) FROM skipped"),
+            # Sorted here: code-point order whatever the database's collation.
+            "accounts": [
+                {"name": n, "type": t, "last_sync": s, "messages": int(cnt)}
+                for n, t, s, cnt in sorted(accounts, key=lambda row: row[0])
+            ],
+        }
+
