@@ -1,13 +1,17 @@
-"""The SQLite cache: schema versioning, idempotent upserts, time-source precedence, locks."""
+"""The cache on both backends (SQLite file, real PostgreSQL server): schema versioning,
+idempotent upserts, time-source precedence, locks. ``backend`` (tests/conftest.py) is a
+fresh cache path or URL per test."""
 
 from __future__ import annotations
 
-import sqlite3
+import threading
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from replytime.cache import SCHEMA_VERSION, open_cache
+from replytime.cache import SCHEMA_VERSION, Cache, open_cache
 from replytime.errors import CacheError, LockedError
 from replytime.headers import parse_header_block
 from replytime.model import TIME_DATE, TIME_SERVER
@@ -17,50 +21,55 @@ MSG = (b"From: Pat <pat@client.example>\r\nTo: sales@acme.example\r\n"
        b"Subject: Hi\r\n\r\nbody is never read")
 
 
-def dump(path: Path) -> list[tuple]:
-    con = sqlite3.connect(path)
+def dump(c: Cache) -> list[tuple]:
     rows = []
     for table in ("messages", "locations", "skipped"):
-        rows += [(table, *r) for r in con.execute(f"SELECT * FROM {table} ORDER BY 1, 2")]
-    con.close()
+        rows += [(table, *r) for r in c.conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2")]
     return rows
 
 
-def test_new_cache_is_wal_and_versioned(tmp_path: Path) -> None:
-    c = open_cache(tmp_path / "c.sqlite")
+def one(c: Cache, sql: str) -> object:
+    return c.conn.execute(sql).fetchone()[0]
+
+
+def test_new_cache_is_versioned(backend: str) -> None:
+    c = open_cache(backend)
     assert c.schema_version == SCHEMA_VERSION
-    assert c.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if c.backend == "sqlite":
+        assert c.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    else:
+        assert c.backend == "postgresql" and c.where == backend
 
 
-def test_upsert_is_idempotent(tmp_path: Path) -> None:
-    c = open_cache(tmp_path / "c.sqlite")
+def test_upsert_is_idempotent(backend: str) -> None:
+    c = open_cache(backend)
     rec = parse_header_block(MSG)
     c.write_batch("files", [("/a", rec)])
-    first = dump(c.path)
+    first = dump(c)
     c.write_batch("files", [("/a", rec)])
-    assert dump(c.path)[0] == first[0]  # message row unchanged
-    assert len([r for r in dump(c.path) if r[0] == "messages"]) == 1
+    assert dump(c)[0] == first[0]  # message row unchanged
+    assert len([r for r in dump(c) if r[0] == "messages"]) == 1
 
 
-def test_same_message_in_two_places_is_stored_once(tmp_path: Path) -> None:
-    c = open_cache(tmp_path / "c.sqlite")
+def test_same_message_in_two_places_is_stored_once(backend: str) -> None:
+    c = open_cache(backend)
     c.write_batch("files", [("/inbox/a", parse_header_block(MSG)),
                             ("/archive/a", parse_header_block(MSG))])
-    assert c.conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
-    assert c.conn.execute("SELECT count(*) FROM locations").fetchone()[0] == 2
+    assert one(c, "SELECT count(*) FROM messages") == 1
+    assert one(c, "SELECT count(*) FROM locations") == 2
 
 
-def test_server_time_replaces_date_header_but_not_the_reverse(tmp_path: Path) -> None:
-    c = open_cache(tmp_path / "c.sqlite")
+def test_server_time_replaces_date_header_but_not_the_reverse(backend: str) -> None:
+    c = open_cache(backend)
     c.write_batch("files", [("/a", parse_header_block(MSG))])
     row = c.conn.execute("SELECT time_ms, time_source, time_offset FROM messages").fetchone()
-    assert row == (1793628000000, TIME_DATE, -300)  # 2026-11-02T14:00:00Z
+    assert tuple(row) == (1793628000000, TIME_DATE, -300)  # 2026-11-02T14:00:00Z
     server = parse_header_block(MSG, server_time_ms=1793628005000)
     c.write_batch("imap", [("INBOX/1/7", server)], account_type="imap")
-    assert c.conn.execute("SELECT time_ms, time_source, time_offset FROM messages").fetchone() \
-        == (1793628005000, TIME_SERVER, -300)
+    assert tuple(c.conn.execute("SELECT time_ms, time_source, time_offset FROM messages")
+                 .fetchone()) == (1793628005000, TIME_SERVER, -300)
     c.write_batch("files", [("/a", parse_header_block(MSG))])
-    assert c.conn.execute("SELECT time_ms FROM messages").fetchone()[0] == 1793628005000
+    assert one(c, "SELECT time_ms FROM messages") == 1793628005000
 
 
 def test_messages_without_message_id_use_a_stable_fallback(tmp_path: Path) -> None:
@@ -71,43 +80,89 @@ def test_messages_without_message_id_use_a_stable_fallback(tmp_path: Path) -> No
     assert other.key != a.key
 
 
-def test_removal_deletes_a_message_only_when_no_place_holds_it(tmp_path: Path) -> None:
-    c = open_cache(tmp_path / "c.sqlite")
+def test_removal_deletes_a_message_only_when_no_place_holds_it(backend: str) -> None:
+    c = open_cache(backend)
     c.write_batch("g", [("id1", parse_header_block(MSG))], account_type="gmail")
     c.write_batch("files", [("/a", parse_header_block(MSG))])
     c.write_batch("g", [], account_type="gmail", removed=["id1"])
-    assert c.conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+    assert one(c, "SELECT count(*) FROM messages") == 1
     c.write_batch("files", [], removed=["/a"])
-    assert c.conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+    assert one(c, "SELECT count(*) FROM messages") == 0
 
 
-def test_state_is_saved_with_the_batch(tmp_path: Path) -> None:
-    c = open_cache(tmp_path / "c.sqlite")
+def test_state_is_saved_with_the_batch(backend: str) -> None:
+    c = open_cache(backend)
     c.write_batch("g", [("id1", parse_header_block(MSG))], account_type="gmail",
                   state={"history_id": "42"})
-    assert open_cache(c.path).account_state("g") == {"history_id": "42"}
+    assert open_cache(backend).account_state("g") == {"history_id": "42"}
     c.write_batch("g", [], account_type="gmail")  # no state given: kept
     assert c.account_state("g") == {"history_id": "42"}
+    assert c.known_locations("g") == {"id1"} and c.known_locations("g", "id") == {"id1"}
+    assert c.known_locations("g", "x") == set() and c.known_locations("files") == set()
 
 
-def test_corrupt_and_newer_caches_are_refused(tmp_path: Path) -> None:
+def test_corrupt_file_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(b"\x00garbage" * 500)
     with pytest.raises(CacheError, match="not a usable replytime cache"):
         open_cache(bad)
-    c = open_cache(tmp_path / "c.sqlite")
-    c.conn.execute("UPDATE schema_version SET version = 99")
-    c.close()
-    with pytest.raises(CacheError, match="newer replytime"):
-        open_cache(tmp_path / "c.sqlite")
     with pytest.raises(CacheError, match="no cache at"):
         open_cache(tmp_path / "missing.sqlite", create=False)
 
 
-def test_second_writer_is_refused(tmp_path: Path) -> None:
-    a = open_cache(tmp_path / "c.sqlite")
-    b = open_cache(tmp_path / "c.sqlite")
+def test_newer_cache_is_refused(backend: str) -> None:
+    c = open_cache(backend)
+    c.conn.execute("UPDATE schema_version SET version = 99")
+    c.close()
+    with pytest.raises(CacheError, match=r"was written by a newer replytime \(schema 99\)"):
+        open_cache(backend)
+
+
+def test_second_writer_is_refused(backend: str) -> None:
+    a = open_cache(backend)
+    b = open_cache(backend)
     with a.lock(), pytest.raises(LockedError, match="another replytime process"), b.lock():
         pass
     with b.lock():  # released after the first writer finished
         pass
+
+
+def test_one_writer_per_account(backend: str) -> None:
+    a, b = open_cache(backend), open_cache(backend)
+    with a.lock_account("sales"):
+        with pytest.raises(LockedError) as err, b.lock_account("sales"):
+            pass
+        assert str(err.value) == (
+            f"account 'sales' is being imported or synced into {a.where} by another "
+            "replytime process; try again when it has finished"
+        )
+        with b.lock_account("support"):  # another account: no wait
+            b.write_batch("support", [("/a", parse_header_block(MSG))])
+        a.write_batch("sales", [("/b", parse_header_block(MSG))])
+    with b.lock_account("sales"):  # released
+        pass
+    assert one(a, "SELECT count(*) FROM locations") == 2
+
+
+def test_thread_rebuilds_wait_for_each_other(backend: str) -> None:
+    """A rebuild waits while another process holds the threads lock, then runs."""
+    a = open_cache(backend)
+    a.write_batch("files", [("/a", parse_header_block(MSG))])
+    done: list[int] = []
+
+    def rebuild() -> None:
+        b = open_cache(backend)  # its own connection, as another process would have
+        done.append(b.rebuild_threads(lambda df: pd.Series("t1", index=df["id"]), "fp"))
+        b.close()
+
+    with a._threads_lock():
+        worker = threading.Thread(target=rebuild)
+        worker.start()
+        time.sleep(0.5)
+        assert done == []
+    worker.join(10)
+    assert done == [1]
+    assert [tuple(r) for r in a.conn.execute("SELECT thread_id, messages FROM threads")] == [
+        ("t1", 1)
+    ]
+    assert a.get_meta("threads_fingerprint") == "fp"

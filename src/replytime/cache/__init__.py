@@ -1,14 +1,16 @@
-"""The local cache of message headers. SQLite by default; the backend is chosen by URL."""
+"""The local cache of message headers. SQLite by default; the backend is chosen by URL:
+a file path or ``sqlite:///path`` for the embedded file, ``postgresql://...`` for a server."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from replytime.cache.base import CacheBase
 from replytime.cache.sqlite import SCHEMA_VERSION, SQLiteCache
 from replytime.errors import UsageError
 
-Cache = SQLiteCache  # the interface every backend offers
+Cache = CacheBase  # the interface every backend offers
 
 __all__ = ["Cache", "SCHEMA_VERSION", "SQLiteCache", "default_cache_path", "open_cache"]
 
@@ -18,12 +20,19 @@ def default_cache_path() -> Path:
     return Path(base) / "replytime" / "cache.sqlite"
 
 
-def open_cache(db: str | os.PathLike[str] | None = None, *, create: bool = True) -> SQLiteCache:
-    """Open (and migrate) the cache at ``db``: a file path, ``sqlite:///path``, or None for the
-    default in the user data directory."""
+def open_cache(db: str | os.PathLike[str] | None = None, *, create: bool = True) -> CacheBase:
+    """Open (and migrate) the cache at ``db``: a file path, ``sqlite:///path``, a
+    ``postgresql://user@host:port/dbname`` URL, or None for the default file in the user
+    data directory."""
     target = str(db) if db is not None else str(default_cache_path())
     if target.startswith(("postgresql://", "postgres://")):
-        raise UsageError("the PostgreSQL cache backend is not available in this version")
+        try:
+            from replytime.cache.postgres import PostgresCache
+        except ImportError:
+            raise UsageError(
+                "the PostgreSQL cache needs psycopg 3: pip install 'psycopg[binary]'"
+            ) from None
+        return PostgresCache(target, create=create)
     if target.startswith("sqlite:///"):
         target = target[len("sqlite:///") - 1 :]
     return SQLiteCache(os.path.expandvars(target), create=create)
