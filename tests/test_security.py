@@ -32,8 +32,10 @@ def run(tmp: Path, *args: str, env: dict[str, str] | None = None
     full = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTIME_")}
     full.update(NO_COLOR="1", HOME=str(tmp), XDG_CONFIG_HOME=str(tmp / "config"),
                 XDG_DATA_HOME=str(tmp / "data"), RT_IMAP_PW=PASSWORD, **(env or {}))
-    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, cwd=tmp,
-                          env=full, timeout=120)
+    r = subprocess.run([str(SCRIPT), *args], capture_output=True, cwd=tmp, env=full,
+                       timeout=120)
+    # Decoded as is: text mode would turn a CR inside a CSV cell into a line break.
+    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(), r.stderr.decode())
 
 
 # -- SQL -------------------------------------------------------------------------------------
