@@ -118,13 +118,25 @@ class SQLiteCache(CacheBase):
     # -- schema ---------------------------------------------------------------------
     def _migrate(self) -> None:
         c = self.conn
-        c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = c.execute("SELECT version FROM schema_version").fetchone()
-        version = row[0] if row else 0
-        if version > SCHEMA_VERSION:
+
+        def version() -> int:
+            c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = c.execute("SELECT version FROM schema_version").fetchone()
+            return row[0] if row else 0
+
+        current = version()
+        if current > SCHEMA_VERSION:
             raise CacheError(
-                f"{self.path} was written by a newer replytime (schema {version}); upgrade"
+                f"{self.path} was written by a newer replytime (schema {current}); upgrade"
             )
+        if current == SCHEMA_VERSION:
+            return
+        # Writers of different accounts may open a new cache at once: one migrates.
+        with self._flock(self._lock_dir() / "migrate.lock", None):
+            self._apply_migrations(version())
+
+    def _apply_migrations(self, version: int) -> None:
+        c = self.conn
         for i in range(version, SCHEMA_VERSION):
             # executescript commits any open transaction first, so the script carries its own.
             try:
