@@ -130,10 +130,11 @@ def import_(
 
     cfg = _config()
     cache = open_cache(G.db)
-    with cache.lock(), Progress("importing") as progress:
+    # One writer per account; imports of other accounts may run at the same time.
+    with cache.lock_account(account), Progress("importing") as progress:
         stats = import_paths(cache, paths, account=account, keep=cfg.kept_headers(),
                              progress=progress)
-        refresh_threads(cache, cfg, force=True)
+    refresh_threads(cache, cfg, force=True)
     rate = stats.fetched / stats.seconds if stats.seconds else 0
     _summary(
         f"imported {stats.fetched} messages ({stats.skipped} skipped) from "
@@ -147,34 +148,20 @@ def sync(
         help="Accounts to sync (default: every gmail and imap account in the config)."
     )] = None,
     full: Annotated[bool, typer.Option("--full", help="Ignore saved state; sync all.")] = False,
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", "-j", min=1, help="Accounts synced at once (default: min(4, accounts))."
+    )] = None,
 ) -> None:
-    """Fetch new mail headers from configured Gmail and IMAP accounts."""
-    from replytime.api import refresh_threads
-    from replytime.cache import open_cache
-    from replytime.progress import Progress
+    """Fetch new mail headers from configured Gmail and IMAP accounts, several at once.
+
+    A failing account does not stop the others; the exit code is the worst one."""
+    from replytime.syncing import choose_accounts, sync_accounts
 
     cfg = _config()
-    chosen = [cfg.account(a) for a in accounts] if accounts else [
-        a for a in cfg.accounts if a.type in ("gmail", "imap")
-    ]
-    if not chosen:
-        raise UsageError("no gmail or imap accounts in the config; add [[accounts]] or use import")
-    cache = open_cache(G.db)
-    with cache.lock():
-        for acct in chosen:
-            if acct.type == "gmail":
-                from replytime.connectors import gmail as connector
-            elif acct.type == "imap":
-                from replytime.connectors import imap as connector  # type: ignore[no-redef]
-            else:
-                raise UsageError(f"account {acct.name!r} is a {acct.type} source: use import")
-            with Progress(f"syncing {acct.name}") as progress:
-                stats = connector.sync(cache, acct, cfg, progress=progress, full=full)
-            refresh_threads(cache, cfg, force=True)
-            _summary(
-                f"{acct.name}: {stats.fetched} messages fetched, {stats.removed} removed, "
-                f"{stats.skipped} skipped in {stats.seconds:.1f}s"
-            )
+    report = sync_accounts(G.db, choose_accounts(cfg, accounts), cfg, jobs=jobs, full=full,
+                           echo=_summary)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
 
 
 # -- demo -----------------------------------------------------------------------------------
@@ -532,9 +519,28 @@ def _when(analysis: Any) -> str:
 
 
 # -- entry point ----------------------------------------------------------------------------
+class _Stopped(BaseException):
+    """A signal asked us to stop. Not a KeyboardInterrupt, which click would swallow."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: one-line errors with the exit codes of the brief, section 4."""
+    """Console entry point: one-line errors with the exit codes of the brief, section 4.
+
+    Ctrl-C and SIGTERM stop at the next Python instruction; whole batches are committed
+    (each is one transaction), so the message says the work so far is saved."""
+    import signal
+
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         rc = app(args=argv, prog_name="replytime", standalone_mode=False)
     except ReplytimeError as exc:
@@ -544,10 +550,13 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
-    except typer.Abort:
-        typer.echo("replytime: interrupted", err=True)
-        return 130
-    except KeyboardInterrupt:
+    except _Stopped as exc:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        what = "interrupted" if exc.signum == signal.SIGINT else "terminated"
+        typer.echo(f"replytime: {what}; work done so far is saved", err=True)
+        return 128 + exc.signum
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("replytime: interrupted; work done so far is saved", err=True)
         return 130
     except BrokenPipeError:
@@ -555,17 +564,31 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:  # noqa: BLE001 - the last line of defence for users
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
+        usage = _usage_error(exc)
+        if usage is not None:
+            return usage
         if debug:
             traceback.print_exc()
         typer.echo(f"replytime: internal error: {exc!r} (run with --debug for details)",
                    err=True)
         return 1
     return rc if isinstance(rc, int) else 0
+
+
+def _usage_error(exc: Exception) -> int | None:
+    """Command-line parsing errors (typer's own click): one line, exit 2; `replytime` with
+    no arguments prints the help. None when ``exc`` is not one of them."""
+    message = getattr(exc, "format_message", None)
+    code = getattr(exc, "exit_code", None)
+    if message is None or not isinstance(code, int):
+        return None
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        ctx = getattr(exc, "ctx", None)
+        typer.echo(ctx.get_help() if ctx is not None else message())
+        return 0
+    text = " ".join(str(message()).split())
+    typer.echo(f"replytime: error: {text} (see --help)", err=True)
+    return code
 
 
 def run() -> None:

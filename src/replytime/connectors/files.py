@@ -452,6 +452,8 @@ def _quiet_worker() -> None:
     acts on it (it stops the pool). A worker dying of KeyboardInterrupt would print a traceback,
     and one killed while sending a result leaves the pool's queue locked: the import hangs."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The CLI turns SIGTERM into a clean stop; a worker must just die when the pool ends it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _resolve(item: Any) -> Iterator[Found]:
