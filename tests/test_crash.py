@@ -1,6 +1,6 @@
 """`replytime import` killed, interrupted or raced, through the real console script.
 
-A generated mailbox (examples/generate.py) of 7,500 messages, as one mbox and as a
+A generated mailbox (examples/generate.py) of 10,500 messages, as one mbox and as a
 Maildir, is imported by ``replytime --db X import PATH`` processes that are SIGKILLed at
 seeded random points, interrupted with SIGINT / SIGTERM, or run two at a time on one cache.
 Whatever happens, a rerun must end with exactly the cache of one uninterrupted import, and
@@ -30,8 +30,8 @@ import pytest
 SCRIPT = Path(sys.executable).with_name("replytime")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SEED = 20261107  # every random choice below derives from it: reruns kill at the same points
-N_THREADS = 2400
-N_MESSAGES = 7_500  # two write batches (the importer writes 5,000 at a time)
+N_THREADS = 3400
+N_MESSAGES = 10_500  # three write batches (the importer writes 5,000 at a time)
 KILLS = 20  # per format
 CHAINS = 2  # kills are spread over this many caches, each finished by a clean rerun
 FORMATS = ("mbox", "maildir")
