@@ -82,7 +82,7 @@ THREADS_SQL = (
 
 THREAD_INPUTS_SQL = (
     "SELECT id, msg_key, message_id, in_reply_to, refs, provider_thread_id, subject, "
-    "from_addr, to_addrs, cc_addrs, time_ms, thread_id FROM messages"
+    "from_addr, to_addrs, cc_addrs, time_ms, thread_id FROM messages ORDER BY id"
 )
 
 
@@ -267,7 +267,7 @@ class CacheBase(ABC):
         """Write thread ids (indexed by message id); returns how many changed. Messages
         written after ``assignments`` was computed keep theirs (or none: ``has_unthreaded``
         then asks for the next rebuild)."""
-        current = self._frame("SELECT id, thread_id FROM messages").set_index("id")
+        current = self._frame("SELECT id, thread_id FROM messages ORDER BY id").set_index("id")
         new = assignments.reindex(current.index)
         changed = new[new.notna() & new.ne(current["thread_id"])]
         with self.transaction():
@@ -313,7 +313,7 @@ class CacheBase(ABC):
             span.append(int(until_ms))
         return self._frame(
             "SELECT id, time_ms, from_addr, reply_to, subject, extra FROM messages "
-            f"WHERE {bounds} AND ({where})",
+            f"WHERE {bounds} AND ({where}) ORDER BY id",
             (*span, *params),
         )
 
@@ -321,7 +321,8 @@ class CacheBase(ABC):
     def messages(
         self, *, labels: bool = False, active: tuple[int, int] | None = None
     ) -> pd.DataFrame:
-        """Cached messages with what the matcher and metrics need.
+        """Cached messages with what the matcher and metrics need, in id (arrival) order on
+        every backend.
 
         ``active=(a, b)`` keeps whole threads with a timed message in [a, b) (and a few
         more whose span covers it): every lead, first reply and message of that window
@@ -340,7 +341,7 @@ class CacheBase(ABC):
         df = self._frame(
             "SELECT m.id, m.message_id, m.from_addr, m.to_addrs, m.cc_addrs, m.reply_to, "
             "m.subject, m.time_ms, m.automated, m.thread_id, m.extra, "
-            f"{label_sql} AS labels FROM messages m{where}",
+            f"{label_sql} AS labels FROM messages m{where} ORDER BY m.id",
             params,
         )
         df["automated"] = df["automated"].astype(bool)
