@@ -1,0 +1,332 @@
+"""The same commands on both cache backends (SQLite file, real PostgreSQL server), through
+the real console script: identical reports, concurrent writers of different accounts,
+the per-account lock, and parallel IMAP syncs against real Dovecot servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from replytime.api import Analysis
+from replytime.cache import open_cache
+from replytime.cache.postgres import MIGRATIONS as PG_MIGRATIONS
+from replytime.cache.postgres import glob_regex, redact
+from replytime.cache.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+from replytime.config import load_config
+from tests.dovecot import Dovecot, free_port
+from tests.pg import PostgresServer
+
+SCRIPT = Path(sys.executable).with_name("replytime")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+MBOX, CONFIG = EXAMPLES / "mailbox.mbox", EXAMPLES / "replytime.toml"
+AS_OF = "2026-11-06T21:00:00+00:00"
+PASSWORD_ENV = "REPLYTIME_TEST_IMAP_PASSWORD"
+BASE = 1793610000  # 2026-11-02 09:40 UTC
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTIME_")}
+    full_env.update({"NO_COLOR": "1", "COLUMNS": "200", **(env or {})})
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True,
+                          env=full_env, timeout=120)
+
+
+def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTIME_")}
+    full_env.update({"NO_COLOR": "1", **(env or {})})
+    return subprocess.Popen([str(SCRIPT), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=full_env)
+
+
+def split_mbox(tmp: Path, limit: int | None = None) -> tuple[Path, Path, int]:
+    """The example mailbox (its first ``limit`` messages) as two mbox files of alternate
+    messages; returns both and the number of messages."""
+    data = MBOX.read_bytes()
+    parts = data.split(b"\nFrom ")
+    messages = [parts[0] + b"\n"] + [b"From " + p + b"\n" for p in parts[1:]]
+    messages = messages[:limit]
+    halves = (tmp / "even.mbox", tmp / "odd.mbox")
+    halves[0].write_bytes(b"".join(messages[0::2]))
+    halves[1].write_bytes(b"".join(messages[1::2]))
+    return halves[0], halves[1], len(messages)
+
+
+# -- the same schema and the same answers ---------------------------------------------------
+def test_migrations_are_numbered_alike() -> None:
+    assert len(PG_MIGRATIONS) == len(SQLITE_MIGRATIONS)
+
+
+def test_same_tables_columns_and_indexes(tmp_path: Path, pg_server: PostgresServer) -> None:
+    lite = open_cache(tmp_path / "c.sqlite")
+    pg = open_cache(pg_server.create_database())
+    tables = ["accounts", "locations", "messages", "meta", "schema_version", "skipped",
+              "threads"]
+    lite_tables = sorted(r[0] for r in lite.conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'"))
+    pg_tables = sorted(r[0] for r in pg.conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"))
+    assert lite_tables == pg_tables == tables
+    for t in tables:
+        lite_cols = [(r[1], bool(r[3]) or bool(r[5])) for r in lite.conn.execute(
+            "SELECT * FROM pragma_table_info(?) ORDER BY cid", (t,))]
+        pg_cols = [(r[0], r[1] == "NO") for r in pg.conn.execute(
+            "SELECT column_name, is_nullable FROM information_schema.columns "
+            "WHERE table_name = %s ORDER BY ordinal_position", (t,))]
+        assert lite_cols == pg_cols, t
+    lite_idx = {r[0] for r in lite.conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+    pg_idx = {r[0] for r in pg.conn.execute(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' "
+        "AND indexname NOT LIKE '%%_pkey' AND indexname NOT LIKE '%%_key'")}
+    assert lite_idx == pg_idx == {"messages_time", "messages_thread", "locations_msg",
+                                  "threads_span"}
+
+
+def test_example_mailbox_gives_identical_reports(tmp_path: Path,
+                                                 pg_server: PostgresServer) -> None:
+    lite = str(tmp_path / "cache.sqlite")
+    pg = pg_server.create_database()
+    outputs: dict[str, dict[str, str]] = {}
+    for db in (lite, pg):
+        r = run("--config", str(CONFIG), "--db", db, "import", str(MBOX), "--account", "example")
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.startswith("imported 898 messages (0 skipped) from 1 path(s) in ")
+        out = {}
+        for kind, fmt in (("reps", "csv"), ("leads", "csv"), ("weekly", "json")):
+            rep = run("--config", str(CONFIG), "--db", db, "report", kind, "--format", fmt,
+                      "--as-of", AS_OF)
+            assert rep.returncode == 0, rep.stderr
+            out[kind] = rep.stdout
+        status = run("--config", str(CONFIG), "--db", db, "status", "--format", "json")
+        assert status.returncode == 0, status.stderr
+        info = json.loads(status.stdout)
+        assert info.pop("cache") == (db if db == pg else str(Path(db)))
+        for a in info["accounts"]:
+            a.pop("last_sync")
+        out["status"] = json.dumps(info, sort_keys=True)
+        outputs[db] = out
+    assert outputs[lite] == outputs[pg]
+    assert outputs[pg]["leads"].count("\n") == 153  # header + the 152 example leads
+    assert json.loads(outputs[pg]["status"])["messages"] == 898
+
+    # The frames the matcher and metrics read are equal, not only the rendered reports.
+    cfg = load_config(CONFIG)
+    a, b = open_cache(lite, create=False), open_cache(pg, create=False)
+    pd.testing.assert_frame_equal(a.thread_inputs(), b.thread_inputs())
+    for kw in ({}, {"labels": True}, {"active": (1793000000000, 1793600000000)}):
+        pd.testing.assert_frame_equal(a.messages(**kw), b.messages(**kw))  # type: ignore
+    globs = [r.from_glob for r in cfg.leads.forms]
+    assert globs
+    forms = a.form_notifications(globs, since_ms=0, until_ms=2**62)
+    assert len(forms) > 0
+    pd.testing.assert_frame_equal(
+        forms, b.form_notifications(globs, since_ms=0, until_ms=2**62))
+    sa, sb = a.status(), b.status()
+    for s in (sa, sb):
+        s["accounts"][0].pop("last_sync")
+    assert sa == sb
+    pd.testing.assert_frame_equal(Analysis(a, cfg, as_of=AS_OF).all_leads,
+                                  Analysis(b, cfg, as_of=AS_OF).all_leads)
+
+
+def test_globs_select_the_same_senders(tmp_path: Path, pg_server: PostgresServer) -> None:
+    lite = open_cache(tmp_path / "c.sqlite")
+    pg = open_cache(pg_server.create_database())
+    senders = ["wordpress@acme.example", "WordPress@acme.example", "noreply@forms.example",
+               "a.b@x.example", "axb@x.example", "]z", "x[", "bob@acme.example", "c@d", ""]
+    globs = ["*@forms.example", "wordpress@acme.example", "a.b@*", "[ab]?b@*", "[^w]*@acme*",
+             "[]]z", "x[", "*", "c@?"]
+    for g in globs:
+        want = [s for s in senders
+                if lite.conn.execute("SELECT ? GLOB ?", (s, g)).fetchone()[0]]
+        regex = glob_regex(g)
+        got = [s for s in senders if regex is not None
+               and pg.conn.execute("SELECT %s ~ %s", (s, regex)).fetchone()[0]]
+        assert got == want, g
+    assert glob_regex("x[") is None
+
+
+def test_url_password_is_never_shown(tmp_path: Path, pg_server: PostgresServer) -> None:
+    url = pg_server.create_database()
+    secret = url.replace("replytime@", "replytime:hunter2%40x@") + "?password=hunter3"
+    assert redact(secret) == url
+    small, _, _ = split_mbox(tmp_path, limit=10)
+    r = run("--config", str(CONFIG), "--db", secret, "import", str(small))
+    assert r.returncode == 0, r.stderr
+    r = run("--config", str(CONFIG), "--db", secret, "status")
+    assert r.returncode == 0 and f"cache        {url} (schema 2)" in r.stdout
+    assert "hunter" not in r.stdout + r.stderr
+    closed = f"postgresql://replytime:hunter2@127.0.0.1:{free_port()}/x"
+    r = run("--config", str(CONFIG), "--db", closed, "status")
+    assert r.returncode == 2
+    assert r.stderr.startswith(
+        f"replytime: error: cannot connect to the PostgreSQL cache {redact(closed)}: ")
+    assert "hunter" not in r.stderr and r.stderr.count("\n") == 1
+    r = run("--config", str(CONFIG), "--db", pg_server.create_database(), "status")
+    assert r.returncode == 2
+    assert "no replytime cache in postgresql://replytime@127.0.0.1:" in r.stderr
+
+
+def test_nul_in_a_record_is_stored(pg_server: PostgresServer) -> None:
+    """PostgreSQL text cannot hold NUL (SQLite can): it becomes U+FFFD there."""
+    from dataclasses import replace
+
+    from replytime.headers import parse_header_block
+
+    c = open_cache(pg_server.create_database())
+    rec = parse_header_block(b"From: a@b.example\r\nSubject: x\r\nMessage-ID: <n@b>\r\n\r\n")
+    c.write_batch("files", [("/n", replace(rec, subject="x\x00y"))])
+    assert c.conn.execute("SELECT subject FROM messages").fetchone()[0] == "x\ufffdy"
+
+
+# -- concurrent writers ---------------------------------------------------------------------
+def test_concurrent_imports_of_two_accounts(backend: str, tmp_path: Path) -> None:
+    even, odd, total = split_mbox(tmp_path)
+    procs = [start("--config", str(CONFIG), "--db", backend, "import", str(p), "--account", name)
+             for p, name in ((even, "even"), (odd, "odd"))]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    c = open_cache(backend, create=False)
+    assert c.message_count() == total == 898
+    assert {a["name"]: a["messages"] for a in c.status()["accounts"]} == {
+        "even": 449, "odd": 449}
+    assert not c.has_unthreaded()
+    # Threads as after one import of the whole mailbox (README, `status`).
+    assert c.status()["threads"] == 328
+    assert c.conn.execute("SELECT count(*), sum(messages) FROM threads").fetchone() == (
+        328, 898)
+
+
+def test_same_account_twice_is_refused(backend: str, tmp_path: Path) -> None:
+    even, odd, _ = split_mbox(tmp_path, limit=40)
+    holder = open_cache(backend)
+    with holder.lock_account("even"):
+        r = run("--config", str(CONFIG), "--db", backend, "import", str(even), "--account",
+                "even")
+        assert r.returncode == 1
+        assert r.stderr == (
+            f"replytime: error: account 'even' is being imported or synced into {holder.where} "
+            "by another replytime process; try again when it has finished\n"
+        )
+        # Another account is not held up by it.
+        r = run("--config", str(CONFIG), "--db", backend, "import", str(odd), "--account", "odd")
+        assert r.returncode == 0, r.stderr
+    assert holder.message_count() == 20
+    r = run("--config", str(CONFIG), "--db", backend, "import", str(even), "--account", "even")
+    assert r.returncode == 0, r.stderr
+    assert holder.message_count() == 40
+
+
+# -- parallel sync --------------------------------------------------------------------------
+def mail(user: str, i: int) -> bytes:
+    return (
+        f"From: Lead {i} <lead{i}@prospect.example>\r\n"
+        f"To: {user}\r\n"
+        f"Subject: Question {i} to {user}\r\n"
+        f"Date: Mon, 2 Nov 2026 09:{i:02d}:00 -0500\r\n"
+        f"Message-ID: <{user.split('@')[0]}-{i}@prospect.example>\r\n"
+        f"\r\nHello\r\n"
+    ).encode()
+
+
+@pytest.fixture
+def dovecots(tmp_path: Path) -> Iterator[list[Dovecot]]:
+    servers = []
+    try:
+        for name in ("alpha", "beta"):
+            d = Dovecot(tmp_path / name, user=f"{name}@acme.example").start()
+            servers.append(d)
+            for i in range(12 if name == "alpha" else 7):
+                d.add("INBOX", mail(d.user, i), BASE + 60 * i)
+            # One message in both mailboxes: stored once, with a location in each account.
+            d.add("INBOX", mail("shared@acme.example", 0), BASE)
+        yield servers
+    finally:
+        for d in servers:
+            d.stop()
+
+
+def sync_config(tmp_path: Path, servers: list[Dovecot], dead_port: int | None) -> Path:
+    text = ('[team]\ninternal_domains = ["acme.example"]\ntimezone = "UTC"\n'
+            '[[reps]]\nname = "Alice"\nemails = ["alice@acme.example"]\n')
+    ports = [("alpha", servers[0]), ("beta", servers[1])]
+    for name, d in ports:
+        text += (f'[[accounts]]\nname = "{name}"\ntype = "imap"\nhost = "127.0.0.1"\n'
+                 f'port = {d.port}\nsecurity = "none"\nusername = "{d.user}"\n'
+                 f'password_env = "{PASSWORD_ENV}"\n')
+    if dead_port is not None:
+        text += (f'[[accounts]]\nname = "gamma"\ntype = "imap"\nhost = "127.0.0.1"\n'
+                 f'port = {dead_port}\nsecurity = "none"\nusername = "g@acme.example"\n'
+                 f'password_env = "{PASSWORD_ENV}"\nretries = 1\nretry_delay = 0.01\n')
+    path = tmp_path / "sync.toml"
+    path.write_text(text)
+    return path
+
+
+def test_parallel_sync_of_imap_accounts(backend: str, tmp_path: Path,
+                                        dovecots: list[Dovecot]) -> None:
+    dead = free_port()  # nothing listens there
+    cfg = sync_config(tmp_path, dovecots, dead)
+    env = {PASSWORD_ENV: dovecots[0].password}
+    started = time.monotonic()
+    r = run("--config", str(cfg), "--db", backend, "sync", "--jobs", "3", env=env)
+    assert time.monotonic() - started < 30
+    assert r.returncode == 4, r.stderr
+    lines = sorted(r.stderr.splitlines())
+    assert len(lines) == 3, r.stderr
+    assert lines[0].startswith("alpha: 13 messages fetched, 0 removed, 0 skipped in ")
+    assert lines[1].startswith("beta: 8 messages fetched, 0 removed, 0 skipped in ")
+    assert lines[2] == (
+        f"replytime: error: gamma: IMAP server 127.0.0.1:{dead} unreachable after 1 retries "
+        "(connection refused); 0 messages synced before the failure are kept"
+    )
+    c = open_cache(backend, create=False)
+    assert c.message_count() == 12 + 7 + 1
+    assert {a["name"]: a["messages"] for a in c.status()["accounts"]} == {
+        "alpha": 13, "beta": 8}
+    assert not c.has_unthreaded()
+    assert c.status()["threads"] == 20
+
+    # Again without the dead account: nothing new, exit 0.
+    cfg = sync_config(tmp_path, dovecots, None)
+    r = run("--config", str(cfg), "--db", backend, "sync", env=env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(ln.split(" in ")[0] for ln in r.stderr.splitlines()) == [
+        "alpha: 0 messages fetched, 0 removed, 0 skipped",
+        "beta: 0 messages fetched, 0 removed, 0 skipped",
+    ]
+
+    # A sync of an account held by another process: exit 1 for it, the other still syncs.
+    dovecots[1].add("INBOX", mail(dovecots[1].user, 30), BASE + 3600)
+    with c.lock_account("alpha"):
+        r = run("--config", str(cfg), "--db", backend, "sync", "alpha", "beta", env=env)
+    assert r.returncode == 1
+    assert sorted(r.stderr.splitlines())[0].startswith("beta: 1 messages fetched")
+    assert sorted(r.stderr.splitlines())[1] == (
+        f"replytime: error: alpha: account 'alpha' is being imported or synced into "
+        f"{c.where} by another replytime process; try again when it has finished"
+    )
+    assert c.message_count() == 21
+
+
+def test_sync_refuses_file_accounts_and_bad_jobs(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[team]\ninternal_domains = ["acme.example"]\n'
+                   '[[accounts]]\nname = "disk"\ntype = "files"\npaths = ["/tmp"]\n')
+    db = str(tmp_path / "c.sqlite")
+    r = run("--config", str(cfg), "--db", db, "sync", "disk")
+    assert (r.returncode, r.stderr) == (
+        2, "replytime: error: account 'disk' is a files source: use import\n")
+    r = run("--config", str(cfg), "--db", db, "sync")
+    assert r.returncode == 2 and "no gmail or imap accounts in the config" in r.stderr
+    r = run("--config", str(cfg), "--db", db, "sync", "--jobs", "0", "disk")
+    assert r.returncode == 2 and "--jobs" in r.stderr
+    assert not Path(db).exists()
