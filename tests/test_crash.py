@@ -10,6 +10,7 @@ SQLite must find the file intact (brief, section 6, "Reliability").
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import random
@@ -338,7 +339,9 @@ def test_second_import_on_a_locked_cache_exits_1_and_the_cache_stays_whole(mail:
     db = mail.root / "raced.sqlite"
     first = start(mail, db, "mbox")
     try:
-        wait_until(lambda: holds_flock(db.with_name(db.name + ".lock"), first.pid), first)
+        digest = hashlib.sha1(b"import").hexdigest()[:12]  # the account's lock file
+        lock = db.with_name(db.name + ".locks") / f"account-import-{digest}.lock"
+        wait_until(lambda: holds_flock(lock, first.pid), first)
         # Frozen while it holds the lock, so the second one surely meets it. (WAL: the
         # second one's open only reads, even if the first stopped inside a transaction.)
         first.send_signal(signal.SIGSTOP)
@@ -350,6 +353,6 @@ def test_second_import_on_a_locked_cache_exits_1_and_the_cache_stays_whole(mail:
     finally:
         reap_group(first.pid)
     assert (second.returncode, second.stdout, second.stderr) == (
-        1, "", f"replytime: error: another replytime process is writing to {db}; "
-               "try again later\n")
+        1, "", f"replytime: error: account 'import' is being imported or synced into {db} by "
+               "another replytime process; try again when it has finished\n")
     assert dump(db) == ref

@@ -6,6 +6,7 @@ with --debug the traceback comes first, then the same line."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -88,10 +89,14 @@ def test_1_check_failed(example_cache: Path, tmp_path: Path) -> None:
 def test_1_cache_locked_by_another_process(tmp_path: Path) -> None:
     db = tmp_path / "locked.sqlite"
     args = ["--db", str(db), "import", str(EXAMPLES / "mailbox.mbox")]
-    fd = os.open(tmp_path / "locked.sqlite.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    locks = tmp_path / "locked.sqlite.locks"  # one lock file per account (here "import")
+    locks.mkdir()
+    digest = hashlib.sha1(b"import").hexdigest()[:12]
+    fd = os.open(locks / f"account-import-{digest}.lock", os.O_CREAT | os.O_RDWR, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # this test process is the other writer
-        line = f"replytime: error: another replytime process is writing to {db}; try again later"
+        line = (f"replytime: error: account 'import' is being imported or synced into {db} by "
+                "another replytime process; try again when it has finished")
         one_line_error(run(tmp_path, *args), 1, line)
         with_debug(tmp_path, args, 1, line)
     finally:
@@ -159,7 +164,7 @@ def test_3_missing_token(tmp_path: Path, fake: FakeGmail) -> None:
     token = tmp_path / "missing.token.json"
     args = ["--config", str(gmail_config(tmp_path, token, fake)), "--db",
             str(tmp_path / "c.sqlite"), "sync"]
-    line = (f"replytime: error: no Gmail token at {token}: "
+    line = (f"replytime: error: sales-gmail: no Gmail token at {token}: "
             "run `replytime auth gmail sales-gmail`")
     one_line_error(run(tmp_path, *args), 3, line)
     with_debug(tmp_path, args, 3, line)
@@ -201,7 +206,8 @@ def test_4_source_unreachable(tmp_path: Path) -> None:
         f'port = {port}\nsecurity = "none"\nusername = "rep@acme.example"\n'
         f'password_env = "{PASSWORD_ENV}"\nretries = 2\nretry_delay = 0.01\n')
     args = ["--config", str(cfg), "--db", str(tmp_path / "c.sqlite"), "sync"]
-    line = (f"replytime: error: IMAP server 127.0.0.1:{port} unreachable after 2 retries "
+    line = (f"replytime: error: sales-imap: IMAP server 127.0.0.1:{port} unreachable after 2 "
+            "retries "
             "(connection refused); 0 messages synced before the failure are kept")
     r = run(tmp_path, *args)
     one_line_error(r, 4, line)

@@ -166,7 +166,7 @@ def test_gmail_token_path_expanded(tmp_path: Path, token_file: str) -> None:
     cfg.write_text(f'[[accounts]]\nname = "g"\ntype = "gmail"\ntoken_file = "{token_file}"\n')
     r = run(tmp_path, "--config", str(cfg), "--db", str(tmp_path / "c.sqlite"), "sync",
             env={"RT_TOKENS": str(tmp_path / "tokens")})
-    assert (r.returncode, r.stderr) == (3, f"replytime: error: no Gmail token at "
+    assert (r.returncode, r.stderr) == (3, f"replytime: error: g: no Gmail token at "
                                            f"{tmp_path / 'tokens' / 'g.json'}: run "
                                            "`replytime auth gmail g`\n")
 
@@ -254,6 +254,6 @@ def test_imap_password_never_on_a_command_line_or_printed(tmp_path: Path) -> Non
     assert b"sync" in cmdline and not any(PASSWORD.encode() in a for a in cmdline)
     assert proc.returncode == 4, err
     assert err.startswith("Traceback") and err.endswith(
-        f"replytime: error: IMAP server 127.0.0.1:{port} unreachable after 0 retries "
+        f"replytime: error: i: IMAP server 127.0.0.1:{port} unreachable after 0 retries "
         "(timed out); 0 messages synced before the failure are kept\n")
     assert PASSWORD not in out + err
