@@ -330,3 +330,28 @@ def test_sync_refuses_file_accounts_and_bad_jobs(tmp_path: Path) -> None:
     r = run("--config", str(cfg), "--db", db, "sync", "--jobs", "0", "disk")
     assert r.returncode == 2 and "--jobs" in r.stderr
     assert not Path(db).exists()
+
+
+def test_one_display_with_a_bar_per_account() -> None:
+    from replytime.syncing import Board
+
+    lines: list[str] = []
+    with Board(2, enabled=True, echo=lines.append) as board:
+        assert board.bar is not None
+        alpha, beta = board.lane("alpha"), board.lane("beta")
+        alpha.set_total(10)
+        alpha.advance(4, note="INBOX")
+        beta.advance(2)
+        tasks = {t.description: t for t in board.bar.tasks}
+        assert list(tasks) == ["syncing 2 accounts", "alpha", "beta"]
+        assert (tasks["alpha"].completed, tasks["alpha"].total) == (4, 10)
+        assert tasks["alpha"].fields["note"] == "INBOX" and tasks["beta"].completed == 2
+        board.finished("alpha: 4 messages fetched")
+        assert tasks["syncing 2 accounts"].completed == 1
+        assert board.bar.live.is_started
+    assert not board.bar.live.is_started
+    with Board(1, enabled=False, echo=lines.append) as quiet:
+        assert quiet.bar is None
+        quiet.lane("gamma").advance(5)  # counted, nothing drawn
+        quiet.finished("gamma: 5 messages fetched")
+    assert lines == ["gamma: 5 messages fetched"]

@@ -19,11 +19,9 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import ModuleType, TracebackType
+from types import ModuleType
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 
 from replytime.config import Account, Config
@@ -116,12 +114,7 @@ class _Lane(Progress):
     def __enter__(self) -> _Lane:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: Any) -> None:
         return None  # the display belongs to the Board
 
     def note(self, text: str) -> None:
@@ -131,40 +124,36 @@ class _Lane(Progress):
 
 
 class Board:
-    """The combined progress display: a rich Progress with one task per account on an
-    interactive stderr; summary lines go above it (or straight to stderr without one)."""
+    """The combined progress display: on an interactive stderr, the usual replytime bar
+    counting finished accounts, with one task per account under it; summary lines go
+    above it (or straight to stderr without a terminal)."""
 
-    def __init__(self, enabled: bool | None = None, echo: Callable[[str], None] | None = None):
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+    def __init__(self, accounts: int, enabled: bool | None = None,
+                 echo: Callable[[str], None] | None = None):
+        self.overall = Progress(f"syncing {accounts} accounts", total=accounts, enabled=enabled)
         self._echo = echo or (lambda text: print(text, file=sys.stderr, flush=True))
-        self.bar: RichProgress | None = None
+
+    @property
+    def bar(self) -> RichProgress | None:
+        return self.overall._bar
 
     def __enter__(self) -> Board:
-        if self.enabled:
-            self.bar = RichProgress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[note]}"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-            )
-            self.bar.start()
+        self.overall.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+    def __exit__(self, *exc: Any) -> None:
+        self.overall.__exit__(*exc)
 
     def lane(self, label: str) -> _Lane:
         return _Lane(label, self.bar)
 
-    def print(self, text: str) -> None:
+    def finished(self, text: str) -> None:
+        """One account is done: its line, and one step of the overall bar."""
         if self.bar is not None:
             self.bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
             self._echo(text)
+        self.overall.advance(1)
 
 
 def _sync_one(db: Any, account: Account, config: Config, full: bool, lane: _Lane) -> Outcome:
@@ -221,7 +210,7 @@ def sync_accounts(
     for item in enumerate(accounts):
         todo.put(item)
     done: queue.Queue[tuple[int, Outcome]] = queue.Queue()
-    with Board(progress, echo) as board:
+    with Board(len(accounts), progress, echo) as board:
         lanes = [board.lane(a.name) for a in accounts]
 
         def worker() -> None:
@@ -243,7 +232,7 @@ def sync_accounts(
             except queue.Empty:
                 continue
             results[i] = outcome
-            board.print(outcome.line())
+            board.finished(outcome.line())
     report.outcomes = [results[i] for i in range(len(accounts))]
     # Whatever failed, what was synced is kept: thread it once, for every account.
     cache = open_cache(db)
