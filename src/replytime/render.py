@@ -65,7 +65,9 @@ def to_csv(df: pd.DataFrame, *, raw: bool = False) -> str:
         for col in df.columns:
             if df[col].dtype == object or pd.api.types.is_string_dtype(df[col]):
                 df[col] = df[col].map(_neutralise)
-    return df.to_csv(index=False, lineterminator="\n")
+    # RFC 4180 line ends: the csv writer quotes a cell holding a character of the line
+    # terminator, so a CR in a cell is quoted instead of splitting the row in a spreadsheet.
+    return df.to_csv(index=False, lineterminator="\r\n")
 
 
 def to_markdown(df: pd.DataFrame) -> str:

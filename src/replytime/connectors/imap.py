@@ -124,12 +124,12 @@ class Settings:
             raise ConfigError(f"{key}.folders", "must be a list of folder names")
         ca_file = o.get("ca_file")
         if ca_file is not None:
-            ca_file = os.path.expanduser(str(ca_file))
+            ca_file = os.path.expanduser(os.path.expandvars(str(ca_file)))
             if not os.path.isfile(ca_file):
                 raise ConfigError(f"{key}.ca_file", f"{ca_file} does not exist")
         token_file = o.get("oauth_token_file")
         if token_file is not None:
-            token_file = os.path.expanduser(str(token_file))
+            token_file = os.path.expanduser(os.path.expandvars(str(token_file)))
         return cls(
             account=account.name,
             host=host,
@@ -188,7 +188,7 @@ def get_password(account: Account) -> str:
             raise ConfigError(f"{key}.password_env", f"environment variable {name} is not set")
         return value
     if o.get("password_file"):
-        path = Path(os.path.expanduser(str(o["password_file"])))
+        path = Path(os.path.expanduser(os.path.expandvars(str(o["password_file"]))))
         try:
             value = path.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
