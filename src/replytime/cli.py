@@ -159,7 +159,7 @@ def sync(
 
     cfg = _config()
     report = sync_accounts(G.db, choose_accounts(cfg, accounts), cfg, jobs=jobs, full=full,
-                           echo=_summary)
+                           echo=_summary, debug=G.debug)
     if report.exit_code:
         raise typer.Exit(report.exit_code)
 

@@ -77,8 +77,13 @@ class Outcome:
             return self.error.exit_code
         return 1 if self.crash is not None else 0
 
-    def line(self) -> str:
-        """The one line printed for this account."""
+    def line(self, debug: bool = False) -> str:
+        """The one line printed for this account (after the traceback with ``debug``)."""
+        exc = self.error or self.crash
+        if debug and exc is not None:
+            import traceback
+
+            return "".join(traceback.format_exception(exc)) + self.line()
         if self.error is not None:
             return f"replytime: error: {self.account}: {self.error}"
         if self.crash is not None:
@@ -187,6 +192,7 @@ def sync_accounts(
     full: bool = False,
     progress: bool | None = None,
     echo: Callable[[str], None] | None = None,
+    debug: bool = False,
 ) -> SyncReport:
     """Sync ``accounts`` into the cache at ``db`` (path or URL), ``jobs`` at a time, then
     rebuild threads once. Each account's summary or error line goes to ``echo`` (stderr by
@@ -232,7 +238,7 @@ def sync_accounts(
             except queue.Empty:
                 continue
             results[i] = outcome
-            board.finished(outcome.line())
+            board.finished(outcome.line(debug))
     report.outcomes = [results[i] for i in range(len(accounts))]
     # Whatever failed, what was synced is kept: thread it once, for every account.
     cache = open_cache(db)
