@@ -355,3 +355,29 @@ def test_one_display_with_a_bar_per_account() -> None:
         quiet.lane("gamma").advance(5)  # counted, nothing drawn
         quiet.finished("gamma: 5 messages fetched")
     assert lines == ["gamma: 5 messages fetched"]
+
+
+def test_interrupted_parallel_sync_stops_at_once(tmp_path: Path,
+                                                 dovecots: list[Dovecot]) -> None:
+    """Ctrl-C while a worker waits between retries: the command stops within a second,
+    keeping what the other worker committed."""
+    import signal
+
+    cfg = sync_config(tmp_path, dovecots, free_port())
+    cfg.write_text(cfg.read_text().replace("retries = 1\nretry_delay = 0.01",
+                                           "retries = 5\nretry_delay = 5"))
+    db = str(tmp_path / "c.sqlite")
+    proc = start("--config", str(cfg), "--db", db, "sync", "--jobs", "3",
+                 env={PASSWORD_ENV: dovecots[0].password})
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # until alpha and beta are stored
+        if Path(db).exists() and open_cache(db).message_count() == 20:
+            break
+        time.sleep(0.1)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=10)
+    assert time.monotonic() - sent < 2
+    assert proc.returncode == 130
+    assert err.endswith("replytime: interrupted; work done so far is saved\n"), err
+    assert open_cache(db).message_count() == 20
