@@ -365,7 +365,7 @@ def test_interrupted_parallel_sync_stops_at_once(tmp_path: Path,
 
     cfg = sync_config(tmp_path, dovecots, free_port())
     cfg.write_text(cfg.read_text().replace("retries = 1\nretry_delay = 0.01",
-                                           "retries = 5\nretry_delay = 5"))
+                                           "retries = 5\nretry_delay = 30"))
     db = str(tmp_path / "c.sqlite")
     proc = start("--config", str(cfg), "--db", db, "sync", "--jobs", "3",
                  env={PASSWORD_ENV: dovecots[0].password})
@@ -377,7 +377,7 @@ def test_interrupted_parallel_sync_stops_at_once(tmp_path: Path,
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=10)
-    assert time.monotonic() - sent < 2
+    assert time.monotonic() - sent < 5  # not the minutes of retries ahead
     assert proc.returncode == 130
     assert err.endswith("replytime: interrupted; work done so far is saved\n"), err
     assert open_cache(db).message_count() == 20
