@@ -351,8 +351,8 @@ def import_files(
 
     cfg = config if isinstance(config, Config) else load_config(config)
     cache = db if isinstance(db, Cache) else open_cache(db)
-    with cache.lock():
+    with cache.lock_account(account):
         stats = import_paths(cache, [Path(p) for p in paths], account=account,
                              keep=cfg.kept_headers())
-        refresh_threads(cache, cfg, force=True)
+    refresh_threads(cache, cfg, force=True)
     return stats

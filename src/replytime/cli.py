@@ -53,7 +53,8 @@ def main_options(
     )] = None,
     db: Annotated[str | None, typer.Option(
         "--db", envvar="REPLYTIME_DB", metavar="FILE-or-URL",
-        help="Cache file. Default: ~/.local/share/replytime/cache.sqlite.",
+        help="Cache file or postgresql://user@host:port/db URL. "
+        "Default: ~/.local/share/replytime/cache.sqlite.",
     )] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     version: Annotated[bool, typer.Option(
@@ -192,9 +193,9 @@ def demo(
     cfg = load_config(cfg_path)
     target = db or Path(tempfile.mkdtemp(prefix="replytime-demo-")) / "cache.sqlite"
     cache = open_cache(target)
-    with cache.lock():
+    with cache.lock_account("example"):
         stats = import_paths(cache, [mailbox], account="example", keep=cfg.kept_headers())
-        refresh_threads(cache, cfg, force=True)
+    refresh_threads(cache, cfg, force=True)
     latest = cache.latest_time_ms()
     as_of = datetime.fromtimestamp(latest / 1000 + 3600, UTC)
     analysis = Analysis(cache, cfg, as_of=as_of)
@@ -237,7 +238,7 @@ def status(
     info["leads"] = int(len(leads))
     info["unanswered"] = int((~leads["answered"]).sum())
     info["clamped_negative"] = int(leads["clamped"].sum())
-    info["cache"] = str(cache.path)
+    info["cache"] = str(cache.where)
     info["schema_version"] = cache.schema_version
     if fmt == "json":
         typer.echo(json.dumps(info, indent=2))

@@ -39,7 +39,7 @@ from replytime.headers import parse_header_fields
 from replytime.model import PROBLEM_TRUNCATED, MessageRecord
 
 if TYPE_CHECKING:  # the cache pulls in pandas, progress rich: not needed to parse
-    from replytime.cache.sqlite import SQLiteCache
+    from replytime.cache import Cache
     from replytime.progress import Progress
 
 # What one found place is: (location, record or None, skip reason or None).
@@ -492,7 +492,7 @@ def check_paths(paths: Sequence[Path]) -> list[Path]:
 
 
 def import_paths(
-    cache: SQLiteCache,
+    cache: Cache,
     paths: Sequence[Path],
     *,
     account: str = "import",
