@@ -244,10 +244,11 @@ def test_metadata_scope_refuses_a_query(fake: FakeGmail, tmp_path: Path) -> None
 
 # -- faults, quota, resumption ---------------------------------------------------------
 
+@pytest.mark.parametrize("rate", [0.10, 0.30])
 def test_faults_and_dropped_connections_still_give_the_exact_cache(
-    fake: FakeGmail, tmp_path: Path
+    fake: FakeGmail, tmp_path: Path, rate: float
 ) -> None:
-    fake.fault_rate = 0.10  # of requests and of batch parts
+    fake.fault_rate = rate  # of requests and of batch parts
     fake.drop_rate = 0.15  # of HTTP connections (there are few: batches of 5 threads)
     cache = open_cache(tmp_path / "c.sqlite")
     account = make_account(tmp_path, fake, batch_size=5)
