@@ -107,6 +107,9 @@ class SQLiteCache(CacheBase):
             self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
+            # 64 MB of page cache (default 2 MB): the msg_key and location indexes take
+            # inserts in random order, and outgrow a small cache at a few 100k messages.
+            self.conn.execute("PRAGMA cache_size=-65536")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise CacheError(f"{self.path} is not a usable replytime cache ({exc})") from None
