@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -39,6 +41,50 @@ def _split_column(values: pd.Series, sep: str | None) -> pd.Series:
     return values.fillna("").astype(str).str.split(sep).explode()
 
 
+def _strings(values: pd.Series) -> pa.Array:
+    """A column as an Arrow string array (nulls kept), without Python objects per row."""
+    return pa.array(values.astype(object).where(values.notna(), None), type=pa.large_string()) \
+        if values.dtype == object else pa.array(values, type=pa.large_string())
+
+
+def _reference_components(df: pd.DataFrame, has_provider: np.ndarray) -> np.ndarray:
+    """Connected component of each message over its edges: to its provider thread, or (no
+    provider id) to every Message-ID in In-Reply-To and References. Built with Arrow
+    compute, so a million messages cost Arrow buffers, not a Python string per reference."""
+    n = len(df)
+    rows = pa.array(np.arange(n, dtype=np.int64))
+    keys = _strings(df["msg_key"])
+    plain = pa.array(~has_provider)
+    prov_rows = pc.filter(rows, pa.array(has_provider))
+    text = pa.large_string()
+    prov_labels = pc.binary_join_element_wise(
+        pa.scalar("\x00thr:", text),
+        pc.filter(_strings(df["provider_thread_id"]), pa.array(has_provider)),
+        pa.scalar("", text),
+    )
+    irt = _strings(df["in_reply_to"])
+    irt_ok = pc.and_(plain, pc.is_valid(irt))
+    refs = pc.split_pattern(pc.fill_null(_strings(df["refs"]), ""), " ")
+    flat = pc.list_flatten(refs)
+    parent = pc.take(rows, pc.list_parent_indices(refs))
+    ref_ok = pc.and_(pc.take(plain, pc.list_parent_indices(refs)), pc.not_equal(flat, ""))
+    edge_src = pa.chunked_array([
+        prov_rows, pc.filter(rows, irt_ok), pc.filter(parent, ref_ok)
+    ]).to_numpy()
+    labels = pa.chunked_array([
+        keys, prov_labels, pc.filter(irt, irt_ok), pc.filter(flat, ref_ok)
+    ], type=pa.large_string())
+    codes = pc.dictionary_encode(labels).combine_chunks().indices.to_numpy()
+    size = int(codes.max()) + 1 if len(codes) else 0
+    self_codes = codes[:n]
+    graph = coo_matrix(
+        (np.ones(len(edge_src), dtype=np.int8), (self_codes[edge_src], codes[n:])),
+        shape=(size, size),
+    )
+    _, comp_of_node = connected_components(graph, directed=False)
+    return comp_of_node[self_codes]
+
+
 def assign_threads(
     df: pd.DataFrame, is_internal: Callable[[pd.Series], pd.Series] | None = None
 ) -> pd.Series:
@@ -50,41 +96,10 @@ def assign_threads(
     """
     if df.empty:
         return pd.Series([], dtype=object, index=pd.Index([], name="id"))
-    n = len(df)
-    node_self = df["msg_key"].astype(str).to_numpy()
     has_provider = df["provider_thread_id"].notna().to_numpy()
-
-    # Edges: message -> provider thread; messages without one -> their parents.
-    src: list[np.ndarray] = []
-    dst: list[np.ndarray] = []
-    rows = np.arange(n)
+    comp = _reference_components(df, has_provider)
+    node_self = df["msg_key"].astype(str).to_numpy()
     prov = df["provider_thread_id"].to_numpy()
-    src.append(rows[has_provider])
-    dst.append(np.char.add("\x00thr:", prov[has_provider].astype(str)))
-    plain = df.loc[~has_provider]
-    parents = pd.concat(
-        [
-            plain["in_reply_to"].dropna(),
-            _split_column(plain["refs"], None).replace("", np.nan).dropna(),
-        ]
-    )
-    # Positional row numbers of the referencing messages.
-    pos = pd.Series(rows, index=df.index)
-    src.append(pos.loc[parents.index].to_numpy())
-    dst.append(parents.astype(str).to_numpy())
-
-    edge_src = np.concatenate(src)
-    edge_dst_labels = np.concatenate(dst) if dst else np.array([], dtype=object)
-    labels, uniques = pd.factorize(pd.Index(np.concatenate([node_self, edge_dst_labels])))
-    self_codes = labels[:n]
-    dst_codes = labels[n:]
-    src_codes = self_codes[edge_src]
-    size = len(uniques)
-    graph = coo_matrix(
-        (np.ones(len(src_codes), dtype=np.int8), (src_codes, dst_codes)), shape=(size, size)
-    )
-    _, comp_of_node = connected_components(graph, directed=False)
-    comp = comp_of_node[self_codes]
 
     work = pd.DataFrame(
         {

@@ -87,6 +87,7 @@ MIGRATIONS: tuple[str, ...] = (
     DELETE FROM meta WHERE key = 'threads_fingerprint';  -- refill on next use
     """,
 )
+FRAME_CHUNK = 100_000  # rows per fetch when reading frames
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -161,7 +162,13 @@ class SQLiteCache(CacheBase):
         self.conn.executemany(sql, rows)
 
     def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
-        return pd.read_sql_query(sql, self.conn, params=tuple(params))
+        # In chunks: one fetchall of a million rows would hold a Python tuple per row (about
+        # four times the frame) at once.
+        chunks = list(pd.read_sql_query(sql, self.conn, params=tuple(params),
+                                        chunksize=FRAME_CHUNK))
+        if len(chunks) == 1:
+            return chunks[0]
+        return pd.concat(chunks, ignore_index=True)
 
     def _glob_filter(self, column: str, globs: Sequence[str]) -> tuple[str, list[str]]:
         return " OR ".join(f"{column} GLOB ?" for _ in globs), list(globs)
