@@ -412,32 +412,15 @@ def parse_header_block(
     labels: Sequence[str] = (),
     keep: Iterable[str] = (),
     problems: int = 0,
+    find_end: bool = True,
 ) -> MessageRecord:
-    """Parse the raw header bytes of one message (anything after a blank line is ignored)."""
-    end = header_block_end(block)
-    if end >= 0:
-        block = block[:end]
-    return parse_header_fields(
-        block,
-        server_time_ms=server_time_ms,
-        provider_thread_id=provider_thread_id,
-        labels=labels,
-        keep=keep,
-        problems=problems,
-    )
-
-
-def parse_header_fields(
-    block: bytes,
-    *,
-    server_time_ms: int | None = None,
-    provider_thread_id: str | None = None,
-    labels: Sequence[str] = (),
-    keep: Iterable[str] = (),
-    problems: int = 0,
-) -> MessageRecord:
-    """Like parse_header_block for a block the caller has already cut at its end (the file
-    importer has found the blank line anyway: no need to search for it twice)."""
+    """Parse the raw header bytes of one message: anything after the blank line ending the
+    header block is ignored. ``find_end=False`` when the caller has already cut the block
+    there (the file importer has found the blank line anyway)."""
+    if find_end:
+        end = header_block_end(block)
+        if end >= 0:
+            block = block[:end]
     if b"\0" in block:  # NUL bytes are never meaningful in a header; SQLite text hates them
         block = block.replace(b"\0", b"")
     keep = tuple(keep)

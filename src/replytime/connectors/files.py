@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from replytime.connectors import SyncStats
 from replytime.errors import UsageError
-from replytime.headers import parse_header_fields
+from replytime.headers import parse_header_block
 from replytime.model import PROBLEM_TRUNCATED, MessageRecord
 
 if TYPE_CHECKING:  # the cache pulls in pandas, progress rich: not needed to parse
@@ -146,7 +146,7 @@ def _parse_file(path: str, data: bytes, at_eof: bool, keep: Sequence[str]) -> Fo
     if not _FIELD_START.match(data, start):
         return location, None, REASON_NOT_MESSAGE
     block, problems = _header_block(data[start:] if start else data, at_eof)
-    record = parse_header_fields(block, keep=keep, problems=problems)
+    record = parse_header_block(block, keep=keep, problems=problems, find_end=False)
     if not _usable(record):
         return location, None, REASON_NO_HEADERS
     return location, record, None
@@ -267,7 +267,7 @@ def _iter_mbox(path: str, keep: Sequence[str], start: int = 0, end: int | None =
         with open(path, "rb", buffering=0) as f:
             for offset, block, problems in scan_mbox(f, start, end):
                 location = prefix + str(offset)
-                record = parse_header_fields(block, keep=keep, problems=problems)
+                record = parse_header_block(block, keep=keep, problems=problems, find_end=False)
                 if _usable(record):
                     yield location, record, None
                 else:
