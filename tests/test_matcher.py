@@ -340,3 +340,20 @@ def test_form_history_start_follows_chains_of_notifications() -> None:
     # Read from day 45: day 50 is a sure break (nothing missed within its window).
     later = notes[notes["time_ms"] >= 45 * day]
     assert form_history_start(later, 55 * day, 30 * day) == (50 * day, True)
+
+
+def test_label_filter_uses_the_labels_of_every_place(mb: Mailbox) -> None:
+    mb.config_data = {**mb.config_data, "leads": {"labels": ["Leads"]}}
+    mb.send(PROSPECT, "sales@acme.example", at(0, 9), headers={"X-Gmail-Labels": "Inbox,Leads"})
+    mb.send("q@other.example", "sales@acme.example", at(0, 10), subject="other",
+            headers={"X-Gmail-Labels": "Inbox"})
+    assert list(mb.analysis().all_leads["lead_from"]) == ["pat@client.example"]
+
+
+def test_volume_of_one_rep_counts_their_own_mail(mb: Mailbox) -> None:
+    lead = mb.send(PROSPECT, "alice@acme.example", at(0, 9))
+    mb.send("alice@acme.example", "pat@client.example", at(0, 10), parent=lead)
+    mb.send("q@other.example", "bob@acme.example", at(0, 11), subject="for bob")
+    v = mb.analysis().volume(since="2026-11-02", until="2026-11-03", rep="Alice")
+    assert v[["leads", "first_replies", "inbound", "outbound", "messages"]].iloc[0].tolist() \
+        == [1, 1, 1, 1, 2]

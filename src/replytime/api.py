@@ -28,10 +28,12 @@ from replytime.errors import UsageError
 from replytime.matcher import (
     UNASSIGNED,
     Roster,
+    any_listed,
     form_history_start,
     form_notifications,
     match_leads,
     prepare,
+    recipients,
 )
 from replytime.periods import (
     Period,
@@ -301,10 +303,7 @@ class Analysis:
         if sel.reps or sel.team:
             # Per-rep volume: that rep's own mail (sent by or to one of their addresses).
             emails = self._emails_of(sel)
-            rcpt = messages["to_addrs"].fillna("") + "," + messages["cc_addrs"].fillna("")
-            mine = messages["from_addr"].isin(emails) | rcpt.str.split(",").map(
-                lambda xs: not emails.isdisjoint(xs)
-            )
+            mine = messages["from_addr"].isin(emails) | any_listed(recipients(messages), emails)
             messages = messages[mine]
         all_leads = metrics.select(self.all_leads, sel.reps, sel.team, self.config)
         return metrics.volume_table(messages, self.select(sel), all_leads, sel.period, self.tz)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -101,21 +102,28 @@ def _email_leads(m: pd.DataFrame, roster: Roster) -> pd.DataFrame:
     return leads
 
 
+def any_listed(lists: pd.Series, wanted: Iterable[str]) -> pd.Series:
+    """For each comma-separated list in ``lists``: does it name one of ``wanted``?"""
+    items = lists.fillna("").astype(str).str.split(",").explode()
+    hit = items.isin(list(wanted))
+    return hit.groupby(level=0).any().reindex(lists.index, fill_value=False)
+
+
+def recipients(frame: pd.DataFrame) -> pd.Series:
+    """To and Cc of each message as one comma-separated list."""
+    return frame["to_addrs"].fillna("") + "," + frame["cc_addrs"].fillna("")
+
+
 def _passes_filters(leads: pd.DataFrame, lead_from: pd.Series, config: Config) -> pd.Series:
     ok = pd.Series(True, index=leads.index)
     f = config.leads
     if f.to:
-        wanted = set(f.to)
-        rcpt = (leads["to_addrs"].fillna("") + "," + leads["cc_addrs"].fillna("")).str.split(",")
-        ok &= rcpt.map(lambda xs: not wanted.isdisjoint(xs))
+        ok &= any_listed(recipients(leads), f.to)
     if f.exclude_from:
         pattern = "|".join(fnmatch.translate(g) for g in f.exclude_from)
         ok &= ~lead_from.fillna("").str.match(pattern)
     if f.labels:
-        wanted_labels = set(f.labels)
-        ok &= leads["labels"].fillna("").str.split(",").map(
-            lambda xs: not wanted_labels.isdisjoint(xs)
-        )
+        ok &= any_listed(leads["labels"], f.labels)
     return ok
 
 
