@@ -411,12 +411,6 @@ def gmail_labels(values: Sequence[Value]) -> tuple[str, ...]:
     return tuple(out)
 
 
-@dataclass
-class _Fetched:
-    uid: int
-    record: MessageRecord | None  # None: the server returned no header for it
-
-
 class _Pipeline:
     """UID FETCH commands for successive chunks, ``depth`` of them in flight at once."""
 

@@ -7,7 +7,6 @@
   ("250 units per second"): the sum of the costs spent in the last ``window`` seconds never
   exceeds ``rate * window * safety``. Unlike a token bucket it never allows a burst above the
   server's own window, so the server never answers 429 just because we were idle before.
-- :class:`TokenBucket` is the classic limiter for sources with a plain request rate.
 """
 
 from __future__ import annotations
@@ -106,37 +105,3 @@ class MovingWindowLimiter:
         """Average spending since the limiter was created."""
         elapsed = self._clock() - self.started
         return self.total / elapsed if elapsed > 0 else 0.0
-
-
-class TokenBucket:
-    """``rate`` tokens per second, at most ``capacity`` saved up."""
-
-    def __init__(
-        self,
-        rate: float,
-        capacity: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.rate = rate
-        self.capacity = capacity
-        self._tokens = capacity
-        self._clock = clock
-        self._sleep = sleep
-        self._last = clock()
-        self._lock = threading.Lock()
-
-    def acquire(self, n: float = 1.0) -> float:
-        waited = 0.0
-        while True:
-            with self._lock:
-                now = self._clock()
-                self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-                self._last = now
-                if self._tokens >= n or n > self.capacity and self._tokens >= self.capacity:
-                    self._tokens -= n
-                    return waited
-                delay = (min(n, self.capacity) - self._tokens) / self.rate
-            self._sleep(delay)
-            waited += delay
