@@ -473,25 +473,30 @@ print("done", flush=True)
 """
 
 
+KILLS = 20  # SIGKILLs in one chain of restarts, each after 1-3 committed chunks
+
+
 def test_killed_and_resumed_equals_uninterrupted(server: Dovecot, tmp_path: Path) -> None:
-    put = [server.add("INBOX", lead(i), BASE + i) for i in range(1200)]
+    put = [server.add("INBOX", lead(i), BASE + i) for i in range(2400)]
     put += [server.add(SENT, reply(i), BASE + 5000 + i) for i in range(100)]
     put.append(server.add(SENT, put[7].raw, put[7].internaldate))
-    options = server.account_options(fetch_chunk=25)
+    options = server.account_options(fetch_chunk=5)
     db = tmp_path / "killed.sqlite"
-    seed = random.randrange(1 << 30)
+    seed = 20261122  # fixed: a failure can be replayed (issue 7 asks for seeded kills)
     rng = random.Random(seed)
     kills = 0
-    for _ in range(3):
+    for _ in range(KILLS):
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(db), json.dumps(options)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ},
         )
         assert child.stdout is not None
-        wait_for = rng.randrange(1, 12)  # committed chunks before the kill
+        wait_for = rng.randrange(1, 4)  # committed chunks before the kill
         lines = [child.stdout.readline() for _ in range(wait_for)]
-        assert lines[-1] == b"chunk\n", (seed, child.stderr.read() if child.stderr else b"")
-        time.sleep(rng.uniform(0, 0.02))  # so the kill may land inside a transaction
+        assert lines[-1] == b"chunk\n", (seed, kills, lines,
+                                         child.stderr.read() if child.stderr else b"")
+        # So the kill may land inside a transaction (a chunk takes about a millisecond).
+        time.sleep(rng.uniform(0, 0.003))
         child.send_signal(signal.SIGKILL)
         child.wait()
         child.stdout.close()
@@ -508,7 +513,7 @@ def test_killed_and_resumed_equals_uninterrupted(server: Dovecot, tmp_path: Path
     run_sync(clean, Account("imap1", "imap", options))
     assert dump(db) == dump(clean), seed
     assert cached(db) == expected(put)
-    assert kills == 3
+    assert kills == KILLS
 
 
 # -- Gmail (X-GM-EXT-1) via the fake responder ---------------------------------------------
