@@ -426,6 +426,44 @@ def test_server_stopped_mid_sync_keeps_committed(server: Dovecot, tmp_path: Path
     assert cached(db) == expected(put)
 
 
+def test_dropped_truncated_and_slow_replies_never_corrupt_the_cache(
+    server: Dovecot, tmp_path: Path
+) -> None:
+    """Issue 7's fault suite on a real Dovecot: a proxy breaks 10%, then 30% of the requests
+    (reply dropped, truncated or slow). Each sync completes or stops with SourceUnreachable,
+    and what it kept is always exact; once the faults stop, one sync completes the cache."""
+    from faultproxy import FaultProxy
+
+    put = [server.add("INBOX", lead(i), BASE + i) for i in range(400)]
+    put += [server.add(SENT, reply(i), BASE + 5000 + i) for i in range(40)]
+    want = expected(put)
+    proxy = FaultProxy(("127.0.0.1", server.port), 0.10, seed=7)
+    try:
+        acct = account(server, port=proxy.port, fetch_chunk=20, retries=3, retry_delay=0.01,
+                       timeout=5)
+        db = tmp_path / "faulty.sqlite"
+        outcomes: dict[float, list[str]] = {}
+        for rate in (0.10, 0.30):
+            proxy.rate = rate
+            for _ in range(6):
+                try:
+                    run_sync(db, acct)
+                    outcomes.setdefault(rate, []).append("done")
+                except SourceUnreachable:
+                    outcomes.setdefault(rate, []).append("exit 4")
+                got = cached(db)
+                assert all(want[k] == v for k, v in got.items()), outcomes  # nothing wrong
+        assert proxy.faults["drop"] and proxy.faults["truncate"] and proxy.faults["slow"]
+        proxy.rate = 0.0
+        run_sync(db, acct)
+    finally:
+        proxy.close()
+    assert cached(db) == want
+    clean = tmp_path / "clean.sqlite"
+    run_sync(clean, account(server))
+    assert dump(db) == dump(clean)
+
+
 def test_starttls_verifies_certificates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with Dovecot(tmp_path / "tls", tls="required") as d:
         monkeypatch.setenv(PASSWORD_ENV, d.password)

@@ -316,6 +316,10 @@ def connect(s: Settings, account: Account) -> IMAPClient:
                 assert password is not None
                 client.login(s.username, password)
         except LoginError as exc:
+            if "socket error" in str(exc):
+                # The connection broke during LOGIN (imapclient wraps that in LoginError
+                # too): a transient fault to retry, not a refused password.
+                raise ConnectionError(str(exc)) from None
             raise AuthError(_auth_message(s, str(exc))) from None
         return client
     except BaseException:
