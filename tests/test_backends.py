@@ -357,10 +357,12 @@ def test_one_display_with_a_bar_per_account() -> None:
     assert lines == ["gamma: 5 messages fetched"]
 
 
-def test_interrupted_parallel_sync_stops_at_once(tmp_path: Path,
-                                                 dovecots: list[Dovecot]) -> None:
-    """Ctrl-C while a worker waits between retries: the command stops within a second,
-    keeping what the other worker committed."""
+@pytest.mark.parametrize(("signame", "code", "word"),
+                         [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_interrupted_parallel_sync_stops_at_once(tmp_path: Path, dovecots: list[Dovecot],
+                                                 signame: str, code: int, word: str) -> None:
+    """Ctrl-C (or SIGTERM from cron/systemd) while a worker waits between retries: the
+    command stops within a second, keeping what the other worker committed."""
     import signal
 
     cfg = sync_config(tmp_path, dovecots, free_port())
@@ -375,9 +377,9 @@ def test_interrupted_parallel_sync_stops_at_once(tmp_path: Path,
             break
         time.sleep(0.1)
     sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=10)
     assert time.monotonic() - sent < 5  # not the minutes of retries ahead
-    assert proc.returncode == 130
-    assert err.endswith("replytime: interrupted; work done so far is saved\n"), err
+    assert proc.returncode == code
+    assert err.endswith(f"replytime: {word}; work done so far is saved\n"), err
     assert open_cache(db).message_count() == 20
