@@ -178,6 +178,10 @@ class FakeGmail:
         self.fail_after: int | None = None
         self.drop_rate = 0.0  # fraction of HTTP requests whose connection is just closed
         self.dropped = 0
+        self.truncate_rate = 0.0  # fraction of API answers cut in half, then closed
+        self.truncated = 0
+        self.slow_rate = 0.0  # fraction of API answers sent after a pause
+        self.slowed = 0
         self.answered = 0
         self.log_requests = log_requests
         self.log: list[LogEntry] = []
@@ -540,10 +544,24 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _send(self, status: int, body: bytes, ctype: str = "application/json; charset=UTF-8"):
+        g = self.gmail
+        truncate = slow = False
+        if not self.path.startswith("/token"):  # faults on the API, not on OAuth
+            with g.lock:
+                truncate = bool(g.truncate_rate) and g.rng.random() < g.truncate_rate
+                slow = bool(g.slow_rate) and g.rng.random() < g.slow_rate
+                g.truncated += truncate
+                g.slowed += slow
+        if slow:
+            time.sleep(0.05)
         self.send_response(status, _REASONS.get(status))
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if truncate:  # the announced length never arrives: the client sees a short read
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            return
         self.wfile.write(body)
 
     def _headers(self) -> dict[str, str]:

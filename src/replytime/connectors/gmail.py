@@ -17,6 +17,7 @@ Sync state, stored with every committed batch (so a killed sync resumes exactly)
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -257,8 +258,10 @@ class _Session:
             return None, f"HTTP {exc.resp.status}"
         except RefreshError:
             raise self._auth_error(RefreshError()) from None
-        except (OSError, httplib2.HttpLib2Error, TransportError) as exc:
-            return None, type(exc).__name__  # dropped connection, timeout: retry
+        except (OSError, http.client.HTTPException, httplib2.HttpLib2Error,
+                TransportError) as exc:
+            # Dropped connection, timeout, an answer cut short (IncompleteRead): retry.
+            return None, type(exc).__name__
         finally:
             self.limiter.settle(slot)
 
