@@ -13,7 +13,7 @@ import datetime
 import functools
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from email.header import decode_header, make_header
 from email.utils import getaddresses, parsedate_tz
 
@@ -128,10 +128,8 @@ def _value(raw: bytes) -> str:
     return _text(raw).strip()
 
 
-def split_fields(block: bytes, wanted: frozenset[str] = _WANTED) -> list[tuple[str, str]]:
-    """(lower-case name, unfolded value) for each wanted field, in order of appearance."""
-    wanted_b = _WANTED_BYTES if wanted is _WANTED else frozenset(w.encode() for w in wanted)
-    out: list[tuple[str, str]] = []
+def _byte_fields(block: bytes, wanted_b: frozenset[bytes]) -> Iterator[tuple[str, bytes]]:
+    """(lower-case name, raw folded value) of each wanted field of a bytes block."""
     for line in _LOGICAL_RE.split(block):
         raw, sep, value = line.partition(b":")
         name = raw.lower()
@@ -139,8 +137,13 @@ def split_fields(block: bytes, wanted: frozenset[str] = _WANTED) -> list[tuple[s
             name = _field_name(raw, sep)  # type: ignore[assignment]
             if name not in wanted_b:
                 continue
-        out.append((name.decode("ascii"), _value(value)))
-    return out
+        yield name.decode("ascii"), value
+
+
+def split_fields(block: bytes, wanted: frozenset[str] = _WANTED) -> list[tuple[str, str]]:
+    """(lower-case name, unfolded value) for each wanted field, in order of appearance."""
+    wanted_b = _WANTED_BYTES if wanted is _WANTED else frozenset(w.encode() for w in wanted)
+    return [(name, _value(value)) for name, value in _byte_fields(block, wanted_b)]
 
 
 def _field_dict(block: bytes, wanted: frozenset[str], wanted_b: frozenset[bytes]) -> dict[str, str]:
@@ -168,16 +171,9 @@ def _field_dict(block: bytes, wanted: frozenset[str], wanted_b: frozenset[bytes]
                     value = value.replace("\r\n", "").replace("\n", "")
                 out[name] = value.strip()
         return out
-    for line in _LOGICAL_RE.split(block):
-        raw, sep, value = line.partition(b":")
-        name = raw.lower()
-        if name not in wanted_b or not sep:
-            name = _field_name(raw, sep)  # type: ignore[assignment]
-            if name not in wanted_b:
-                continue
-        key = name.decode("ascii")
+    for key, raw_value in _byte_fields(block, wanted_b):
         if key not in out:
-            out[key] = _value(value)
+            out[key] = _value(raw_value)
     return out
 
 
