@@ -37,10 +37,6 @@ def normalise_subject(subject: pd.Series) -> pd.Series:
     return s.str.replace(_SPACE_RE, " ", regex=True).str.strip().str.lower()
 
 
-def _split_column(values: pd.Series, sep: str | None) -> pd.Series:
-    return values.fillna("").astype(str).str.split(sep).explode()
-
-
 def _strings(values: pd.Series) -> pa.Array:
     """A column as an Arrow string array (nulls kept), without Python objects per row."""
     return pa.array(values.astype(object).where(values.notna(), None), type=pa.large_string()) \
@@ -90,7 +86,7 @@ def assign_threads(
 ) -> pd.Series:
     """Thread id per message (indexed like ``df["id"]``).
 
-    ``df`` has columns id, msg_key, message_id, in_reply_to, refs, provider_thread_id,
+    ``df`` has columns id, msg_key, in_reply_to, refs, provider_thread_id,
     subject, from_addr, to_addrs, cc_addrs, time_ms. ``is_internal`` maps a Series of
     addresses to booleans; it decides which participants count for the subject rule.
     """
@@ -125,6 +121,23 @@ def assign_threads(
     return pd.Series(names.reindex(work["comp"]).to_numpy(), index=df["id"].to_numpy())
 
 
+def _address_pairs(members: pd.DataFrame) -> tuple[np.ndarray, pa.Array]:
+    """(row position in ``members``, address) for every From, To and Cc address, the
+    addresses dictionary-encoded (Arrow), so no Python string is made per address."""
+    parts, rows = [], []
+    for column, sep in (("from_addr", None), ("to_addrs", ","), ("cc_addrs", ",")):
+        values = _strings(members[column])
+        if sep is None:
+            parts.append(values)
+            rows.append(np.arange(len(values)))
+            continue
+        lists = pc.split_pattern(pc.fill_null(values, ""), sep)
+        parts.append(pc.list_flatten(lists))
+        rows.append(pc.list_parent_indices(lists).to_numpy())
+    addrs = pa.chunked_array(parts, type=pa.large_string()).combine_chunks()
+    return np.concatenate(rows), addrs
+
+
 def _merge_by_subject(
     df: pd.DataFrame,
     work: pd.DataFrame,
@@ -146,21 +159,21 @@ def _merge_by_subject(
     wanted = set(first.loc[first["no_headers"], "subject"])
     first = first[first["subject"].isin(wanted)].set_index("comp")
 
-    members = df.loc[work["comp"].isin(first.index)]
-    addrs = pd.concat(
-        [
-            members["from_addr"],
-            _split_column(members["to_addrs"], ","),
-            _split_column(members["cc_addrs"], ","),
-        ]
-    )
-    addrs = addrs[addrs.notna() & (addrs != "")]
+    in_play = work["comp"].isin(first.index).to_numpy()
+    members = df.loc[in_play]
+    member_comp = comp[in_play]
+    rows, addrs = _address_pairs(members)
+    # Distinct addresses only are looked at (few, even in a large cache); rows keep codes.
+    encoded = pc.dictionary_encode(addrs)
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    distinct = pd.Series(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object)
+    keep = (distinct.notna() & (distinct != "")).to_numpy(dtype=bool, copy=True)
     if is_internal is not None:
-        addrs = addrs[~is_internal(addrs).to_numpy()]
-    last_time = work.loc[members.index].groupby("comp")["time"].max()
-    pairs = pd.DataFrame(
-        {"comp": work.loc[addrs.index, "comp"].to_numpy(), "addr": addrs.to_numpy()}
-    ).drop_duplicates()
+        keep &= ~is_internal(distinct).to_numpy(dtype=bool)
+    ok_row = keep[codes] & pc.is_valid(addrs).to_numpy(zero_copy_only=False)
+    pairs = pd.DataFrame({"comp": member_comp[rows[ok_row]], "addr": codes[ok_row]})
+    pairs = pairs.drop_duplicates()
+    last_time = pd.Series(work["time"].to_numpy()[in_play]).groupby(member_comp).max()
     pairs = pairs.join(first[["subject", "time", "no_headers"]], on="comp")
     pairs["last"] = pairs["comp"].map(last_time)
     pairs = pairs.sort_values(["subject", "addr", "time", "comp"])

@@ -17,12 +17,12 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from replytime.model import PROBLEM_NO_TIME, MessageRecord
-
-MESSAGE_COLUMNS = (
-    "msg_key", "message_id", "from_addr", "to_addrs", "cc_addrs", "reply_to", "subject",
-    "time_ms", "time_offset", "time_source", "in_reply_to", "refs", "automated",
-    "content_type", "provider_thread_id", "extra", "problems",
+from replytime.model import (
+    MESSAGE_COLUMNS,
+    PROBLEM_NO_TIME,
+    MessageRecord,
+    StoredMessage,
+    stored_message,
 )
 
 
@@ -81,32 +81,9 @@ THREADS_SQL = (
 )
 
 THREAD_INPUTS_SQL = (
-    "SELECT id, msg_key, message_id, in_reply_to, refs, provider_thread_id, subject, "
+    "SELECT id, msg_key, in_reply_to, refs, provider_thread_id, subject, "
     "from_addr, to_addrs, cc_addrs, time_ms, thread_id FROM messages ORDER BY id"
 )
-
-
-def message_row(r: MessageRecord) -> tuple[Any, ...]:
-    """A record as the values of ``MESSAGE_COLUMNS``."""
-    return (
-        r.key,
-        r.message_id,
-        r.from_addr,
-        ",".join(r.to_addrs),
-        ",".join(r.cc_addrs),
-        ",".join(r.reply_to),
-        r.subject,
-        r.time_ms,
-        r.time_offset,
-        r.time_source,
-        r.in_reply_to,
-        " ".join(r.references),
-        int(r.automated),
-        r.content_type,
-        r.provider_thread_id,
-        json.dumps(r.extra, sort_keys=True) if r.extra else "{}",
-        r.problems,
-    )
 
 
 def utc_now_text() -> str:
@@ -197,11 +174,26 @@ class CacheBase(ABC):
     ) -> None:
         """Store (location, record) pairs, skipped places, removals and the account's sync
         state in one transaction, so a sync killed between batches resumes exactly."""
+        self.write_stored(
+            account, [stored_message(loc, r) for loc, r in items], account_type=account_type,
+            state=state, skipped=skipped, removed=removed,
+        )
+
+    def write_stored(
+        self,
+        account: str,
+        items: Sequence[StoredMessage],
+        *,
+        account_type: str = "files",
+        state: dict[str, Any] | None = None,
+        skipped: Sequence[tuple[str, str]] = (),
+        removed: Sequence[str] = (),
+    ) -> None:
+        """``write_batch`` for messages already in their stored shape (``stored_message``)."""
         with self.transaction():
-            self._executemany(upsert_sql(self.greatest), [message_row(r) for _, r in items])
+            self._executemany(upsert_sql(self.greatest), [row for _, row, _ in items])
             self._executemany(
-                LOCATION_SQL,
-                [(account, loc, r.key, ",".join(r.labels)) for loc, r in items],
+                LOCATION_SQL, [(account, loc, row[0], labels) for loc, row, labels in items]
             )
             if skipped:
                 self._executemany(SKIPPED_SQL, [(account, loc, why) for loc, why in skipped])
@@ -263,13 +255,17 @@ class CacheBase(ABC):
     def thread_inputs(self) -> pd.DataFrame:
         return self._frame(THREAD_INPUTS_SQL)
 
-    def set_threads(self, assignments: pd.Series) -> int:
-        """Write thread ids (indexed by message id); returns how many changed. Messages
-        written after ``assignments`` was computed keep theirs (or none: ``has_unthreaded``
-        then asks for the next rebuild)."""
-        current = self._frame("SELECT id, thread_id FROM messages ORDER BY id").set_index("id")
+    def set_threads(self, assignments: pd.Series, current: pd.Series | None = None) -> int:
+        """Write thread ids (indexed by message id); returns how many changed. ``current``
+        holds the ids as they are (read again when not given). Messages written after
+        ``assignments`` was computed keep theirs (or none: ``has_unthreaded`` then asks for
+        the next rebuild)."""
+        if current is None:
+            current = self._frame("SELECT id, thread_id FROM messages").set_index("id")[
+                "thread_id"
+            ]
         new = assignments.reindex(current.index)
-        changed = new[new.notna() & new.ne(current["thread_id"])]
+        changed = new[new.notna() & new.ne(current)]
         with self.transaction():
             self._apply_thread_ids(changed.index.tolist(), changed.tolist())
         return len(changed)
@@ -283,7 +279,9 @@ class CacheBase(ABC):
         threads lock (waiting for another process's rebuild to finish), so concurrent
         writers of different accounts never interleave two rebuilds."""
         with self._threads_lock():
-            changed = self.set_threads(assign(self.thread_inputs()))
+            inputs = self.thread_inputs()
+            current = pd.Series(inputs["thread_id"].to_numpy(), index=inputs["id"].to_numpy())
+            changed = self.set_threads(assign(inputs), current)
             with self.transaction():
                 self._execute("DELETE FROM threads")
                 self._execute(THREADS_SQL)

@@ -265,10 +265,10 @@ class PostgresCache(CacheBase):
         with self.conn.transaction():
             yield self.conn
 
-    def write_batch(self, account: str, items: Sequence[Any], **kw: Any) -> None:
+    def write_stored(self, account: str, items: Sequence[Any], **kw: Any) -> None:
         for attempt in range(_RETRIES):
             try:
-                super().write_batch(account, items, **kw)
+                super().write_stored(account, items, **kw)
                 return
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
                 if attempt == _RETRIES - 1:

@@ -19,24 +19,22 @@ make the same message's labels depend on where the export was unpacked; Takeout'
 from __future__ import annotations
 
 import collections
-import dataclasses
 import heapq
 import itertools
 import multiprocessing
-import operator
 import os
 import re
 import signal
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from replytime.connectors import SyncStats
 from replytime.errors import UsageError
 from replytime.headers import parse_header_block
-from replytime.model import PROBLEM_TRUNCATED, MessageRecord
+from replytime.model import PROBLEM_TRUNCATED, MessageRecord, StoredMessage, stored_message
 
 if TYPE_CHECKING:  # the cache pulls in pandas, progress rich: not needed to parse
     from replytime.cache import Cache
@@ -404,31 +402,35 @@ def _run(unit: Unit, keep: Sequence[str]) -> Iterator[Found]:
         yield unit[1]
 
 
-_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(MessageRecord))
-_as_tuple = operator.attrgetter(*_RECORD_FIELDS)
+# What the writer takes: (location, the message as stored or None, skip reason or None).
+Ready = tuple[str, StoredMessage | None, str | None]
 
 
-def _work(unit: Unit, keep: Sequence[str]) -> list[tuple[str, tuple[Any, ...] | None, str | None]]:
-    """A unit's results in a worker process, records as plain tuples (cheaper to pickle)."""
-    return [(loc, _as_tuple(rec) if rec is not None else None, why) for loc, rec, why in
-            _run(unit, keep)]
+def _ready(found: Iterable[Found]) -> list[Ready]:
+    """Found places in the shape the cache writes (built in the worker that parsed them)."""
+    return [(loc, None if rec is None else stored_message(loc, rec), why)
+            for loc, rec, why in found]
 
 
-def _found(units: Iterator[Unit], keep: Sequence[str], workers: int) -> Iterator[Found]:
+def _work(unit: Unit, keep: Sequence[str]) -> list[Ready]:
+    return _ready(_run(unit, keep))
+
+
+def _found(units: Iterator[Unit], keep: Sequence[str], workers: int) -> Iterator[Ready]:
     """Results of all units in order; with workers > 1, parsed in a pool of that many
     processes while this one writes. At most a few units are in flight, so memory stays
     flat however far the walk runs ahead."""
     first = next(units, None)
     if first is None:
         return
-    yield from _run(first, keep)
+    yield from _work(first, keep)
     second = next(units, None)
     if second is None:
         return
     rest = itertools.chain([second], units)
     if workers <= 1:
         for unit in rest:
-            yield from _run(unit, keep)
+            yield from _work(unit, keep)
         return
     # fork: workers start at once and need nothing from the parent but this module's code;
     # they only parse bytes, never touch the cache connection or the progress display.
@@ -456,18 +458,17 @@ def _quiet_worker() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _resolve(item: Any) -> Iterator[Found]:
+def _resolve(item: Any) -> list[Ready]:
     if isinstance(item, tuple):  # a ("found", ...) unit
-        yield item[1]
-        return
-    for loc, values, why in item.get():
-        yield loc, (MessageRecord(*values) if values is not None else None), why
+        return _ready([item[1]])
+    return item.get()
 
 
 def iter_messages(paths: Sequence[Path], keep: Sequence[str] = ()) -> Iterator[Found]:
     """(location, record, skip_reason) for every message under ``paths``: exactly one of
     record and skip_reason is set. Paths are files (mbox, .eml) or directories of them."""
-    return _found(_units(paths), tuple(keep), workers=1)
+    for unit in _units(paths):
+        yield from _run(unit, tuple(keep))
 # -- import -----------------------------------------------------------------------------------
 def check_paths(paths: Sequence[Path]) -> list[Path]:
     """Raise UsageError, in one sentence, for a path that cannot be imported at all."""
@@ -518,12 +519,12 @@ def import_paths(
     roots = check_paths(paths)
     stats = SyncStats(account=account)
     before = cache.message_count()
-    items: list[tuple[str, MessageRecord]] = []
+    items: list[StoredMessage] = []
     skipped: list[tuple[str, str]] = []
     reasons: dict[str, int] = {}
 
     def flush() -> None:
-        cache.write_batch(account, items, account_type="files", skipped=skipped)
+        cache.write_stored(account, items, account_type="files", skipped=skipped)
         if progress is not None:
             progress.advance(len(items) + len(skipped))
         items.clear()
@@ -533,9 +534,9 @@ def import_paths(
         workers = min(2, os.cpu_count() or 1)
     found = _found(_units(roots, unit_files, mbox_range), tuple(keep), workers)
     try:
-        for location, record, reason in found:
-            if record is not None:
-                items.append((location, record))
+        for location, message, reason in found:
+            if message is not None:
+                items.append(message)
                 stats.fetched += 1
             else:
                 why = reason or REASON_NOT_MESSAGE
