@@ -56,7 +56,7 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
         cache.has_unthreaded()
     ):
         return 0
-    from replytime.threads import assign_threads  # scipy: imported only when needed
+    from replytime.threads import assign_threads  # Arrow compute: imported only when needed
 
     roster = Roster(config)
     return cache.rebuild_threads(lambda df: assign_threads(df, roster.is_internal), fingerprint)
