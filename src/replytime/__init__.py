@@ -27,6 +27,7 @@ _EXPORTS = {
     "ReplytimeError": "replytime.errors",
     "match_leads": "replytime.matcher",
     "business_seconds": "replytime.hours",
+    "export_parquet": "replytime.export",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -264,6 +264,53 @@ def status(
     con.print(t)
 
 
+# -- export ---------------------------------------------------------------------------------
+class ExportFormat(StrEnum):
+    parquet = "parquet"
+
+
+@app.command()
+def export(
+    directory: Annotated[Path, typer.Argument(
+        metavar="DIR", help="Where to write the export: a new or empty directory (or a "
+        "previous export, with --force).",
+    )],
+    fmt: Annotated[ExportFormat, typer.Option(
+        "--format", help="parquet: one dataset per table, partitioned by month (UTC).",
+    )] = ExportFormat.parquet,
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", help="Judge leads' replies as of this time (default: now).",
+    )] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace DIR when it holds a previous replytime export.",
+    )] = False,
+) -> None:
+    """Export messages, threads and leads for DuckDB, Spark or pandas (headers only).
+
+    Writes DIR/messages, DIR/threads and DIR/leads as Hive-partitioned Parquet
+    (DIR/leads/month=2026-10/part-0.parquet ...); the leads have the columns of `report
+    leads --format csv`. The export appears whole or not at all. Columns: README.md,
+    "Export to Parquet". Example: `replytime export exports/acme`, then in DuckDB
+    `SELECT rep, count(*) FROM read_parquet('exports/acme/leads/*/*.parquet',
+    hive_partitioning=true) GROUP BY rep`.
+    """
+    import time
+
+    from replytime.export import export_parquet
+    from replytime.progress import Progress
+
+    started = time.monotonic()
+    with Progress("exporting months") as progress:
+        counts = export_parquet(G.db, _config(), directory, as_of=as_of, force=force,
+                                on_month=lambda month: progress.advance(1, note=month))
+    months = f"{counts['months']} month" + ("" if counts["months"] == 1 else "s")
+    _summary(
+        f"exported {counts['messages']:,} messages, {counts['threads']:,} threads and "
+        f"{counts['leads']:,} leads ({months}) to {directory} in "
+        f"{time.monotonic() - started:.1f}s"
+    )
+
+
 # -- report ---------------------------------------------------------------------------------
 class Kind(StrEnum):
     reps = "reps"
