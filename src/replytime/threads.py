@@ -61,6 +61,13 @@ def connected(size: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a, b = a[differ], b[differ]
 
 
+def _concat(parts: list[pa.Array | pa.ChunkedArray], kind: pa.DataType) -> pa.ChunkedArray:
+    """One chunked array of ``parts``' chunks. (Handing ChunkedArrays to
+    ``pa.chunked_array`` converts them element by element: seconds at a million rows.)"""
+    chunks = [c for p in parts for c in (p.chunks if isinstance(p, pa.ChunkedArray) else [p])]
+    return pa.chunked_array(chunks, type=kind)
+
+
 def _strings(values: pd.Series) -> pa.Array:
     """A column as an Arrow string array (nulls kept), without Python objects per row."""
     return pa.array(values.astype(object).where(values.notna(), None), type=pa.large_string()) \
@@ -88,12 +95,10 @@ def _reference_components(df: pd.DataFrame, has_provider: np.ndarray) -> np.ndar
     flat = pc.list_flatten(refs)
     parent = pc.take(rows, pc.list_parent_indices(refs))
     ref_ok = pc.and_(pc.take(plain, pc.list_parent_indices(refs)), pc.not_equal(flat, ""))
-    edge_src = pa.chunked_array([
-        prov_rows, pc.filter(rows, irt_ok), pc.filter(parent, ref_ok)
-    ]).to_numpy()
-    labels = pa.chunked_array([
-        keys, prov_labels, pc.filter(irt, irt_ok), pc.filter(flat, ref_ok)
-    ], type=pa.large_string())
+    edge_src = _concat(
+        [prov_rows, pc.filter(rows, irt_ok), pc.filter(parent, ref_ok)], pa.int64()
+    ).to_numpy()
+    labels = _concat([keys, prov_labels, pc.filter(irt, irt_ok), pc.filter(flat, ref_ok)], text)
     codes = pc.dictionary_encode(labels).combine_chunks().indices.to_numpy()
     size = int(codes.max()) + 1 if len(codes) else 0
     self_codes = codes[:n]
@@ -116,28 +121,34 @@ def assign_threads(
     node_self = df["msg_key"].astype(str).to_numpy()
     prov = df["provider_thread_id"].to_numpy()
 
+    # Every "earliest message" below is the least (time, key), time missing last: each row's
+    # place in that order, so a group's earliest row is its least place (an integer min,
+    # where sorting by the string key cost seconds at a million rows).
+    time_ms = df["time_ms"].to_numpy(dtype="float64")
+    key_rank = pc.rank(_strings(df["msg_key"]), sort_keys="ascending").to_numpy()
+    order = np.lexsort((key_rank, time_ms))
+    place = np.empty(len(df), dtype=np.int64)
+    place[order] = np.arange(len(df))
+
     work = pd.DataFrame(
         {
             "comp": comp,
-            "time": df["time_ms"].to_numpy(dtype="float64"),
-            "key": node_self,
+            "time": time_ms,
+            "place": place,
             "no_headers": (~has_provider)
             & df["in_reply_to"].isna().to_numpy()
             & (df["refs"].fillna("") == "").to_numpy(),
             "provider": prov,
         },
-        index=df.index,
     )
-    comp = _merge_by_subject(df, work, is_internal)
-    work["comp"] = comp
+    comp = _merge_by_subject(df, work, order, is_internal)
 
     # Name each thread: the provider's id if it has one, else its earliest message's key.
-    ordered = work.sort_values(["comp", "time", "key"], na_position="last")
-    first_key = ordered.groupby("comp", sort=False)["key"].first()
-    provider_name = work.dropna(subset=["provider"]).groupby("comp")["provider"].min()
-    names = first_key.copy()
+    first_row = order[pd.Series(place).groupby(comp).min()]
+    names = pd.Series(node_self[first_row], index=np.unique(comp))
+    provider_name = work.dropna(subset=["provider"]).groupby(comp[has_provider])["provider"].min()
     names.loc[provider_name.index] = provider_name
-    return pd.Series(names.reindex(work["comp"]).to_numpy(), index=df["id"].to_numpy())
+    return pd.Series(names.reindex(comp).to_numpy(), index=df["id"].to_numpy())
 
 
 def _address_pairs(members: pd.DataFrame) -> tuple[np.ndarray, pa.Array]:
@@ -153,13 +164,14 @@ def _address_pairs(members: pd.DataFrame) -> tuple[np.ndarray, pa.Array]:
         lists = pc.split_pattern(pc.fill_null(values, ""), sep)
         parts.append(pc.list_flatten(lists))
         rows.append(pc.list_parent_indices(lists).to_numpy())
-    addrs = pa.chunked_array(parts, type=pa.large_string()).combine_chunks()
+    addrs = _concat(parts, pa.large_string()).combine_chunks()
     return np.concatenate(rows), addrs
 
 
 def _merge_by_subject(
     df: pd.DataFrame,
     work: pd.DataFrame,
+    order: np.ndarray,
     is_internal: Callable[[pd.Series], pd.Series] | None,
 ) -> np.ndarray:
     """Rule 3: a thread whose first message has no threading headers joins the previous
@@ -167,11 +179,12 @@ def _merge_by_subject(
     thread's last message is at most 14 days older. Vectorised: one candidate edge per
     (subject, participant) neighbour pair, then connected components over threads."""
     comp = work["comp"].to_numpy()
-    timed = work.dropna(subset=["time"])
-    if timed.empty:
+    heads = order[work["place"].groupby(comp).min().to_numpy()]
+    first = work.iloc[heads]
+    first = first[first["time"].notna()]  # a thread with no dated message has no head
+    if first.empty:
         return comp
-    first = timed.sort_values(["comp", "time", "key"]).groupby("comp").head(1)
-    first = first.assign(subject=normalise_subject(df.loc[first.index, "subject"]).to_numpy())
+    first = first.assign(subject=normalise_subject(df["subject"].iloc[first.index]).to_numpy())
     first = first[(first["subject"] != "") & first["subject"].duplicated(keep=False)]
     if not first["no_headers"].any():
         return comp
