@@ -335,6 +335,10 @@ def test_form_history_start_follows_chains_of_notifications() -> None:
     assert form_history_start(notes, 40 * day) == (40 * day, True)
     # From day 105: b's chain starts at its first notification, day 100.
     assert form_history_start(notes, 105 * day) == (100 * day, True)
+    # From day 200: no notification reaches it, however the history was read.
+    assert form_history_start(notes, 200 * day) == (200 * day, True)
+    assert form_history_start(notes[notes["time_ms"] >= 90 * day], 200 * day, 90 * day) == (
+        200 * day, True)
     # Read only from day 5 on: whether day 10 follows a gap is unknown, so not enough.
     assert form_history_start(notes[notes["time_ms"] >= 5 * day], 25 * day, 5 * day)[1] is False
     # Read from day 45: day 50 is a sure break (nothing missed within its window).

@@ -206,6 +206,8 @@ def form_history_start(
     breaks = n.loc[sure | (gap > window), ["lead_from", "time_ms"]]
     # Per address, the earliest notification whose window reaches since_ms ...
     earliest = n[n["time_ms"] >= since_ms - window].groupby("lead_from")["time_ms"].min()
+    if earliest.empty:  # no notification reaches the period: nothing before it matters
+        return since_ms, True
     # ... and the last sure break at or before it: the chain to replay starts there.
     breaks = breaks[breaks["time_ms"] <= breaks["lead_from"].map(earliest)]
     chain = breaks.groupby("lead_from")["time_ms"].max()
