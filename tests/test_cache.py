@@ -166,3 +166,39 @@ def test_thread_rebuilds_wait_for_each_other(backend: str) -> None:
         ("t1", 1)
     ]
     assert a.get_meta("threads_fingerprint") == "fp"
+
+
+def test_threads_are_rebuilt_only_when_something_changed(backend: str) -> None:
+    """New and changed messages lose their thread id and removals clear the fingerprint,
+    so `refresh_threads` without force rebuilds exactly when the threads could differ."""
+    from dataclasses import replace
+
+    from replytime.api import refresh_threads
+    from replytime.config import Config
+
+    cfg = Config()
+    c = open_cache(backend)
+    reply = parse_header_block(MSG.replace(b"<a1@", b"<a2@"))
+    reply = replace(reply, in_reply_to="a1@client.example", references=("a1@client.example",))
+    c.write_batch("files", [("/a", parse_header_block(MSG)), ("/b", reply)])
+    assert refresh_threads(c, cfg) == 2  # both new: threaded
+    assert refresh_threads(c, cfg) == 0  # nothing new: not even read
+    c.write_batch("files", [("/a", parse_header_block(MSG)), ("/b", reply)])  # same again
+    assert one(c, "SELECT count(*) FROM messages WHERE thread_id IS NULL") == 0
+    assert c.get_meta("threads_fingerprint") == cfg.fingerprint()
+
+    # A better time source for the lead changes the row: it must be threaded again.
+    served = replace(parse_header_block(MSG), time_ms=1_762_000_000_000, time_source=TIME_SERVER)
+    c.write_batch("imap", [("INBOX/1/7", served)], account_type="imap")
+    assert one(c, "SELECT count(*) FROM messages WHERE thread_id IS NULL") == 1
+    assert c.has_unthreaded()
+    refresh_threads(c, cfg)
+    assert one(c, "SELECT count(DISTINCT thread_id) FROM messages") == 1
+    assert not c.has_unthreaded()
+
+    # Removing the thread's first message renames the thread: the fingerprint is cleared.
+    c.write_batch("files", [], removed=["/a"])
+    c.write_batch("imap", [], account_type="imap", removed=["INBOX/1/7"])
+    assert c.get_meta("threads_fingerprint") == ""
+    assert refresh_threads(c, cfg) == 1
+    assert one(c, "SELECT thread_id FROM messages") == "a2@client.example"

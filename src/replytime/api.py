@@ -48,9 +48,10 @@ Basis = Literal["business", "calendar"]
 
 
 def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int:
-    """Re-assign thread ids after messages were written (``force``), or when some message
-    has none yet (a sync stopped before this step) or the internal roster changed (the
-    subject rule depends on who is external)."""
+    """Re-assign thread ids when there is something to do: a message without one (new, or
+    changed since: the upsert clears it), a message removed, or another internal roster
+    (the subject rule depends on who is external); always with ``force``. An import or sync
+    that wrote nothing new therefore costs no threading at all."""
     fingerprint = config.fingerprint()
     if not force and cache.get_meta("threads_fingerprint") == fingerprint and not (
         cache.has_unthreaded()
@@ -353,5 +354,5 @@ def import_files(
     with cache.lock_account(account):
         stats = import_paths(cache, [Path(p) for p in paths], account=account,
                              keep=cfg.kept_headers())
-    refresh_threads(cache, cfg, force=True)
+    refresh_threads(cache, cfg)
     return stats

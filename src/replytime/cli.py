@@ -135,7 +135,7 @@ def import_(
     with cache.lock_account(account), Progress("importing") as progress:
         stats = import_paths(cache, paths, account=account, keep=cfg.kept_headers(),
                              progress=progress)
-    refresh_threads(cache, cfg, force=True)
+    refresh_threads(cache, cfg)
     rate = stats.fetched / stats.seconds if stats.seconds else 0
     _summary(
         f"imported {stats.fetched} messages ({stats.skipped} skipped) from "
@@ -195,7 +195,7 @@ def demo(
     cache = open_cache(target)
     with cache.lock_account("example"):
         stats = import_paths(cache, [mailbox], account="example", keep=cfg.kept_headers())
-    refresh_threads(cache, cfg, force=True)
+    refresh_threads(cache, cfg)
     latest = cache.latest_time_ms()
     as_of = datetime.fromtimestamp(latest / 1000 + 3600, UTC)
     analysis = Analysis(cache, cfg, as_of=as_of)

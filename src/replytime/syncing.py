@@ -243,7 +243,7 @@ def sync_accounts(
     # Whatever failed, what was synced is kept: thread it once, for every account.
     cache = open_cache(db)
     try:
-        report.threads_changed = refresh_threads(cache, config, force=True)
+        report.threads_changed = refresh_threads(cache, config)
     finally:
         cache.close()
     crashes = [o.crash for o in report.outcomes if o.crash is not None]

@@ -28,13 +28,16 @@ from replytime.model import (
 
 def upsert_sql(greatest: str) -> str:
     """The message upsert: a better time source replaces a worse one (with its no-time flag),
-    a provider thread id and kept headers fill in once, nothing else changes. ``greatest`` is
-    the dialect's two-argument maximum (SQLite ``max``, PostgreSQL ``greatest``)."""
+    a provider thread id and kept headers fill in once, nothing else changes. A message that
+    changed loses its thread id, like a new one, so ``refresh_threads`` knows there is
+    threading to do. ``greatest`` is the dialect's two-argument maximum (SQLite ``max``,
+    PostgreSQL ``greatest``)."""
     m = "messages"
     return f"""
 INSERT INTO messages ({", ".join(MESSAGE_COLUMNS)})
 VALUES ({", ".join("?" for _ in MESSAGE_COLUMNS)})
 ON CONFLICT (msg_key) DO UPDATE SET
+    thread_id = NULL,
     time_ms = CASE WHEN excluded.time_source > {m}.time_source
                    THEN excluded.time_ms ELSE {m}.time_ms END,
     time_offset = CASE WHEN excluded.time_source > {m}.time_source
@@ -218,6 +221,8 @@ class CacheBase(ABC):
             "AND NOT EXISTS (SELECT 1 FROM locations WHERE locations.msg_key = messages.msg_key)",
             [(k,) for k in keys],
         )
+        # A removed message can split or rename its thread: the next refresh rebuilds.
+        self.set_meta("threads_fingerprint", "")
 
     def _touch_account(self, account: str, account_type: str, state: dict[str, Any] | None) -> None:
         self._execute(
