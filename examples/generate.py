@@ -5,6 +5,8 @@ committed files can be checked against a fresh run and the benchmarks can reuse 
 
     python examples/generate.py       # rewrites examples/mailbox.mbox and expected_leads.csv
     python examples/generate.py --messages 1000000 --format maildir --out /tmp/big
+    python examples/generate.py --messages 100000 --reps 200 --out /tmp/team.mbox \
+        --config-out /tmp/replytime.toml     # a team of 200 reps and its config
 
 While it writes messages it also records, for every thread it means as a lead, what the
 brief's definitions (PRODUCT.md, sections 3 and 3b) say the answer is: lead message, first
@@ -19,6 +21,7 @@ import bisect
 import csv
 import heapq
 import itertools
+import json
 import os
 import random
 import re
@@ -126,6 +129,149 @@ REPS: tuple[Rep, ...] = (
 )
 ALICE, MARCUS, DIEGO, HANNAH, TOM = REPS
 REP_BY_ADDR = {e: r.name for r in REPS for e in r.emails}
+
+Territory = tuple[tuple[Rep, ...], tuple[int, ...]]  # reps and cumulative hash buckets
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """Who works the leads: the example's five reps (``EXAMPLE_ROSTER``) or a generated
+    team of any size (``build_roster``)."""
+
+    reps: tuple[Rep, ...]  # reps[0] keeps New York hours (Priya's clock); reps[:3] get referrals
+    # Who owns a prospect in Europe/Africa, in the west and Asia-Pacific, elsewhere: the rep
+    # whose bucket holds a stable hash of the prospect's address.
+    territories: tuple[Territory, Territory, Territory]
+    away: Rep | None  # on holiday for two weeks mid-way (None: nobody); ``cover`` stands in
+    cover: Rep | None
+    fallback: Rep  # the colleague of a rep who has no teammates
+    by_addr: dict[str, str]  # address -> rep name
+
+    def toml(self) -> str:
+        """A replytime config for this roster (examples/replytime.toml for the example's)."""
+        return roster_toml(self)
+
+
+EXAMPLE_ROSTER = Roster(
+    REPS,
+    (((HANNAH, TOM), (55, 100)), ((DIEGO, ALICE), (75, 100)), ((ALICE, MARCUS), (50, 100))),
+    HANNAH, TOM, MARCUS, REP_BY_ADDR,
+)
+
+# A generated team (build_roster): (team, zone, schedule, holidays the generator's reply clock
+# knows). Reps cycle through _TEAM_CYCLE, so 200 reps make teams of 50/30/30/40/30/20.
+_BIG_TEAMS = (
+    ("Americas East", "America/New_York", "default", _US_2026),
+    ("Americas Central", "America/Chicago", "central", _US_2026),
+    ("Americas West", "America/Los_Angeles", "pacific", _US_2026),
+    ("EMEA UK", "Europe/London", "london", _GB_2026),
+    ("EMEA DACH", "Europe/Berlin", "berlin", frozenset()),
+    ("APAC", "Australia/Sydney", "sydney", frozenset()),
+)
+_TEAM_CYCLE = (0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 5, 5)
+_TERRITORY_TEAMS = ((3, 4), (2, 5), (0, 1))  # Europe/Africa; west and APAC; the rest
+# Business hours per schedule name, written into the generated replytime.toml.
+_BIG_SCHEDULES = {
+    "default": ("America/New_York", ("09:00-17:00",), "US"),
+    "central": ("America/Chicago", ("09:00-17:00",), "US"),
+    "pacific": ("America/Los_Angeles", ("09:00-17:00",), "US-CA"),
+    "london": ("Europe/London", ("09:00-12:30", "13:30-17:30"), "GB"),
+    "berlin": ("Europe/Berlin", ("08:30-17:00",), "DE"),
+    "sydney": ("Australia/Sydney", ("09:00-17:00",), "AU-NSW"),
+}
+
+
+def build_roster(n: int) -> Roster:
+    """A deterministic team of ``n`` reps (n >= 1) in six teams and six zones.
+
+    Names come from the prospect name pools (stepped, so unique up to 992 reps; beyond that
+    a number is appended); every tenth rep also writes from an alias. Nobody is on holiday
+    (the example's two-week handoff is not modelled).
+    """
+    if n < 1:
+        raise ValueError("a roster needs at least one rep")
+    reps: list[Rep] = []
+    used: set[str] = set()
+    for i in range(n):
+        team, zone_name, _, hol = _BIG_TEAMS[_TEAM_CYCLE[i % len(_TEAM_CYCLE)]]
+        q = (i * _NAME_STEP + 5) % _NAMES
+        (first, f), (last, la) = _FIRST[q % len(_FIRST)], _LAST[q // len(_FIRST)]
+        suffix = str(i // _NAMES) if i >= _NAMES else ""
+        name = f"{first} {last}" + (f" {suffix}" if suffix else "")
+        emails = [f"{f}.{la}{suffix}@{INTERNAL_DOMAIN}"]
+        if i % 10 == 3:
+            alias = f"{f[0]}.{la}{suffix}"
+            if alias in used:  # two reps share an initial and a last name
+                alias += str(i)
+            used.add(alias)
+            emails.append(f"{alias}@{INTERNAL_DOMAIN}")
+        reps.append(_rep(name, emails, team, zone_name, hol))
+    team_of = {t[0]: k for k, t in enumerate(_BIG_TEAMS)}
+
+    def territory(teams: tuple[int, ...]) -> Territory:
+        pool = tuple(r for r in reps if team_of[r.team] in teams) or tuple(reps)
+        return pool, tuple(range(1, len(pool) + 1))  # one hash bucket each
+
+    t0, t1, t2 = (territory(t) for t in _TERRITORY_TEAMS)
+    by_addr = {e: r.name for r in reps for e in r.emails}
+    return Roster(tuple(reps), (t0, t1, t2), None, None, reps[0], by_addr)
+
+
+def _toml_str(text: str) -> str:
+    # JSON string escapes are valid TOML basic strings.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def roster_toml(roster: Roster) -> str:
+    """A replytime config for a generated roster: the example's lead rules and SLA, the
+    roster's reps and teams, and business hours per team."""
+    if roster is EXAMPLE_ROSTER:
+        return (HERE / "replytime.toml").read_text(encoding="utf-8")
+    lines = [
+        f"# replytime config for a generated team of {len(roster.reps)} reps "
+        "(examples/generate.py --reps).",
+        "[team]",
+        'internal_domains = ["acme.example"]',
+        'shared_inboxes = ["sales@acme.example"]',
+        'timezone = "America/New_York"',
+        "",
+    ]
+    for r in roster.reps:
+        emails = ", ".join(_toml_str(e) for e in r.emails)
+        lines += ["[[reps]]", f"name = {_toml_str(r.name)}", f"emails = [{emails}]",
+                  f"team = {_toml_str(r.team)}", ""]
+    teams = sorted({r.team for r in roster.reps}, key=[t[0] for t in _BIG_TEAMS].index)
+    for t in _BIG_TEAMS:
+        if t[0] in teams:
+            lines += [f"[teams.{_toml_str(t[0])}]", f"schedule = {_toml_str(t[2])}", ""]
+    weekdays = ("monday", "tuesday", "wednesday", "thursday", "friday")
+    for name, (tz, hours, hol) in _BIG_SCHEDULES.items():
+        lines += [f"[schedules.{name}]", f"timezone = {_toml_str(tz)}"]
+        intervals = ", ".join(_toml_str(h) for h in hours)
+        lines += [f"{d} = [{intervals}]" for d in weekdays]
+        lines += [f"holidays = [{_toml_str(hol)}]", ""]
+    lines += [
+        "[leads]",
+        'exclude_from = ["*@northwind-partners.example"]',
+        "",
+        "[[leads.forms]]",
+        'from = "wordpress@acme.example"',
+        "subject = '^\\[Acme\\] New (?:enquiry|demo request)'",
+        'lead_address = "reply-to"',
+        f'reply_window = "{FORM_REPLY_WINDOW // 86400}d"',
+        "",
+        "[[leads.forms]]",
+        'from = "noreply@chat-widget.example"',
+        'subject = "^Chat transcript"',
+        'lead_address = "header:X-Lead-Email"',
+        f'reply_window = "{FORM_REPLY_WINDOW // 86400}d"',
+        "",
+        "[sla]",
+        'target = "1h"',
+        'buckets = ["5m", "15m", "1h", "4h", "24h"]',
+        "",
+    ]
+    return "\n".join(lines)
 SALES = person("Acme Sales", "sales@acme.example", "America/New_York")
 WORDPRESS = person("Acme Website", "wordpress@acme.example", "UTC")
 CHAT = person("Acme Chat", "noreply@chat-widget.example", "UTC")
@@ -418,15 +564,16 @@ def _internal(addr: str) -> bool:
     return addr.lower().endswith("@" + INTERNAL_DOMAIN)
 
 
-def _roster_rep(msg: _Msg) -> str:
+def _roster_rep(msg: _Msg, by_addr: dict[str, str] = REP_BY_ADDR) -> str:
     """Attribution for an unanswered lead: first roster rep in To, then in Cc."""
     for p in itertools.chain(msg.to, msg.cc):
-        if p.key in REP_BY_ADDR:
-            return REP_BY_ADDR[p.key]
+        if p.key in by_addr:
+            return by_addr[p.key]
     return ""
 
 
-def _expected(lead: _Msg, lead_addr: str, candidates: Iterable[_Msg], kind: str) -> ExpectedLead:
+def _expected(lead: _Msg, lead_addr: str, candidates: Iterable[_Msg], kind: str,
+              by_addr: dict[str, str] = REP_BY_ADDR) -> ExpectedLead:
     """Apply the brief's first-reply rule by hand to the messages that exist.
 
     Email lead (section 3): the earliest non-automated message in the lead's thread from an
@@ -447,11 +594,11 @@ def _expected(lead: _Msg, lead_addr: str, candidates: Iterable[_Msg], kind: str)
             break
     if reply is not None and kind == "form" and reply.ts - lead.ts > FORM_REPLY_WINDOW:
         reply = None  # too late to count (reply_window)
-    addressed = _roster_rep(lead)
+    addressed = _roster_rep(lead, by_addr)
     if reply is None:
         return ExpectedLead(lead.mid, lead_addr, lead.ts, addressed or "(unassigned)", False,
                             "", None, None, kind, addressed)
-    responder = REP_BY_ADDR.get(reply.sender.key, reply.sender.key)
+    responder = by_addr.get(reply.sender.key, reply.sender.key)
     return ExpectedLead(lead.mid, lead_addr, lead.ts, responder, True, reply.mid, reply.ts,
                         reply.ts - lead.ts, kind, addressed)
 
@@ -478,18 +625,23 @@ def _render(m: _Msg) -> bytes:
 
 # -- planning threads --------------------------------------------------------------------------
 class _Planner:
-    def __init__(self, seed: int, start: datetime, days: float) -> None:
+    def __init__(self, seed: int, start: datetime, days: float,
+                 roster: Roster = EXAMPLE_ROSTER, prospect_base: int = 0) -> None:
         self.rng = random.Random(seed)
+        self.roster = roster
         self.start = int(start.timestamp())
         self.cutoff = self.start + int(days * 86400)
         # Hannah is on holiday for two weeks in the middle (Oct 12-23 by default): her
         # out-of-office auto-reply answers mail sent to her, Tom takes over (handoffs).
         first = start.date() + timedelta(days=(7 - start.weekday()) % 7)
         vac = first + timedelta(weeks=5)
-        self.vacation = (local_ts(vac - timedelta(days=2), 0, HANNAH.zone),
-                         local_ts(vac + timedelta(days=14), 0, HANNAH.zone))
+        away_zone = roster.away.zone if roster.away is not None else "UTC"
+        self.vacation = (local_ts(vac - timedelta(days=2), 0, away_zone),
+                         local_ts(vac + timedelta(days=14), 0, away_zone))
         self.n_mid = 0
-        self.n_prospect = 0
+        # Mailboxes generated to sit side by side (benchmarks/bench_scale.py) start at
+        # different bases, so no prospect address appears in two of them.
+        self.n_prospect = prospect_base
         self.n_ticket = 1000
         order = list(range(len(_COMPANIES)))
         self.rng.shuffle(order)
@@ -541,28 +693,32 @@ class _Planner:
         return encode_words(text)
 
     def away(self, rep: Rep, ts: int) -> bool:
-        return rep is HANNAH and self.vacation[0] <= ts < self.vacation[1]
+        return rep is self.roster.away and self.vacation[0] <= ts < self.vacation[1]
 
     def route(self, p: Person, ts: int, ignore_away: bool = False) -> Rep:
         """The territory rep who owns a prospect: EMEA for Europe/Africa, Diego for the west
         and Asia-Pacific, Alice or Marcus for the rest (stable per address)."""
-        h = zlib.crc32(p.key.encode()) % 100
+        h = zlib.crc32(p.key.encode())
         region = p.zone.split("/")[0]
         if region in ("Europe", "Africa"):
-            rep = HANNAH if h < 55 else TOM
+            territory = 0
         elif p.zone in ("America/Los_Angeles", "America/Phoenix", "America/Denver") or region in (
             "Asia", "Australia", "Pacific"
         ):
-            rep = DIEGO if h < 75 else ALICE
+            territory = 1
         else:
-            rep = ALICE if h < 50 else MARCUS
-        if not ignore_away and self.away(rep, ts):
-            rep = TOM
+            territory = 2
+        pool, buckets = self.roster.territories[territory]
+        rep = pool[bisect.bisect_right(buckets, h % buckets[-1])]
+        if not ignore_away and self.away(rep, ts) and self.roster.cover is not None:
+            rep = self.roster.cover
         return rep
 
     def colleague(self, rep: Rep) -> Rep:
-        mates = [r for r in REPS if r.team == rep.team and r is not rep and r is not HANNAH]
-        return self.rng.choice(mates or [MARCUS])
+        away = self.roster.away
+        mates = [r for r in self.roster.reps if r.team == rep.team and r is not rep
+                 and r is not away]
+        return self.rng.choice(mates or [self.roster.fallback])
 
     def reply_delay(self, rep: Rep, ts: int) -> int:
         """When ``rep`` answers a message that arrived at ``ts``: minutes to days."""
@@ -638,8 +794,9 @@ class _Planner:
         cc: list[Person] = []
         if direct:
             addressed = self.route(p, ts, ignore_away=True)
-            if addressed.team == "EMEA" and self.away(HANNAH, ts):
-                addressed = HANNAH  # European prospects know her, not her holiday dates
+            away = self.roster.away
+            if away is not None and addressed.team == away.team and self.away(away, ts):
+                addressed = away  # European prospects know her, not her holiday dates
             to = [addressed.people[-1] if rng.random() < 0.3 else addressed.person]
             if rng.random() < 0.1:  # wrote to two reps at once: the first one counts
                 to.append(self.colleague(addressed).person)
@@ -665,7 +822,7 @@ class _Planner:
                                  "Out of office: " + subject, lead,
                                  extra=["Auto-Submitted: auto-replied", "X-Autoreply: yes"],
                                  automated=True, body="I am on holiday, back on 26 October."))
-            responder = TOM
+            responder = self.roster.cover
         elif r < 0.07:
             responder = None  # never answered
         elif r < 0.15:
@@ -684,7 +841,8 @@ class _Planner:
         elif r < 0.18:
             responder = PRIYA  # a technical question the solutions engineer answers first
         if responder is not None:
-            rep = responder if isinstance(responder, Rep) else ALICE  # Priya keeps NY hours
+            # Priya keeps New York hours (the first rep's).
+            rep = responder if isinstance(responder, Rep) else self.roster.reps[0]
             t = max(self.reply_delay(rep, last.ts), max(m.ts for m in msgs) + 60)
             if t - ts > 20 * 3600 and rng.random() < 0.4:
                 # The prospect chases before anyone answers: that does not restart the clock.
@@ -694,8 +852,8 @@ class _Planner:
                 if last is lead:
                     last = chase
             who = responder.person if isinstance(responder, Rep) else responder
-            if responder is ALICE and rng.random() < 0.3:
-                who = ALICE.people[1]  # replies from her alias now and then
+            if isinstance(responder, Rep) and len(responder.people) > 1 and rng.random() < 0.3:
+                who = responder.people[1]  # replies from an alias now and then (Alice's)
             intended = self.msg(thread, t, who, [p], re_subject, last, cc=cc,
                                 body="Thanks for reaching out - happy to help.")
             msgs.append(intended)
@@ -800,7 +958,7 @@ class _Planner:
 
     def plan_internal(self, thread: str, ts: int, who: Prospect | None) -> Planned:
         rng = self.rng
-        people = [r.person for r in REPS if not self.away(r, ts)] + [SAM, PRIYA]
+        people = [r.person for r in self.roster.reps if not self.away(r, ts)] + [SAM, PRIYA]
         sender = rng.choice([SAM, SAM, *people])
         to = rng.sample([x for x in people if x is not sender], rng.randint(1, 3))
         company = rng.choice([c for c in _COMPANIES if c[0]])[0]
@@ -823,7 +981,7 @@ class _Planner:
         self.issue[i] += 1
         name, addr = sender_h[:-1].split(" <")
         sender = person(name, addr, zone_name)
-        to = [SALES] if rng.random() < 0.5 else [rng.choice(REPS).person]
+        to = [SALES] if rng.random() < 0.5 else [rng.choice(self.roster.reps).person]
         extra = [f"List-Id: {name} {list_id}",
                  f"List-Unsubscribe: <https://{addr.split('@')[1]}/u/{rng.getrandbits(40):x}>"]
         if rng.random() < 0.6:
@@ -837,7 +995,7 @@ class _Planner:
         sender_h, subject = rng.choice(_NOREPLY)
         name, addr = sender_h[:-1].split(" <")
         p, _ = self.prospect()
-        m = self.msg(thread, ts, person(name, addr, "UTC"), [rng.choice(REPS).person],
+        m = self.msg(thread, ts, person(name, addr, "UTC"), [rng.choice(self.roster.reps).person],
                      subject.format(name=encode_words(p.name), n=rng.randint(1000, 9999)),
                      automated=True, body="This is an automated notification.")
         return self.finish([m], None, "", "", None)
@@ -848,7 +1006,7 @@ class _Planner:
         company = rng.choice([c for c in _COMPANIES if c[0]])[0]
         first, stem = rng.choice(_FIRST)
         partner = person(f"{first} (Northwind)", f"{stem}.partner@{_PARTNER[1]}", _PARTNER[2])
-        rep = rng.choice(REPS[:3])
+        rep = rng.choice(self.roster.reps[:3])
         first_msg = self.msg(thread, ts, partner, [rep.person], f"Referral: {company}",
                              body="Introducing a customer of ours who needs reporting.")
         msgs = [first_msg]
@@ -864,7 +1022,7 @@ class _Planner:
         msgs.sort(key=lambda m: m.ts)
         if lead is None:
             return msgs, None
-        exp = _expected(lead, lead_addr, msgs, kind)
+        exp = _expected(lead, lead_addr, msgs, kind, self.roster.by_addr)
         # The by-hand rule must agree with what the plan meant to happen.
         want = intended.mid if intended is not None and intended.ts < self.cutoff else ""
         if exp.reply_message_id != want:
@@ -893,7 +1051,7 @@ class _Planner:
             zone_name, hours = "UTC", rng.uniform(0, 24)
         else:
             # Outbound: the prospect's territory rep writes; internal: anyone on the team.
-            zone_name = (self.route(who[0], 0).zone if who else rng.choice(REPS).zone)
+            zone_name = (self.route(who[0], 0).zone if who else rng.choice(self.roster.reps).zone)
             hours = rng.uniform(8.5, 18) if rng.random() < 0.9 else rng.uniform(18, 23)
         return local_ts(day, hours * 3600, zone_name), who
 
@@ -904,15 +1062,20 @@ def generate_messages(
     start: datetime = DEFAULT_START,
     days: float = DEFAULT_DAYS,
     max_messages: int | None = None,
+    roster: Roster | None = None,
+    prospect_base: int = 0,
 ) -> Iterator[GeneratedMessage]:
     """Yield a sales team's mailbox, message by message in time order.
 
     ``n_threads`` threads start between ``start`` and ``start + days`` (the export time);
     messages that would come later are not in the mailbox. Memory stays bounded by the
     threads still open (a few days' worth), so millions of messages stream fine.
-    Lead messages carry ``.lead``, the ground truth for that lead.
+    Lead messages carry ``.lead``, the ground truth for that lead. ``roster``: the team
+    (default: the example's five reps; ``build_roster(200)`` for a big one).
+    ``prospect_base``: where prospect addresses start (mailboxes meant to be merged use
+    distinct bases, e.g. ``k * 10_000_000``, so they share no prospect).
     """
-    planner = _Planner(seed, start, days)
+    planner = _Planner(seed, start, days, roster or EXAMPLE_ROSTER, prospect_base)
     rng = planner.rng
     first_day = start.date()
     n_days = max(1, int(days + 0.999))
@@ -1023,7 +1186,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="default: examples/mailbox.mbox")
     ap.add_argument("--expected", type=Path,
                     help="ground-truth CSV (default: examples/expected_leads.csv with no --out)")
+    ap.add_argument("--reps", type=int,
+                    help="a generated team of this many reps instead of the example's five")
+    ap.add_argument("--config-out", type=Path,
+                    help="write a matching replytime.toml here (useful with --reps)")
+    ap.add_argument("--prospect-base", type=int, default=0,
+                    help="first prospect number (distinct bases: mailboxes share no prospect)")
     args = ap.parse_args(argv)
+    roster = build_roster(args.reps) if args.reps else EXAMPLE_ROSTER
+    if args.config_out is not None:
+        args.config_out.write_text(roster.toml(), encoding="utf-8")
     out = args.out or HERE / "mailbox.mbox"
     expected = args.expected or (HERE / "expected_leads.csv" if args.out is None else None)
     threads = args.threads
@@ -1033,7 +1205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = datetime.fromisoformat(args.start).replace(tzinfo=UTC)
     leads: list[ExpectedLead] = []
     began = time.perf_counter()
-    msgs = generate_messages(threads, args.seed, start, args.days, args.messages)
+    msgs = generate_messages(threads, args.seed, start, args.days, args.messages, roster,
+                             args.prospect_base)
     if expected is not None:
         msgs = collect_leads(msgs, leads)
     writer = write_mbox if args.format == "mbox" else write_maildir
