@@ -8,6 +8,8 @@ fail with a message naming the package to install; they are never skipped.
 from __future__ import annotations
 
 import base64
+import imaplib
+import io
 import json
 import os
 import random
@@ -32,6 +34,7 @@ from fake_gmail_imap import ALL_MAIL, FakeGmail, GmailMessage, internaldate  # n
 from replytime.cache import open_cache  # noqa: E402
 from replytime.config import Account, Config, FormRule, LeadFilters  # noqa: E402
 from replytime.connectors.imap import (  # noqa: E402
+    COMMIT_CHUNKS,
     Settings,
     _uid_set,
     get_password,
@@ -235,6 +238,80 @@ def test_settings_and_password_sources(tmp_path: Path, monkeypatch: pytest.Monke
         get_password(Account("a", "imap", {"password_command": "false"}))
 
 
+# -- the FETCH pipeline, on a scripted answer stream ----------------------------------------
+class ScriptedImap:
+    """What the pipeline uses of imaplib's connection, answering from a fixed byte stream."""
+
+    def __init__(self, stream: bytes) -> None:
+        self.file = io.BufferedReader(io.BytesIO(stream))  # type: ignore[arg-type]
+        self.tagged_commands: dict[bytes, Any] = {}
+        self.sent: list[bytes] = []
+        self.tags = 0
+
+    def _new_tag(self) -> bytes:
+        self.tags += 1
+        return b"A%d" % self.tags
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+class ScriptedClient:
+    """One folder of six messages (UIDVALIDITY 7) whose FETCH answers come from a script."""
+
+    def __init__(self, stream: bytes) -> None:
+        self._imap = ScriptedImap(stream)
+
+    def folder_status(self, folder: str, what: Any) -> dict[bytes, int]:
+        return {b"UIDVALIDITY": 7, b"UIDNEXT": 7}
+
+    def select_folder(self, folder: str, readonly: bool) -> dict[bytes, int]:
+        return {b"UIDVALIDITY": 7, b"UIDNEXT": 7}
+
+    def search(self, criteria: Any) -> list[int]:
+        return [1, 2, 3, 4, 5, 6]
+
+
+def fetch_answer(uid: int) -> bytes:
+    block = lead(uid).split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    return (b'* %d FETCH (UID %d INTERNALDATE "02-Nov-2026 14:05:00 +0100" '
+            b"BODY[HEADER.FIELDS (FROM)] {%d}\r\n%s)\r\n" % (uid, uid, len(block), block))
+
+
+def test_pipelined_answers_ahead_of_their_chunk_and_a_break_mid_chunk(tmp_path: Path) -> None:
+    """Dovecot runs pipelined FETCHes concurrently: UID 3 (chunk 2) arrives before chunk 1's
+    OK, UID 5 (chunk 3) before chunk 2's. The connection then breaks inside chunk 3: the two
+    whole chunks are committed (UIDs 1-4, last_uid 4), UID 5 is not, and nothing else."""
+    from replytime.connectors import SyncStats
+    from replytime.connectors.imap import _Run, _sync_folder
+
+    a = fetch_answer
+    stream = (a(1) + a(3) + a(2) + b"A1 OK Fetch completed.\r\n"
+              + a(4) + a(5) + b"A2 OK Fetch completed.\r\n"
+              + a(6)[:40])  # cut short, as by a dropped connection
+    client = ScriptedClient(stream)
+    acct = Account("imap1", "imap", {"host": "127.0.0.1", "security": "none",
+                                     "username": "u", "fetch_chunk": 2})
+    cache = open_cache(tmp_path / "c.sqlite")
+    stats = SyncStats("imap1")
+    stats.extra.update(fetch_commands=0, folders={})
+    run = _Run(Settings.from_account(acct), acct, cache, (), b"(UID)", None, stats,
+               {"version": 1, "folders": {}}, False)
+    try:
+        with pytest.raises(imaplib.IMAP4.abort, match="closed the connection"):
+            _sync_folder(run, client, "INBOX")  # type: ignore[arg-type]
+        assert cache.account_state("imap1")["folders"] == {
+            "INBOX": {"uidvalidity": 7, "last_uid": 4}}
+    finally:
+        cache.close()
+    assert stats.fetched == 4 and stats.extra["fetch_commands"] == 3
+    conn = sqlite3.connect(tmp_path / "c.sqlite")
+    assert sorted(r[0] for r in conn.execute("SELECT location FROM locations")) == [
+        f"INBOX/7/{u}" for u in range(1, 5)]
+    conn.close()
+    assert [c.split(b" ")[3] for c in client._imap.sent] == [b"1:2", b"3:4", b"5:6"]
+
+
 # -- Dovecot -------------------------------------------------------------------------------
 def test_first_sync_exact_contents(server: Dovecot, tmp_path: Path) -> None:
     put = fill(server)
@@ -403,16 +480,22 @@ class StopServerAfter(Progress):
 
 
 def test_server_stopped_mid_sync_keeps_committed(server: Dovecot, tmp_path: Path) -> None:
-    put = [server.add("INBOX", lead(i), BASE + i) for i in range(300)]
+    # A transaction holds COMMIT_CHUNKS chunks of 50; the server is stopped after the first.
+    # Enough messages that the rest cannot all be on the way already (pipelined FETCHes,
+    # chunks waiting for a parser).
+    n = 2000
+    put = [server.add("INBOX", lead(i), BASE + i) for i in range(n)]
     db = tmp_path / "c.sqlite"
     acct = account(server, folders=["INBOX"], fetch_chunk=50, retries=2, retry_delay=0.01)
+    first = 50 * COMMIT_CHUNKS
     with pytest.raises(SourceUnreachable, match=r"unreachable after 2 retries \(connection "
                                                  r"refused\); \d+ messages synced"):
-        run_sync(db, acct, progress=StopServerAfter(server, 50))
+        run_sync(db, acct, progress=StopServerAfter(server, first))
     # What was committed is consistent: the state's last UID covers exactly the messages
-    # stored (the chunk in flight when the server died may or may not have arrived).
+    # stored. Chunks that arrived whole before the connection broke are kept too, so the
+    # last UID is a chunk's end, not necessarily a transaction's.
     last = folder_state(db)["INBOX"]["last_uid"]
-    assert 50 <= last < 300 and last % 50 == 0
+    assert first <= last < n and last % 50 == 0, last
     conn = sqlite3.connect(db)
     uids = sorted(int(r[0].rsplit("/", 1)[1]) for r in conn.execute(
         "SELECT location FROM locations"))
@@ -422,7 +505,7 @@ def test_server_stopped_mid_sync_keeps_committed(server: Dovecot, tmp_path: Path
 
     server.start()  # same Maildir, same port: the next sync fetches only the rest
     stats = run_sync(db, acct)
-    assert stats.fetched == 300 - last
+    assert stats.fetched == n - last
     assert cached(db) == expected(put)
 
 

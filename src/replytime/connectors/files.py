@@ -18,13 +18,11 @@ make the same message's labels depend on where the export was unpacked; Takeout'
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import heapq
 import itertools
-import multiprocessing
 import os
 import re
-import signal
 import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -32,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from replytime.connectors import SyncStats
+from replytime.connectors.pool import Done, default_workers, ordered_map
 from replytime.errors import UsageError
 from replytime.headers import parse_header_block
 from replytime.model import PROBLEM_TRUNCATED, MessageRecord, StoredMessage, stored_message
@@ -432,36 +431,11 @@ def _found(units: Iterator[Unit], keep: Sequence[str], workers: int) -> Iterator
         for unit in rest:
             yield from _work(unit, keep)
         return
-    # fork: workers start at once and need nothing from the parent but this module's code;
-    # they only parse bytes, never touch the cache connection or the progress display.
-    ctx = multiprocessing.get_context("fork")
-    window = workers + 2  # units in flight: every worker busy, one result ready to write
-    with ctx.Pool(workers, initializer=_quiet_worker) as pool:
-        pending: collections.deque[Any] = collections.deque()
-        for unit in rest:
-            if unit[0] == "found":
-                pending.append(unit)
-            else:
-                pending.append(pool.apply_async(_work, (unit, keep)))
-            while len(pending) >= window:
-                yield from _resolve(pending.popleft())
-        while pending:
-            yield from _resolve(pending.popleft())
-
-
-def _quiet_worker() -> None:
-    """Pool initializer. A terminal's Ctrl-C reaches the whole process group; only the parent
-    acts on it (it stops the pool). A worker dying of KeyboardInterrupt would print a traceback,
-    and one killed while sending a result leaves the pool's queue locked: the import hangs."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The CLI turns SIGTERM into a clean stop; a worker must just die when the pool ends it.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _resolve(item: Any) -> list[Ready]:
-    if isinstance(item, tuple):  # a ("found", ...) unit
-        return _ready([item[1]])
-    return item.get()
+    # A place already known to be skipped needs no worker; it keeps its place in the order.
+    jobs = (Done(_ready([unit[1]])) if unit[0] == "found" else (unit, keep) for unit in rest)
+    with contextlib.closing(ordered_map(_work, jobs, workers)) as results:
+        for ready in results:
+            yield from ready
 
 
 def iter_messages(paths: Sequence[Path], keep: Sequence[str] = ()) -> Iterator[Found]:
@@ -531,7 +505,7 @@ def import_paths(
         skipped.clear()
 
     if workers is None:
-        workers = min(2, os.cpu_count() or 1)
+        workers = default_workers()
     found = _found(_units(roots, unit_files, mbox_range), tuple(keep), workers)
     try:
         for location, message, reason in found:

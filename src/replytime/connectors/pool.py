@@ -1,0 +1,87 @@
+"""Parsing in forked worker processes beside the single cache writer, results in order.
+
+The offline import and the IMAP connector both have one process that owns the cache
+connection (the writer) and CPU-bound header parsing that can run beside it. ``ordered_map``
+runs the parsing in a small pool of forked processes and hands the results back in
+submission order, so the cache ends the same as when everything runs in one process, and
+keeps only a few jobs in flight, so memory stays flat however long the input is.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
+
+
+class Done(NamedTuple):
+    """A job whose result is already known: passed through in its place, no worker needed."""
+
+    value: Any
+
+
+def default_workers() -> int:
+    """Parser processes beside the writer: one per core, at most 2 (measured on 2 cores;
+    more only adds processes competing with the writer and the mail server)."""
+    return min(2, os.cpu_count() or 1)
+
+
+def quiet_worker(nice: int = 0) -> None:
+    """Pool initializer. A terminal's Ctrl-C reaches the whole process group; only the parent
+    acts on it (it stops the pool). A worker dying of KeyboardInterrupt would print a traceback,
+    and one killed while sending a result leaves the pool's queue locked: the import hangs.
+    ``nice`` lowers the worker's priority (see ``ordered_map``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The CLI turns SIGTERM into a clean stop; a worker must just die when the pool ends it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if nice:
+        with contextlib.suppress(OSError):  # a lower priority is a wish, not a need
+            os.nice(nice)
+
+
+def ordered_map(
+    fn: Callable[..., Any],
+    jobs: Iterable[tuple[Any, ...] | Done],
+    workers: int,
+    *,
+    window: int | None = None,
+    nice: int = 0,
+) -> Iterator[Any]:
+    """``fn(*job)`` for every job (a ``Done`` job: its value), computed in ``workers`` forked
+    processes and yielded in job order. At most ``window`` jobs (default: ``workers + 2``,
+    every worker busy and one result ready for the writer) are in flight.
+
+    ``jobs`` is consumed lazily in this process, so it may read its input as it goes (a
+    socket, a directory walk). If it raises an ``Exception``, the results of the jobs already
+    submitted are still yielded (the caller can keep that work) before the error is raised.
+    Closing the generator early stops the workers at once.
+
+    ``nice`` > 0 runs the workers at a lower priority than this process. When this process
+    (reading the input, writing the cache) is the bottleneck, that keeps it from waiting for
+    a core behind its own workers, which only need what it leaves over.
+    """
+    # fork: workers start at once and need nothing from the parent but the code of ``fn``;
+    # they only parse bytes, never touch the cache connection or the progress display.
+    ctx = multiprocessing.get_context("fork")
+    window = window or workers + 2
+    with ctx.Pool(workers, initializer=quiet_worker, initargs=(nice,)) as pool:
+        pending: collections.deque[Any] = collections.deque()
+        try:
+            for job in jobs:
+                pending.append(job if isinstance(job, Done) else pool.apply_async(fn, job))
+                while len(pending) >= window:
+                    yield _result(pending.popleft())
+        except Exception:
+            while pending:
+                yield _result(pending.popleft())
+            raise
+        while pending:
+            yield _result(pending.popleft())
+
+
+def _result(item: Any) -> Any:
+    return item.value if isinstance(item, Done) else item.get()
