@@ -56,10 +56,11 @@ def test_example_covers_the_interesting_cases(analysis: Analysis) -> None:
 @pytest.mark.parametrize(
     ("since", "until"),
     [("2026-09-07", "2026-09-14"), ("2026-10-12", "2026-10-19"), ("2026-10-26", "2026-11-02"),
-     ("2026-09-20T13:00", "2026-10-03T02:00"), ("2026-11-02", "2026-11-09")],
+     ("2026-09-20T13:00", "2026-10-03T02:00"), ("2026-11-02", "2026-11-09"),
+     ("2026-10-26", None), ("2w", None)],  # open at the end: threads active since the start
 )
 def test_reading_only_the_active_threads_changes_no_number(
-    analysis: Analysis, since: str, until: str
+    analysis: Analysis, since: str, until: str | None
 ) -> None:
     scoped = Analysis(analysis.cache, analysis.config, as_of=AS_OF)
     sel = scoped.selection(since, until)

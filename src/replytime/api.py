@@ -45,6 +45,8 @@ from replytime.periods import (
 )
 
 Basis = Literal["business", "calendar"]
+# The end of a period open at the end, far past any message time (and far from int64 limits).
+OPEN_END_MS = 2**53
 
 
 def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int:
@@ -106,11 +108,15 @@ class Analysis:
         """Read only what reports on leads of ``period`` need: the threads active in it
         (whole), which is exact for every lead, first reply and message of the period and
         keeps a report on one week of a ten-million-message cache fast. Call it before the
-        first report; an unbounded period reads everything."""
+        first report. A period open at the end (``--since 7d``) reads the threads active
+        since its start; one with no start reads everything."""
         if "messages" in self.__dict__:
             raise RuntimeError("limit_to() must come before the first report")
-        bounded = period.since_ms is not None and period.until_ms is not None
-        self.scope = period if bounded else None
+        if period.since_ms is None:
+            self.scope = None
+        else:
+            until = period.until_ms if period.until_ms is not None else OPEN_END_MS
+            self.scope = Period(period.since_ms, until)
 
     # -- frames ---------------------------------------------------------------------------
     @cached_property
