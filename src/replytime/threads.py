@@ -20,6 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from replytime.lists import arrow_strings, concat_chunks, split_lists
+
 SUBJECT_WINDOW_MS = 14 * 86400 * 1000
 _PREFIX_RE = re.compile(
     r"^\s*(?:(?:re|fw|fwd|aw|sv|wg|vs|antw|rif|tr)\s*(?:\[\d+\])?\s*[:：]\s*|\[[^\]]*\]\s*)+",
@@ -61,44 +63,33 @@ def connected(size: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a, b = a[differ], b[differ]
 
 
-def _concat(parts: list[pa.Array | pa.ChunkedArray], kind: pa.DataType) -> pa.ChunkedArray:
-    """One chunked array of ``parts``' chunks. (Handing ChunkedArrays to
-    ``pa.chunked_array`` converts them element by element: seconds at a million rows.)"""
-    chunks = [c for p in parts for c in (p.chunks if isinstance(p, pa.ChunkedArray) else [p])]
-    return pa.chunked_array(chunks, type=kind)
-
-
-def _strings(values: pd.Series) -> pa.Array:
-    """A column as an Arrow string array (nulls kept), without Python objects per row."""
-    return pa.array(values.astype(object).where(values.notna(), None), type=pa.large_string()) \
-        if values.dtype == object else pa.array(values, type=pa.large_string())
-
-
 def _reference_components(df: pd.DataFrame, has_provider: np.ndarray) -> np.ndarray:
     """Connected component of each message over its edges: to its provider thread, or (no
     provider id) to every Message-ID in In-Reply-To and References. Built with Arrow
     compute, so a million messages cost Arrow buffers, not a Python string per reference."""
     n = len(df)
     rows = pa.array(np.arange(n, dtype=np.int64))
-    keys = _strings(df["msg_key"])
+    keys = arrow_strings(df["msg_key"])
     plain = pa.array(~has_provider)
     prov_rows = pc.filter(rows, pa.array(has_provider))
     text = pa.large_string()
     prov_labels = pc.binary_join_element_wise(
         pa.scalar("\x00thr:", text),
-        pc.filter(_strings(df["provider_thread_id"]), pa.array(has_provider)),
+        pc.filter(arrow_strings(df["provider_thread_id"]), pa.array(has_provider)),
         pa.scalar("", text),
     )
-    irt = _strings(df["in_reply_to"])
+    irt = arrow_strings(df["in_reply_to"])
     irt_ok = pc.and_(plain, pc.is_valid(irt))
-    refs = pc.split_pattern(pc.fill_null(_strings(df["refs"]), ""), " ")
+    refs = pc.split_pattern(pc.fill_null(arrow_strings(df["refs"]), ""), " ")
     flat = pc.list_flatten(refs)
     parent = pc.take(rows, pc.list_parent_indices(refs))
     ref_ok = pc.and_(pc.take(plain, pc.list_parent_indices(refs)), pc.not_equal(flat, ""))
-    edge_src = _concat(
+    edge_src = concat_chunks(
         [prov_rows, pc.filter(rows, irt_ok), pc.filter(parent, ref_ok)], pa.int64()
     ).to_numpy()
-    labels = _concat([keys, prov_labels, pc.filter(irt, irt_ok), pc.filter(flat, ref_ok)], text)
+    labels = concat_chunks(
+        [keys, prov_labels, pc.filter(irt, irt_ok), pc.filter(flat, ref_ok)], text
+    )
     codes = pc.dictionary_encode(labels).combine_chunks().indices.to_numpy()
     size = int(codes.max()) + 1 if len(codes) else 0
     self_codes = codes[:n]
@@ -125,7 +116,7 @@ def assign_threads(
     # place in that order, so a group's earliest row is its least place (an integer min,
     # where sorting by the string key cost seconds at a million rows).
     time_ms = df["time_ms"].to_numpy(dtype="float64")
-    key_rank = pc.rank(_strings(df["msg_key"]), sort_keys="ascending").to_numpy()
+    key_rank = pc.rank(arrow_strings(df["msg_key"]), sort_keys="ascending").to_numpy()
     order = np.lexsort((key_rank, time_ms))
     place = np.empty(len(df), dtype=np.int64)
     place[order] = np.arange(len(df))
@@ -152,20 +143,14 @@ def assign_threads(
 
 
 def _address_pairs(members: pd.DataFrame) -> tuple[np.ndarray, pa.Array]:
-    """(row position in ``members``, address) for every From, To and Cc address, the
-    addresses dictionary-encoded (Arrow), so no Python string is made per address."""
-    parts, rows = [], []
-    for column, sep in (("from_addr", None), ("to_addrs", ","), ("cc_addrs", ",")):
-        values = _strings(members[column])
-        if sep is None:
-            parts.append(values)
-            rows.append(np.arange(len(values)))
-            continue
-        lists = pc.split_pattern(pc.fill_null(values, ""), sep)
-        parts.append(pc.list_flatten(lists))
-        rows.append(pc.list_parent_indices(lists).to_numpy())
-    addrs = _concat(parts, pa.large_string()).combine_chunks()
-    return np.concatenate(rows), addrs
+    """(row position in ``members``, address) for every From, To and Cc address."""
+    sender = arrow_strings(members["from_addr"])
+    rows, parts = [np.arange(len(members))], [sender]  # one address: never split
+    for column in ("to_addrs", "cc_addrs"):
+        r, items = split_lists(members[column])
+        rows.append(r)
+        parts.append(items)
+    return np.concatenate(rows), concat_chunks(parts, pa.large_string()).combine_chunks()
 
 
 def _merge_by_subject(
