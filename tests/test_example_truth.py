@@ -71,3 +71,25 @@ def test_reading_only_the_active_threads_changes_no_number(
     pd.testing.assert_frame_equal(scoped.volume(sel), analysis.volume(sel))
     pd.testing.assert_frame_equal(scoped.threads(sel), analysis.threads(sel))
     pd.testing.assert_frame_equal(scoped.unanswered(sel), analysis.unanswered(sel))
+
+
+def test_all_time_analysis_part_by_part_changes_no_number(
+    analysis: Analysis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big cache is analysed for all time in parts of about PART_MESSAGES messages (each
+    reading only its active threads); parts of 100 messages (9 parts) must give every
+    number of the whole analysis."""
+    import replytime.api as api
+
+    reports = ("leads", "reps", "unanswered", "sla")
+    whole = Analysis(analysis.cache, analysis.config, as_of=AS_OF)
+    assert whole._parts() == []
+    expected = {r: getattr(whole, r)() for r in reports}
+    monkeypatch.setattr(api, "PART_MESSAGES", 100)
+    parted = Analysis(analysis.cache, analysis.config, as_of=AS_OF)
+    assert len(parted._parts()) == 9
+    pd.testing.assert_frame_equal(parted.all_leads, whole.all_leads)
+    assert "messages" not in parted.__dict__  # never read the whole cache
+    pd.testing.assert_frame_equal(parted.all_blocks, whole.all_blocks)
+    for report in reports:
+        pd.testing.assert_frame_equal(getattr(parted, report)(), expected[report])

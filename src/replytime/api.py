@@ -47,6 +47,8 @@ from replytime.periods import (
 Basis = Literal["business", "calendar"]
 # The end of a period open at the end, far past any message time (and far from int64 limits).
 OPEN_END_MS = 2**53
+#: An all-time analysis of a cache with more messages than this goes period by period.
+PART_MESSAGES = 250_000
 
 
 def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int:
@@ -149,9 +151,44 @@ class Analysis:
                 return start
             lookback *= 4
 
+    def _parts(self) -> list[Period]:
+        """For an all-time analysis of a big cache: consecutive periods of about
+        ``PART_MESSAGES`` messages each, from the first message to ``as_of``. Leads and
+        blocks are then built part by part, each part reading only the threads active in it
+        (exact, as ``limit_to`` is), so memory is that of one part, not of the whole cache."""
+        if self.scope is not None or self.cache.message_count() <= PART_MESSAGES:
+            return []
+        first, end = self.cache.earliest_time_ms(), self.as_of_ms + 1
+        if first is None or first >= end:
+            return []
+        n = -(-self.cache.message_count() // PART_MESSAGES)
+        edges = [first + (end - first) * i // n for i in range(n)] + [end]
+        return [Period(a, b) for a, b in zip(edges, edges[1:], strict=False) if a < b]
+
+    def _leads_by_part(self, parts: list[Period]) -> pd.DataFrame:
+        leads, blocks = [], []
+        for period in parts:
+            part = Analysis(self.cache, self.config, as_of=self.as_of, scope=period)
+            chunk = metrics.in_period(part.all_leads, period)
+            if not chunk.empty:  # empty frames would turn typed columns into object
+                leads.append(chunk)
+                b = part.all_blocks
+                blocks.append(b[b["lead_id"].isin(chunk["lead_id"])])
+        if not leads:
+            return self._whole_leads()
+        blocks = [b for b in blocks if not b.empty] or blocks[:1]
+        self.__dict__["all_blocks"] = (  # fills the cached property below
+            pd.concat(blocks).sort_values(["lead_id", "block"]).reset_index(drop=True)
+        )
+        return pd.concat(leads).reset_index(drop=True)
+
     @cached_property
     def all_leads(self) -> pd.DataFrame:
         """Every lead as of ``as_of``, with business times."""
+        parts = self._parts()
+        return self._leads_by_part(parts) if parts else self._whole_leads()
+
+    def _whole_leads(self) -> pd.DataFrame:
         leads = match_leads(self.messages, self.config, self.as_of_ms)
         if self._form_start is not None:
             leads = leads[(leads["kind"] != "form") | (leads["lead_time_ms"] >= self._form_start)]
@@ -193,7 +230,10 @@ class Analysis:
         """Every block of consecutive external messages in lead threads (section 3b)."""
         from replytime.followon import reply_blocks
 
-        return reply_blocks(self.messages, self.all_leads, self.config, self.as_of_ms)
+        leads = self.all_leads  # built part by part, it brings the blocks along
+        if "all_blocks" in self.__dict__:
+            return self.__dict__["all_blocks"]
+        return reply_blocks(self.messages, leads, self.config, self.as_of_ms)
 
     def basis(self, basis: Basis | None = None) -> Basis:
         """Business time by default when a schedule exists (section 3, "Statistics")."""

@@ -234,7 +234,7 @@ def status(
     analysis = Analysis(cache, cfg)
     leads = analysis.all_leads
     info = cache.status()
-    info["threads"] = int(analysis.messages["thread_id"].nunique())
+    info["threads"] = cache.thread_count()
     info["leads"] = int(len(leads))
     info["unanswered"] = int((~leads["answered"]).sum())
     info["clamped_negative"] = int(leads["clamped"].sum())

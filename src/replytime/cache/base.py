@@ -296,6 +296,13 @@ class CacheBase(ABC):
     def message_count(self) -> int:
         return int(self._execute("SELECT count(*) FROM messages").fetchone()[0])
 
+    def thread_count(self) -> int:
+        return int(self._execute("SELECT count(*) FROM threads").fetchone()[0])
+
+    def earliest_time_ms(self) -> int | None:
+        value = self._execute("SELECT min(time_ms) FROM messages").fetchone()[0]
+        return None if value is None else int(value)
+
     def latest_time_ms(self) -> int | None:
         value = self._execute("SELECT max(time_ms) FROM messages").fetchone()[0]
         return None if value is None else int(value)
