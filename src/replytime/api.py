@@ -141,7 +141,10 @@ class Analysis:
         notifications, reaching further back only while a chain of them may go on."""
         forms = self.config.leads.forms
         globs = [r.from_glob for r in forms]
-        lookback = 4 * max(r.reply_window_s for r in forms) * 1000
+        # Two windows back: every notification that matters (from since - window on) then
+        # has a whole window read before it, so one read settles it unless a chain of
+        # notifications runs on further back.
+        lookback = 2 * max(r.reply_window_s for r in forms) * 1000
         while True:
             loaded_from = since - lookback
             raw = self.cache.form_notifications(globs, since_ms=loaded_from, until_ms=until)
