@@ -53,6 +53,9 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({'", ".join(MESSAGE_COLUMNS)', '", ".join("?" for _ in MESSAGE_COLUMNS)', "m",
                "greatest", "PROBLEM_NO_TIME"}),
     frozenset({"PROBLEM_NO_TIME"}),  # a constant bit mask in the upsert
+    # export.py: month bounds and keyset paging, fragments of "?" placeholders from the code
+    frozenset({"where"}),
+    frozenset({"where", "order", "cache.label_agg"}),
 }
 
 
