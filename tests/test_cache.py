@@ -202,3 +202,36 @@ def test_threads_are_rebuilt_only_when_something_changed(backend: str) -> None:
     assert c.get_meta("threads_fingerprint") == ""
     assert refresh_threads(c, cfg) == 1
     assert one(c, "SELECT thread_id FROM messages") == "a2@client.example"
+
+
+def test_messages_of_active_threads_are_read_whole(backend: str) -> None:
+    """``messages(active=(a, b))`` returns every message of every thread with a timed
+    message in [a, b), whatever its own time (before, after, none), and nothing else."""
+    from dataclasses import replace
+
+    from replytime.api import refresh_threads
+    from replytime.config import Config
+    from replytime.model import TIME_NONE
+
+    day = 86_400_000
+    base = parse_header_block(MSG)
+
+    def msg(mid: str, t: int | None, parent: str | None = None) -> tuple[str, object]:
+        rec = replace(base, message_id=mid, time_ms=t, subject=mid.rstrip("0123456789"),
+                      time_source=TIME_DATE if t is not None else TIME_NONE,
+                      in_reply_to=parent, references=(parent,) if parent else ())
+        return f"/{mid}", rec
+
+    c = open_cache(backend)
+    c.write_batch("files", [
+        msg("in1", 10 * day), msg("in2", 11 * day, "in1"), msg("in3", None, "in1"),  # inside
+        msg("x1", 2 * day), msg("x2", 12 * day, "x1"), msg("x3", 30 * day, "x2"),  # crossing
+        msg("old1", 1 * day), msg("old2", 3 * day, "old1"),  # ends before the window
+        msg("new1", 25 * day), msg("lone", None),  # starts after it; undated on its own
+    ])
+    refresh_threads(c, Config())
+    got = c.messages(active=(10 * day, 20 * day))
+    assert sorted(got["message_id"]) == ["in1", "in2", "in3", "x1", "x2", "x3"]
+    assert got["id"].is_monotonic_increasing
+    whole = c.messages().set_index("id")
+    pd.testing.assert_frame_equal(got.set_index("id"), whole.loc[got["id"]])

@@ -49,6 +49,8 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({"self.label_agg"}),  # the backend's aggregate function name
     frozenset({"label_sql", "where"}),  # messages(): a constant subquery and a "?" filter
     frozenset({"label_sql"}),
+    frozenset({"select"}),  # messages(): the constant column list above
+    frozenset({"select", "active_threads"}),  # ... and a constant subquery of "?" bounds
     # the upsert: column lists, "?" placeholders and the dialect's max function
     frozenset({'", ".join(MESSAGE_COLUMNS)', '", ".join("?" for _ in MESSAGE_COLUMNS)', "m",
                "greatest", "PROBLEM_NO_TIME"}),

@@ -343,17 +343,29 @@ class CacheBase(ABC):
             f"(SELECT {self.label_agg} FROM locations l WHERE l.msg_key = m.msg_key)"
             if labels else "NULL"
         )
-        where, params = "", ()
-        if active is not None:
-            where = (" WHERE m.thread_id IN (SELECT thread_id FROM threads "
-                     "WHERE last_ms >= ? AND first_ms < ?)")
-            params = (int(active[0]), int(active[1]))
-        df = self._frame(
+        select = (
             "SELECT m.id, m.message_id, m.from_addr, m.to_addrs, m.cc_addrs, m.reply_to, "
             "m.subject, m.time_ms, m.automated, m.thread_id, m.extra, "
-            f"{label_sql} AS labels FROM messages m{where} ORDER BY m.id",
-            params,
+            f"{label_sql} AS labels FROM messages m"
         )
+        if active is None:
+            df = self._frame(f"{select} ORDER BY m.id")
+        else:
+            # Three disjoint parts, so most rows come from one range of the time index (rows
+            # near each other on disk) instead of a lookup per message of every thread:
+            # messages in the window (their threads are active by definition), the other
+            # timed messages of threads reaching out of it, and undated messages of active
+            # threads.
+            a, b = int(active[0]), int(active[1])
+            active_threads = "SELECT thread_id FROM threads WHERE last_ms >= ? AND first_ms < ?"
+            df = self._frame(
+                f"{select} WHERE m.time_ms >= ? AND m.time_ms < ? AND m.thread_id IS NOT NULL "
+                f"UNION ALL {select} WHERE m.thread_id IN ({active_threads} "
+                "AND (first_ms < ? OR last_ms >= ?)) AND (m.time_ms < ? OR m.time_ms >= ?) "
+                f"UNION ALL {select} WHERE m.time_ms IS NULL AND m.thread_id IN "
+                f"({active_threads}) ORDER BY id",
+                (a, b, a, b, a, b, a, b, a, b),
+            )
         df["automated"] = df["automated"].astype(bool)
         return df
 
