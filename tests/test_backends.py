@@ -187,6 +187,21 @@ def test_nul_in_a_record_is_stored(pg_server: PostgresServer) -> None:
     assert c.conn.execute("SELECT subject FROM messages").fetchone()[0] == "x\ufffdy"
 
 
+def test_frames_read_in_chunks_equal_one_read(backend: str) -> None:
+    """Frames are read a chunk at a time (memory flat in the result's size): a 7-row chunk
+    size gives the very frames of one read, on both backends."""
+    from replytime.connectors.files import import_paths
+
+    c = open_cache(backend)
+    import_paths(c, [MBOX], account="example")
+    whole = c.messages()
+    inputs = c.thread_inputs()
+    c.frame_chunk = 7
+    pd.testing.assert_frame_equal(c.messages(), whole)
+    pd.testing.assert_frame_equal(c.thread_inputs(), inputs)
+    assert len(whole) == 898
+
+
 # -- concurrent writers ---------------------------------------------------------------------
 def test_concurrent_imports_of_two_accounts(backend: str, tmp_path: Path) -> None:
     even, odd, total = split_mbox(tmp_path)

@@ -101,6 +101,8 @@ class CacheBase(ABC):
     greatest: ClassVar[str]
     #: the dialect's aggregate joining a location's labels with commas
     label_agg: ClassVar[str]
+    #: rows per fetch when reading a frame (memory: one chunk of Python tuples at a time)
+    frame_chunk: int = 100_000
 
     # -- what a backend supplies ----------------------------------------------------------
     @property

@@ -87,7 +87,6 @@ MIGRATIONS: tuple[str, ...] = (
     DELETE FROM meta WHERE key = 'threads_fingerprint';  -- refill on next use
     """,
 )
-FRAME_CHUNK = 100_000  # rows per fetch when reading frames
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -165,7 +164,7 @@ class SQLiteCache(CacheBase):
         # In chunks: one fetchall of a million rows would hold a Python tuple per row (about
         # four times the frame) at once.
         chunks = list(pd.read_sql_query(sql, self.conn, params=tuple(params),
-                                        chunksize=FRAME_CHUNK))
+                                        chunksize=self.frame_chunk))
         if len(chunks) == 1:
             return chunks[0]
         return pd.concat(chunks, ignore_index=True)
