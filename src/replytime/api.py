@@ -131,7 +131,10 @@ class Analysis:
             forms = self.config.leads.forms
             if forms:
                 since = self._form_start = self._form_history(since, until, roster)
-                until += max(r.reply_window_s for r in forms) * 1000
+                # A form lead's reply may come in any thread up to a window later, but
+                # never after as_of: nothing past it can be a reply as of as_of.
+                window = max(r.reply_window_s for r in forms) * 1000
+                until = max(until, min(until + window, self.as_of_ms + 1))
             active = (since, until)
         raw = self.cache.messages(labels=bool(self.config.leads.labels), active=active)
         return prepare(raw, roster)
