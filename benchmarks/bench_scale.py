@@ -300,7 +300,10 @@ def bench(work: Path, meta: dict[str, Any], size: int, backend: str, opts: argpa
     name = f"scale{size}"
     if backend == "sqlite":
         db = str(work / f"{size}.sqlite")
-        for suffix in ("", "-wal", "-shm", ".lock", ".locks"):
+        if opts.reports_only and not Path(db).exists():
+            sys.exit(f"--reports-only: no cache {db}")
+        fresh = () if opts.reports_only else ("", "-wal", "-shm", ".lock", ".locks")
+        for suffix in fresh:  # a fresh cache for every import
             p = Path(db + suffix)
             if p.is_dir():
                 shutil.rmtree(p)
@@ -330,37 +333,59 @@ def bench(work: Path, meta: dict[str, Any], size: int, backend: str, opts: argpa
               f"peak RSS {r.rss_mb:6,.0f} MB (group {r.group_mb:6,.0f}){server_txt}  "
               f"load {r.load[0]:.2f}  {r.stopped}", flush=True)
 
-    with open(mbox, "rb") as f:  # warm the page cache: the import reads, not the disk
-        while f.read(1 << 24):
-            pass
-    r = run([*base, "import", str(mbox), "--account", "scale"], *limits)
-    m = re.search(r"imported (\d+) messages", r.stderr)
-    n = int(m.group(1)) if m else 0
-    record("import", r, 1, messages=n, msg_s=round(n / r.wall) if n else None)
-    if r.stopped:
-        return
+    if not opts.reports_only:
+        with open(mbox, "rb") as f:  # warm the page cache: the import reads, not the disk
+            while f.read(1 << 24):
+                pass
+        r = run([*base, "import", str(mbox), "--account", "scale"], *limits)
+        m = re.search(r"imported (\d+) messages", r.stderr)
+        n = int(m.group(1)) if m else 0
+        record("import", r, 1, messages=n, msg_s=round(n / r.wall) if n else None)
+        if r.stopped:
+            return
     steps = [
         ("report weekly", ["report", "weekly", "--format", "csv"]),
         ("report reps (week)", ["report", "reps", "--format", "csv", "--since", since,
                                 "--until", until]),
         ("report reps (all time)", ["report", "reps", "--format", "csv"]),
     ]
-    for step, args in steps:
-        runs: list[Run] = []
-        for _ in range(opts.repeat):
-            runs.append(run([*base, *args, "--as-of", as_of], *limits))
-            if runs[-1].stopped:
-                break
-        best = min(runs, key=lambda x: (bool(x.stopped), x.wall))
-        extra: dict[str, Any] = {"walls": [round(x.wall, 3) for x in runs]}
-        if not best.stopped:
-            slug = step.replace(" ", "-").replace("(", "").replace(")", "")
-            (out_dir / f"{size}-{backend}-{slug}.csv").write_text(best.stdout)
-            if step.startswith("report reps"):
-                extra["leads"] = _leads(best.stdout)
-        record(step, best, len(runs), **extra)
+    for weeks in opts.period_weeks:  # longer periods ending with the same week: more leads
+        start = (datetime.fromisoformat(until) - timedelta(weeks=weeks)).date().isoformat()
+        steps.append((f"report reps ({weeks} weeks)", ["report", "reps", "--format", "csv",
+                                                        "--since", start, "--until", until]))
+    rounds = [""]
+    if backend == "postgresql" and opts.pg_vacuum:
+        rounds.append(", after VACUUM ANALYZE")
+    for suffix in rounds:
+        if suffix:
+            # Diagnosis: the same reports once autovacuum's work is done (dead row versions
+            # of the thread rebuild removed, statistics fresh).
+            t = time.perf_counter()
+            _vacuum(db)
+            print(f"VACUUM ANALYZE: {time.perf_counter() - t:.1f}s", flush=True)
+        for step, args in steps:
+            runs: list[Run] = []
+            for _ in range(opts.repeat):
+                runs.append(run([*base, *args, "--as-of", as_of], *limits))
+                if runs[-1].stopped:
+                    break
+            best = min(runs, key=lambda x: (bool(x.stopped), x.wall))
+            extra: dict[str, Any] = {"walls": [round(x.wall, 3) for x in runs]}
+            if not best.stopped:
+                slug = step.replace(" ", "-").replace("(", "").replace(")", "")
+                (out_dir / f"{size}-{backend}-{slug}.csv").write_text(best.stdout)
+                if step.startswith("report reps"):
+                    extra["leads"] = _leads(best.stdout)
+            record(step + suffix, best, len(runs), **extra)
     if backend == "postgresql" and server is not None and not opts.keep_pg:
         _drop(server, name)  # frees the disk before the next size
+
+
+def _vacuum(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
 
 
 def _leads(csv_text: str) -> int:
@@ -379,9 +404,18 @@ def table(work: Path) -> None:
     print("| messages | backend | step | wall | msg/s | CPU | peak RSS | load (1 min) | runs |")
     print("|---|---|---|---|---|---|---|---|---|")
     order = ["import", "report weekly", "report reps (week)", "report reps (all time)"]
-    for (size, backend, step), row in sorted(latest.items(),
-                                             key=lambda kv: (kv[0][0], kv[0][1] != "sqlite",
-                                                             order.index(kv[0][2]))):
+
+    def key(kv: tuple[tuple[int, str, str], Any]) -> tuple[int, bool, bool, int]:
+        size, backend, step = kv[0]
+        base, _, after = step.partition(", ")
+        if base in order:
+            rank = order.index(base)
+        else:  # "report reps (N weeks)": by N
+            weeks = re.search(r"\((\d+) weeks\)", base)
+            rank = len(order) + (int(weeks.group(1)) if weeks else 0)
+        return size, backend != "sqlite", bool(after), rank
+
+    for (size, backend, step), row in sorted(latest.items(), key=key):
         rate = f"{row['msg_s']:,}" if row.get("msg_s") else ""
         wall = row["stopped"] or f"{row['wall_s']:.2f} s"
         server = f" (+ server {row['server_mb']:,} MB)" if row["server_mb"] else ""
@@ -416,6 +450,12 @@ def main() -> None:
                     help="stop a step whose process group passes this much RSS")
     ap.add_argument("--max-minutes", type=float, default=25.0, help="stop a step after this")
     ap.add_argument("--keep-pg", action="store_true", help="keep each PostgreSQL database")
+    ap.add_argument("--period-weeks", type=int, nargs="*", default=[],
+                    help="also `report reps` over this many weeks up to the same week's end")
+    ap.add_argument("--pg-vacuum", action="store_true",
+                    help="PostgreSQL: then VACUUM ANALYZE and time the reports again")
+    ap.add_argument("--reports-only", action="store_true",
+                    help="SQLite: time the reports again on the existing cache (no import)")
     ap.add_argument("--table", action="store_true", help="print results.jsonl as markdown")
     opts = ap.parse_args()
     work = opts.workdir / f"u{opts.unit}-w{opts.weeks}-r{opts.reps}"
@@ -423,6 +463,8 @@ def main() -> None:
     if opts.table:
         table(work)
         return
+    if opts.reports_only and opts.backends != ["sqlite"]:
+        sys.exit("--reports-only works with --backends sqlite (the PostgreSQL cluster is gone)")
     meta = prepare(work, opts.unit, opts.weeks, opts.reps, opts.multiples)
     print(f"week {meta['week'][0]}..{meta['week'][1]} (America/New_York), as of "
           f"{meta['as_of']}; source {source_state()}; load {os.getloadavg()[0]:.2f}", flush=True)
