@@ -960,7 +960,9 @@ class _Planner:
         rng = self.rng
         people = [r.person for r in self.roster.reps if not self.away(r, ts)] + [SAM, PRIYA]
         sender = rng.choice([SAM, SAM, *people])
-        to = rng.sample([x for x in people if x is not sender], rng.randint(1, 3))
+        k = rng.randint(1, 3)
+        others = [x for x in people if x is not sender]
+        to = rng.sample(others, min(k, len(others)))  # a roster of one has few to write to
         company = rng.choice([c for c in _COMPANIES if c[0]])[0]
         subject = rng.choice(_INTERNAL_SUBJECTS).format(n=rng.randint(2, 9), company=company)
         last = self.msg(thread, ts, sender, to, subject, body="See the notes in the doc.")

@@ -262,6 +262,15 @@ class Dovecot:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) the server has used so far: the master process and
+        every child it has reaped (an imap process counts once its connection is closed)."""
+        if self.proc is None:
+            return 0.0
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # utime, stime, cutime, cstime are fields 14-17 of stat (1-based, pid first).
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
     def diagnostics(self) -> str:
         out = []
         for name in ("dovecot.stderr", "dovecot.log"):
