@@ -74,7 +74,7 @@ def busy_seconds() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
 
 
-def wait_idle(share: float = 0.9, window: float = 3.0, limit: float = 1800.0) -> None:
+def wait_idle(share: float = 0.9, window: float = 3.0, limit: float = 600.0) -> None:
     """Wait (at most ``limit`` s) until the cores were idle ``share`` of ``window`` seconds:
     the machine is shared, and a run next to someone's test suite measures that suite."""
     cores = os.cpu_count() or 1
@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-mbsync-fsync", action="store_true",
                     help="skip mbsync with its default FSync yes (slow: minutes)")
     ap.add_argument("--wait-idle", action="store_true",
-                    help="start each run once the machine has been 90%% idle for 3 s")
+                    help="start each run once the machine has been 90%% idle for 3 s "
+                    "(waiting 10 minutes at most)")
     args = ap.parse_args(argv)
     global WAIT_IDLE
     WAIT_IDLE = args.wait_idle
