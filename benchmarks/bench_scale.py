@@ -349,6 +349,8 @@ def bench(work: Path, meta: dict[str, Any], size: int, backend: str, opts: argpa
                                 "--until", until]),
         ("report reps (all time)", ["report", "reps", "--format", "csv"]),
     ]
+    if opts.no_all_time:  # reruns of the period figures, without minutes of all-time reports
+        steps.pop()
     for weeks in opts.period_weeks:  # longer periods ending with the same week: more leads
         start = (datetime.fromisoformat(until) - timedelta(weeks=weeks)).date().isoformat()
         steps.append((f"report reps ({weeks} weeks)", ["report", "reps", "--format", "csv",
@@ -452,6 +454,7 @@ def main() -> None:
     ap.add_argument("--keep-pg", action="store_true", help="keep each PostgreSQL database")
     ap.add_argument("--period-weeks", type=int, nargs="*", default=[],
                     help="also `report reps` over this many weeks up to the same week's end")
+    ap.add_argument("--no-all-time", action="store_true", help="skip `report reps` over all time")
     ap.add_argument("--pg-vacuum", action="store_true",
                     help="PostgreSQL: then VACUUM ANALYZE and time the reports again")
     ap.add_argument("--reports-only", action="store_true",
