@@ -235,3 +235,26 @@ def test_messages_of_active_threads_are_read_whole(backend: str) -> None:
     assert got["id"].is_monotonic_increasing
     whole = c.messages().set_index("id")
     pd.testing.assert_frame_equal(got.set_index("id"), whole.loc[got["id"]])
+
+
+def test_bulk_thread_update_rebuilds_the_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                               ) -> None:
+    """A rebuild that updates most rows drops the thread index and builds it again: same
+    thread ids as the row-by-row update, and the index is there afterwards."""
+    from replytime.api import refresh_threads
+    from replytime.cache import sqlite
+    from replytime.config import load_config
+    from replytime.connectors.files import import_paths
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    cfg = load_config(examples / "replytime.toml")
+    ids = {}
+    for rebuild_from in (10**9, 1):  # never, then always
+        monkeypatch.setattr(sqlite, "THREAD_INDEX_REBUILD", rebuild_from)
+        c = open_cache(tmp_path / f"{rebuild_from}.sqlite")
+        import_paths(c, [examples / "mailbox.mbox"], account="example")
+        assert refresh_threads(c, cfg) == 898
+        ids[rebuild_from] = c.conn.execute("SELECT id, thread_id FROM messages").fetchall()
+        plan = c.conn.execute("EXPLAIN QUERY PLAN SELECT id FROM messages WHERE thread_id = 'x'")
+        assert "messages_thread" in str(plan.fetchall())
+    assert ids[1] == ids[10**9] and len({t for _, t in ids[1]}) == 328

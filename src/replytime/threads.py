@@ -32,9 +32,11 @@ _SPACE_RE = re.compile(r"\s+")
 
 def normalise_subject(subject: pd.Series) -> pd.Series:
     """Lower-case subject without reply/forward prefixes, list tags or extra spaces."""
-    s = subject.fillna("").astype(str)
-    s = s.str.replace(_PREFIX_RE, "", regex=True)
-    return s.str.replace(_SPACE_RE, " ", regex=True).str.strip().str.lower()
+    # Each distinct subject once: threads repeat subjects, and the regexes run per string.
+    codes, distinct = pd.factorize(subject.fillna("").astype(str))
+    s = pd.Series(distinct, dtype=object).str.replace(_PREFIX_RE, "", regex=True)
+    s = s.str.replace(_SPACE_RE, " ", regex=True).str.strip().str.lower()
+    return pd.Series(s.to_numpy(dtype=object)[codes], index=subject.index, dtype=object)
 
 
 def connected(size: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -101,6 +101,8 @@ class CacheBase(ABC):
     greatest: ClassVar[str]
     #: the dialect's aggregate joining a location's labels with commas
     label_agg: ClassVar[str]
+    #: the statement refilling the threads table from the messages' thread ids
+    threads_sql: ClassVar[str] = THREADS_SQL
     #: rows per fetch when reading a frame (memory: one chunk of Python tuples at a time)
     frame_chunk: int = 100_000
 
@@ -291,7 +293,7 @@ class CacheBase(ABC):
             changed = self.set_threads(assign(inputs), current)
             with self.transaction():
                 self._execute("DELETE FROM threads")
-                self._execute(THREADS_SQL)
+                self._execute(self.threads_sql)
                 self.set_meta("threads_fingerprint", fingerprint)
         return changed
 

@@ -18,8 +18,13 @@ from typing import Any
 
 import pandas as pd
 
-from replytime.cache.base import CacheBase
+from replytime.cache.base import THREADS_SQL, CacheBase
 from replytime.errors import CacheError, LockedError
+
+# The index on thread ids (as the first migration creates it), and from how many updated
+# thread ids on it is dropped and built again instead of updated row by row.
+THREAD_INDEX_SQL = "CREATE INDEX messages_thread ON messages(thread_id)"
+THREAD_INDEX_REBUILD = 20_000
 
 # Each entry migrates the schema from version i to i + 1. Never edit a released entry:
 # append a new one.
@@ -96,6 +101,9 @@ class SQLiteCache(CacheBase):
     backend = "sqlite"
     greatest = "max"
     label_agg = "group_concat(labels, ',')"
+    # One pass over the table and a sort: SQLite would walk the thread index and look up
+    # every row in random order (1.2 s instead of 3-13 s at a million messages).
+    threads_sql = THREADS_SQL.replace("FROM messages ", "FROM messages NOT INDEXED ")
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
         self.path = Path(path).expanduser()
@@ -173,9 +181,18 @@ class SQLiteCache(CacheBase):
         return " OR ".join(f"{column} GLOB ?" for _ in globs), list(globs)
 
     def _apply_thread_ids(self, ids: list[int], thread_ids: list[str]) -> None:
+        # Thread ids are message keys, in random order: updating many rows through the index
+        # touches a random index page per row. Past a share of the table (a first import, a
+        # new roster) dropping the index and building it again, sorted, costs less. Inside
+        # the caller's transaction, so a crash leaves the index as it was.
+        rebuild = len(ids) >= THREAD_INDEX_REBUILD and len(ids) >= self.message_count() // 4
+        if rebuild:
+            self.conn.execute("DROP INDEX messages_thread")
         self.conn.executemany(
             "UPDATE messages SET thread_id = ? WHERE id = ?", zip(thread_ids, ids, strict=True)
         )
+        if rebuild:
+            self.conn.execute(THREAD_INDEX_SQL)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
