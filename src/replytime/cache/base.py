@@ -197,11 +197,29 @@ class CacheBase(ABC):
         removed: Sequence[str] = (),
     ) -> None:
         """``write_batch`` for messages already in their stored shape (``stored_message``)."""
+        self.write_rows(
+            account, [row for _, row, _ in items],
+            [(account, loc, row[0], labels) for loc, row, labels in items],
+            account_type=account_type, state=state, skipped=skipped, removed=removed,
+        )
+
+    def write_rows(
+        self,
+        account: str,
+        rows: Sequence[Sequence[Any]],
+        locations: Sequence[tuple[str, str, str, str]],
+        *,
+        account_type: str = "files",
+        state: dict[str, Any] | None = None,
+        skipped: Sequence[tuple[str, str]] = (),
+        removed: Sequence[str] = (),
+    ) -> None:
+        """``write_stored`` for rows already bound: values of ``MESSAGE_COLUMNS`` and
+        (account, location, msg_key, labels) in the same order. The file importer's worker
+        processes build these, so the single writer does not."""
         with self.transaction():
-            self._executemany(upsert_sql(self.greatest), [row for _, row, _ in items])
-            self._executemany(
-                LOCATION_SQL, [(account, loc, row[0], labels) for loc, row, labels in items]
-            )
+            self._executemany(upsert_sql(self.greatest), rows)
+            self._executemany(LOCATION_SQL, locations)
             if skipped:
                 self._executemany(SKIPPED_SQL, [(account, loc, why) for loc, why in skipped])
             if removed:

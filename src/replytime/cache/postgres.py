@@ -287,10 +287,12 @@ class PostgresCache(CacheBase):
         with self.conn.transaction():
             yield self.conn
 
-    def write_stored(self, account: str, items: Sequence[Any], **kw: Any) -> None:
+    def write_rows(self, account: str, rows: Sequence[Any], locations: Sequence[Any],
+                   **kw: Any) -> None:
+        # write_stored and write_batch end here too: one place to retry.
         for attempt in range(_RETRIES):
             try:
-                super().write_stored(account, items, **kw)
+                super().write_rows(account, rows, locations, **kw)
                 return
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
