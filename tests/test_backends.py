@@ -87,7 +87,7 @@ def test_same_tables_columns_and_indexes(tmp_path: Path, pg_server: PostgresServ
         "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' "
         "AND indexname NOT LIKE '%%_pkey' AND indexname NOT LIKE '%%_key'")}
     assert lite_idx == pg_idx == {"messages_time", "messages_thread", "locations_msg",
-                                  "threads_span"}
+                                  "threads_span", "threads_start"}
 
 
 def test_example_mailbox_gives_identical_reports(tmp_path: Path,
@@ -162,7 +162,7 @@ def test_url_password_is_never_shown(tmp_path: Path, pg_server: PostgresServer) 
     r = run("--config", str(CONFIG), "--db", secret, "import", str(small))
     assert r.returncode == 0, r.stderr
     r = run("--config", str(CONFIG), "--db", secret, "status")
-    assert r.returncode == 0 and f"cache        {url} (schema 2)" in r.stdout
+    assert r.returncode == 0 and f"cache        {url} (schema 3)" in r.stdout
     assert "hunter" not in r.stdout + r.stderr
     closed = f"postgresql://replytime:hunter2@127.0.0.1:{free_port()}/x"
     r = run("--config", str(CONFIG), "--db", closed, "status")

@@ -58,6 +58,13 @@ ALLOWED_INTERPOLATIONS = {
     # export.py: month bounds and keyset paging, fragments of "?" placeholders from the code
     frozenset({"where"}),
     frozenset({"where", "order", "cache.label_agg"}),
+    # cache/pairing.py: the dialect's constant fragments (internal sets bound as "?" JSON,
+    # a column's domain test, the recipient split, an index hint), a column name and the
+    # optional detail columns
+    frozenset({"address", "domain_in"}),
+    frozenset({"values", "items", "item_internal", "time_index", "human_columns",
+               "detail_sql", "detail_join"}),
+    frozenset({"cache.label_agg"}),
 }
 
 

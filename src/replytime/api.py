@@ -91,6 +91,7 @@ class Analysis:
         self.config = config
         self.scope: Period | None = None
         self._form_start: int | None = None  # form leads before this are not exact
+        self._sql_leads: dict[tuple[int | None, int | None], pd.DataFrame] = {}
         self.tz = zone(config.timezone)
         self.now = utc_now()
         if isinstance(as_of, str):
@@ -270,8 +271,38 @@ class Analysis:
         return Selection(period, reps, team)
 
     def select(self, sel: Selection) -> pd.DataFrame:
-        leads = metrics.in_period(self.all_leads, sel.period)
-        return metrics.select(leads, sel.reps, sel.team, self.config)
+        return metrics.select(self._period_leads(sel.period), sel.reps, sel.team, self.config)
+
+    def _period_leads(self, period: Period) -> pd.DataFrame:
+        """Leads with lead time in ``period``. For a limited analysis whose messages are not
+        read yet and without form rules (form leads search every thread), they are paired
+        in the database (``cache.pairing``: window functions over the period's messages),
+        which at a million messages is 2.5-3.5x faster than reading the active threads into
+        pandas for a week and reads no message into pandas at all; exactly the same rows."""
+        key = (period.since_ms, period.until_ms)
+        if key in self._sql_leads:
+            return self._sql_leads[key]
+        sql = (self.scope is not None and period.since_ms is not None
+               and not self.config.leads.forms and "messages" not in self.__dict__
+               and "all_leads" not in self.__dict__)
+        if not sql:
+            return metrics.in_period(self.all_leads, period)
+        from replytime.cache.pairing import email_leads
+
+        refresh_threads(self.cache, self.config)
+        leads = email_leads(self.cache, self.config, period.since_ms, period.until_ms,
+                            self.as_of_ms)
+        self._sql_leads[key] = self._with_business(leads)
+        return self._sql_leads[key]
+
+    def _blocks_of(self, leads: pd.DataFrame) -> pd.DataFrame:
+        """The reply blocks of ``leads``: of those leads only when the leads of the whole
+        analysis were never built (blocks are per lead, so the rows are the same)."""
+        if "all_blocks" in self.__dict__ or "all_leads" in self.__dict__:
+            return self.all_blocks[self.all_blocks["lead_id"].isin(leads["lead_id"])]
+        from replytime.followon import reply_blocks
+
+        return reply_blocks(self.messages, leads, self.config, self.as_of_ms)
 
     # -- reports --------------------------------------------------------------------------
     def leads(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
@@ -287,7 +318,7 @@ class Analysis:
         b = self.basis(basis)
         table = metrics.reps_table(leads, self.config, b, include_total=include_total)
         # Overall reply time (section 3b) is counted by responder.
-        blocks = self.all_blocks[self.all_blocks["lead_id"].isin(leads["lead_id"])]
+        blocks = self._blocks_of(leads)
         overall = followon.overall_by_rep(blocks, b)
         if include_total:
             overall = pd.concat(
@@ -323,10 +354,7 @@ class Analysis:
     def blocks(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
         """Every reply block of the selected leads (``report leads --all-replies``)."""
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
-        leads = self.select(sel)
-        return self.all_blocks[self.all_blocks["lead_id"].isin(leads["lead_id"])].reset_index(
-            drop=True
-        )
+        return self._blocks_of(self.select(sel)).reset_index(drop=True)
 
     def compare(self, a: str, b: str, sel: Selection | None = None,
                 basis: Basis | None = None) -> pd.DataFrame:

@@ -92,7 +92,7 @@ def prepare(messages: pd.DataFrame, roster: Roster) -> pd.DataFrame:
     return m
 
 
-def _addressed_rep(lead_msgs: pd.DataFrame, roster: Roster) -> pd.Series:
+def addressed_rep(lead_msgs: pd.DataFrame, roster: Roster) -> pd.Series:
     """Section 3, "Attribution": the rep a lead was addressed to (To before Cc, first match)."""
     rcpt = _explode_recipients(lead_msgs, ("to_addrs", "cc_addrs"))
     rcpt["rep"] = rcpt["addr"].map(roster.rep_of)
@@ -124,7 +124,7 @@ def recipients(frame: pd.DataFrame) -> pd.Series:
     return frame["to_addrs"].fillna("") + "," + frame["cc_addrs"].fillna("")
 
 
-def _passes_filters(leads: pd.DataFrame, lead_from: pd.Series, config: Config) -> pd.Series:
+def passes_filters(leads: pd.DataFrame, lead_from: pd.Series, config: Config) -> pd.Series:
     ok = pd.Series(True, index=leads.index)
     f = config.leads
     if f.to:
@@ -278,7 +278,7 @@ def match_leads(messages: pd.DataFrame, config: Config, as_of_ms: int) -> pd.Dat
         email = email[~email["id"].isin(forms["id"])]
     email = email.assign(lead_from=email["from_addr"], kind="email", lead_key=email["thread_id"],
                          lead_time_ms=email["time_ms"])
-    email = email[_passes_filters(email, email["lead_from"], config)]
+    email = email[passes_filters(email, email["lead_from"], config)]
 
     replies = m[m["timed"] & ~m["automated"] & m["from_internal"] & m["to_external"]
                 & (m["time_ms"] <= as_of_ms)][["id", "thread_id", "time_ms"]]
@@ -287,38 +287,58 @@ def match_leads(messages: pd.DataFrame, config: Config, as_of_ms: int) -> pd.Dat
     email["reply_time_ms"] = email["lead_key"].map(first["time_ms"])
 
     if not forms.empty:
-        forms = forms[_passes_filters(forms, forms["lead_from"], config)]
+        forms = forms[passes_filters(forms, forms["lead_from"], config)]
     leads = pd.concat([email, forms]) if not forms.empty else email
     leads = leads.rename(columns={"id": "lead_id"}).reset_index(drop=True)
 
-    out = pd.DataFrame(
-        {
+    reply_id = leads["reply_id"]
+    answered_ids = reply_id.dropna().astype("int64")
+    reply_message_id = pd.Series(None, index=leads.index, dtype=object)
+    reply_from = pd.Series(None, index=leads.index, dtype=object)
+    replied = by_id.loc[answered_ids]
+    reply_message_id.loc[answered_ids.index] = replied["message_id"].to_numpy()
+    reply_from.loc[answered_ids.index] = replied["from_addr"].to_numpy()
+    out = lead_table(
+        pd.DataFrame({
             "thread_id": leads["thread_id"],
             "kind": leads["kind"],
-            "lead_id": leads["lead_id"].astype("int64"),
+            "lead_id": leads["lead_id"],
             "lead_message_id": leads["message_id"],
             "lead_from": leads["lead_from"],
-            "lead_time_ms": leads["time_ms"].astype("int64"),
-        }
+            "lead_time_ms": leads["time_ms"],
+            "reply_id": reply_id,
+            "reply_message_id": reply_message_id,
+            "reply_from": reply_from,
+            "reply_time_ms": leads["reply_time_ms"],
+        }),
+        by_id.loc[leads["lead_id"]].reset_index(),
+        roster,
     )
-    addressed = _addressed_rep(by_id.loc[out["lead_id"]].reset_index(), roster)
-    out["addressed_rep"] = out["lead_id"].map(addressed)
-    reply_id = leads["reply_id"]
-    out["answered"] = reply_id.notna()
-    out["reply_id"] = reply_id.astype("Int64")
-    answered_ids = reply_id.dropna().astype("int64")
-    out["reply_message_id"] = None
-    out["reply_from"] = None
-    replied = by_id.loc[answered_ids]
-    out.loc[answered_ids.index, "reply_message_id"] = replied["message_id"].to_numpy()
-    out.loc[answered_ids.index, "reply_from"] = replied["from_addr"].to_numpy()
-    out["reply_time_ms"] = leads["reply_time_ms"].astype("Int64")
+    return out.sort_values(["lead_time_ms", "lead_id"]).reset_index(drop=True)
+
+
+def lead_table(found: pd.DataFrame, lead_messages: pd.DataFrame, roster: Roster
+               ) -> pd.DataFrame:
+    """LEAD_COLUMNS from the leads and first replies found (here in pandas, or in the
+    database by ``cache.pairing``): attribution (section 3, "Attribution") and the
+    response time. ``found`` has thread_id, kind, lead_id, lead_message_id, lead_from,
+    lead_time_ms and the reply's id, message_id, from and time (null when unanswered);
+    ``lead_messages`` the lead messages' id, to_addrs and cc_addrs."""
+    out = found.copy()
+    out["lead_id"] = out["lead_id"].astype("int64")
+    out["lead_time_ms"] = out["lead_time_ms"].astype("int64")
+    out["addressed_rep"] = out["lead_id"].map(addressed_rep(lead_messages, roster))
+    out["answered"] = out["reply_id"].notna()
+    out["reply_id"] = out["reply_id"].astype("Int64")
+    out["reply_time_ms"] = out["reply_time_ms"].astype("Int64")
+    # object columns with None for unanswered leads
+    for column in ("reply_message_id", "reply_from"):
+        out[column] = out[column].astype(object).where(out["answered"], None)
     out["responder"] = roster.rep_name(out["reply_from"]).where(out["answered"], None)
     rep = np.where(out["responder"].notna(), out["responder"], out["addressed_rep"])
     out["rep"] = pd.Series(rep, index=out.index, dtype=object).fillna(UNASSIGNED)
     delta = (out["reply_time_ms"] - out["lead_time_ms"]).astype("float64") / 1000.0
     out["clamped"] = delta < 0
     out["response_s"] = delta.clip(lower=0)
-    out = out.sort_values(["lead_time_ms", "lead_id"]).reset_index(drop=True)
     return out[LEAD_COLUMNS]
 

@@ -94,6 +94,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX threads_span ON threads(last_ms, first_ms);
     DELETE FROM meta WHERE key = 'threads_fingerprint';
     """,
+    """
+    CREATE INDEX threads_start ON threads(start_ms);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -91,6 +91,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX threads_span ON threads(last_ms, first_ms);
     DELETE FROM meta WHERE key = 'threads_fingerprint';  -- refill on next use
     """,
+    # 3: a period's lead threads by their start (cache.pairing), however old the period:
+    # threads_span (last_ms first) read every thread ending after it.
+    """
+    CREATE INDEX threads_start ON threads(start_ms);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,231 @@
+"""Email leads and their first replies (brief, section 3) computed in the database.
+
+The pandas path reads every message of the threads active in a period, with all its
+columns, into pandas (``Cache.messages(active=...)`` + ``matcher.match_leads``). Here one
+statement ranks the human messages of the period with window functions (``row_number()``
+for the lead, ``lead()`` over the reply candidates for its first reply) and returns one
+row per email lead, so a report reads a handful of columns of the period's messages and
+holds only the leads in memory. Form leads (``[[leads.forms]]``) search every thread and
+stay in pandas.
+
+Precondition, as for ``Cache.messages(active=...)``: the thread assignment and the
+``threads`` table are current (``replytime.api.refresh_threads``): a lead thread is one
+whose ``threads.start_ms`` (its earliest timed non-automated message) is in the period.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import pandas as pd
+
+from replytime.cache.base import CacheBase
+from replytime.config import Config
+from replytime.matcher import Roster, lead_table, passes_filters
+
+PAIR_COLUMNS = ["thread_id", "lead_id", "lead_time_ms", "reply_id", "reply_time_ms"]
+#: with ``details=True``: what the lead filters, attribution and reports need besides
+DETAIL_COLUMNS = ["lead_message_id", "lead_from", "to_addrs", "cc_addrs", "labels",
+                  "reply_message_id", "reply_from"]
+
+# Open period bounds as numbers, so one statement (and one plan) serves every period.
+_NO_START = -(2**62)
+_NO_END = 2**62
+
+# The dialects differ in a few places: the internal sets bound as one JSON parameter each,
+# whether an address's domain (the part after its LAST '@', the whole address without one,
+# as Roster.is_internal's rsplit) is an internal domain, and splitting a comma-separated
+# recipient list.
+# SQLite has no "last '@'": the domain is d exactly when the address is d or ends with
+# '@' + d (domains holding an '@' never match, and are not bound). A suffix test per domain
+# cost half what cutting the domain out with rtrim/replace did. json_quote escapes whatever
+# a list holds (quotes, backslashes, control characters) and never puts a comma in an
+# escape, so splitting the quoted text on commas gives a valid JSON array.
+_SQLITE = {
+    # Without statistics (no ANALYZE) SQLite looked every lead thread up by id instead.
+    "time_index": " INDEXED BY messages_time",
+    "values": "SELECT value FROM json_each(?)",
+    "domain_in": "EXISTS (SELECT 1 FROM internal_domains WHERE {a} = v "
+                 "OR substr({a}, -length(v) - 1) = '@' || v)",
+    "items": "json_each('[' || replace(json_quote(coalesce(m.to_addrs, '') || ',' "
+             "|| coalesce(m.cc_addrs, '')), ',', '\",\"') || ']') AS r",
+}
+_POSTGRES = {
+    "time_index": "",  # planned from statistics
+    "values": "SELECT jsonb_array_elements_text(CAST(? AS jsonb))",
+    "domain_in": "reverse(split_part(reverse({a}), '@', 1)) IN (SELECT v FROM internal_domains)",
+    "items": "unnest(string_to_array(coalesce(m.to_addrs, '') || ',' "
+             "|| coalesce(m.cc_addrs, ''), ',')) AS r(value)",
+}
+_DIALECTS = {"sqlite": _SQLITE, "postgresql": _POSTGRES}
+
+
+def _internal(address: str, backend: str) -> str:
+    """SQL true when ``address`` (not null) is internal, as ``Roster.is_internal``: its
+    domain is an internal domain, or it is a listed address; never the empty address."""
+    domain_in = _DIALECTS[backend]["domain_in"].replace("{a}", address)
+    return (f"({address} <> '' AND ({domain_in} "
+            f"OR {address} IN (SELECT v FROM internal_addresses)))")
+
+
+def pairs_sql(backend: str, details: bool = False, labels_sql: str = "NULL") -> str:
+    """The pairing statement for ``backend`` (``CacheBase.backend``). Parameters, in order:
+    internal domains (JSON array), internal addresses (JSON array), then the bounds
+    since, until, as_of, since, until, as_of, until, until, as_of."""
+    d = _DIALECTS[backend]
+    values, items, time_index = d["values"], d["items"], d["time_index"]
+    from_internal = _internal("m.from_addr", backend)
+    item_internal = _internal("r.value", backend)
+    detail_sql = (
+        ", lm.message_id AS lead_message_id, lm.from_addr AS lead_from, lm.to_addrs, "
+        f"lm.cc_addrs, {labels_sql} AS labels, rm.message_id AS reply_message_id, "
+        "rm.from_addr AS reply_from" if details else ""
+    )
+    detail_join = (
+        " JOIN messages lm ON lm.id = l.id LEFT JOIN messages rm ON rm.id = l.reply_id"
+        if details else ""
+    )
+    # The period is applied to threads.start_ms (the lead time of a lead thread), so only
+    # threads starting in it are leads; as_of cuts every message after it (nothing later is
+    # a lead or a reply as of as_of). A lead thread has no human message before its start,
+    # so its human messages are (1) those of the period, read as one range of the time index
+    # (rows near each other on disk: the file is in arrival order), and (2) those after the
+    # period of the few threads running on past it, looked up by thread id. (1) also holds
+    # later messages of threads started before the period: their first row there is no
+    # lead, as it is not the thread's start: checked last, for the first rows only, by a
+    # scalar subquery on the primary key. (PostgreSQL guesses one row out of the window
+    # filters, and turned a join or EXISTS there into a nested loop over every thread:
+    # minutes for a quarter.) CROSS JOIN makes SQLite loop over the lead threads in (2);
+    # PostgreSQL plans it as any inner join.
+    # The window runs over narrow rows (sender kind 0 external, 1 internal, 2 none). Of the
+    # threads whose first human message is external, the candidates are that message and
+    # the internal ones with an external recipient (recipients read by id for these only),
+    # so the candidate after the lead is its first reply: lead() over them pairs them
+    # without a join (PostgreSQL, guessing a few rows per CTE, nested-looped such a join:
+    # two minutes for a quarter of 500k messages).
+    human_columns = (
+        "m.thread_id, m.id, m.time_ms, CASE WHEN m.from_addr IS NULL THEN 2 "
+        f"WHEN {from_internal} THEN 1 ELSE 0 END AS kind"
+    )
+    return f"""
+WITH internal_domains(v) AS ({values}),
+internal_addresses(v) AS ({values}),
+lead_threads AS (
+    SELECT thread_id, last_ms FROM threads
+    WHERE start_ms >= ? AND start_ms < ? AND start_ms <= ?
+),
+human_messages AS (
+    SELECT {human_columns}
+    FROM messages m{time_index}
+    WHERE m.time_ms >= ? AND m.time_ms < ? AND m.time_ms <= ? AND m.automated = 0
+      AND m.thread_id IS NOT NULL
+    UNION ALL
+    SELECT {human_columns}
+    FROM lead_threads t CROSS JOIN messages m
+    WHERE t.last_ms >= ? AND m.thread_id = t.thread_id AND m.time_ms >= ?
+      AND m.time_ms <= ? AND m.automated = 0
+),
+human AS (
+    SELECT h.thread_id, h.id, h.time_ms, h.kind,
+           row_number() OVER w AS rn, first_value(h.kind) OVER w AS first_kind
+    FROM human_messages h
+    WINDOW w AS (PARTITION BY h.thread_id ORDER BY h.time_ms, h.id)
+),
+candidates AS (
+    SELECT h.thread_id, h.id, h.time_ms, h.rn, h.kind FROM human h
+    WHERE h.first_kind = 0 AND (h.rn = 1 OR (h.kind = 1 AND EXISTS (
+        SELECT 1 FROM messages m, {items}
+        WHERE m.id = h.id AND r.value <> '' AND NOT {item_internal})))
+),
+paired AS (
+    SELECT c.thread_id, c.id, c.time_ms, c.rn,
+           lead(c.id) OVER w AS reply_id, lead(c.time_ms) OVER w AS reply_time_ms
+    FROM candidates c
+    WINDOW w AS (PARTITION BY c.thread_id ORDER BY c.time_ms, c.id)
+)
+SELECT l.thread_id, l.id AS lead_id, l.time_ms AS lead_time_ms, l.reply_id,
+       l.reply_time_ms{detail_sql}
+FROM paired l{detail_join}
+WHERE l.rn = 1
+  AND l.time_ms = (SELECT t.start_ms FROM threads t WHERE t.thread_id = l.thread_id)
+ORDER BY l.time_ms, l.id
+"""
+
+
+def email_lead_pairs(
+    cache: CacheBase,
+    config: Config | Roster,
+    since_ms: int | None,
+    until_ms: int | None,
+    as_of_ms: int,
+    *,
+    exclude_lead_ids: Iterable[int] = (),
+    details: bool = False,
+) -> pd.DataFrame:
+    """Every email lead with lead time in [since_ms, until_ms) (None = open) as of
+    ``as_of_ms`` and its first reply, as ``matcher.match_leads`` finds them: columns
+    ``PAIR_COLUMNS`` (reply columns null when unanswered), ordered by lead time and id;
+    ``details`` adds ``DETAIL_COLUMNS``.
+
+    The configured lead filters (``[leads] to / exclude_from / labels``) are applied as the
+    matcher applies them. ``exclude_lead_ids`` are form leads' message ids: the matcher
+    counts such a message as a form lead, not an email lead."""
+    roster = config if isinstance(config, Roster) else Roster(config)
+    cfg = roster.config
+    f = cfg.leads
+    need = details or bool(f.to or f.exclude_from or f.labels)
+    labels_sql = (
+        f"(SELECT {cache.label_agg} FROM locations lo WHERE lo.msg_key = lm.msg_key)"
+        if details or f.labels else "NULL"
+    )
+    since = _NO_START if since_ms is None else int(since_ms)
+    until = _NO_END if until_ms is None else int(until_ms)
+    as_of = int(as_of_ms)
+    # A domain holding an '@' is never the part after the last '@' (see _SQLITE).
+    domains = sorted(d for d in cfg.internal_domains if "@" not in d)
+    params = (json.dumps(domains), json.dumps(sorted(roster.addresses)),
+              since, until, as_of, since, until, as_of, until, until, as_of)
+    sql = pairs_sql(cache.backend, need, labels_sql)
+    # The backend's own reader: dialect placeholders, chunked fetch, read_sql typing.
+    if cache.backend == "postgresql":
+        # Its estimates for rows out of a window are far off, so it JIT-compiled the statement
+        # for longer than it ran (1 s of 2 s for a quarter of 500k messages).
+        with cache.transaction():
+            cache._execute("SET LOCAL jit = off")
+            df = cache._frame(sql, params)
+    else:
+        df = cache._frame(sql, params)
+    excluded = set(exclude_lead_ids)
+    if excluded:
+        df = df[~df["lead_id"].isin(excluded)]
+    if f.to or f.exclude_from or f.labels:
+        df = df[passes_filters(df, df["lead_from"], cfg)]
+    df = df.reset_index(drop=True)
+    if df.empty:  # no rows to infer from: text columns typed as a read of some rows types them
+        text = ["thread_id", *(c for c in DETAIL_COLUMNS if c in df)]
+        df = df.astype(dict.fromkeys(text, "str"))
+    df["lead_id"] = df["lead_id"].astype("int64")
+    df["lead_time_ms"] = df["lead_time_ms"].astype("int64")
+    df["reply_id"] = df["reply_id"].astype("Int64")
+    df["reply_time_ms"] = df["reply_time_ms"].astype("Int64")
+    return df[PAIR_COLUMNS + DETAIL_COLUMNS] if details else df[PAIR_COLUMNS]
+
+
+def email_leads(
+    cache: CacheBase,
+    config: Config,
+    since_ms: int | None,
+    until_ms: int | None,
+    as_of_ms: int,
+    *,
+    exclude_lead_ids: Iterable[int] = (),
+) -> pd.DataFrame:
+    """The email rows of ``matcher.match_leads`` (``LEAD_COLUMNS``, kind "email") for leads
+    in [since_ms, until_ms), built from ``email_lead_pairs(details=True)`` without reading
+    the messages of the period into pandas."""
+    roster = Roster(config)
+    p = email_lead_pairs(cache, roster, since_ms, until_ms, as_of_ms,
+                         exclude_lead_ids=exclude_lead_ids, details=True)
+    found = p.drop(columns=["to_addrs", "cc_addrs", "labels"]).assign(kind="email")
+    return lead_table(found, p.rename(columns={"lead_id": "id"}), roster)
