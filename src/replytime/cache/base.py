@@ -13,9 +13,10 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import pandas as pd
+if TYPE_CHECKING:  # imported where frames are built: an import need not wait for pandas
+    import pandas as pd
 
 from replytime.model import (
     MESSAGE_COLUMNS,
@@ -307,6 +308,8 @@ class CacheBase(ABC):
         writers of different accounts never interleave two rebuilds."""
         with self._threads_lock():
             inputs = self.thread_inputs()
+            import pandas as pd
+
             current = pd.Series(inputs["thread_id"].to_numpy(), index=inputs["id"].to_numpy())
             changed = self.set_threads(assign(inputs), current)
             with self.transaction():

@@ -21,15 +21,17 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import pandas as pd
 import psycopg
 from psycopg import errors as pg_errors
 
 from replytime.cache.base import CacheBase
 from replytime.errors import CacheError, LockedError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STREAM_ROWS = 1000  # rows per network chunk when streaming a result (libpq 17+ chunked mode)
 
@@ -240,6 +242,8 @@ class PostgresCache(CacheBase):
             cur.executemany(_pg(sql), [_clean(r) for r in rows])
 
     def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        import pandas as pd  # not at import: `replytime import` starts without it
+
         # Streamed and turned into frames a chunk at a time, as the SQLite backend reads: a
         # plain fetchall held the whole result in libpq plus a Python tuple per row (8 GB
         # when the threads of 5M messages were rebuilt). Not a server-side cursor: those are

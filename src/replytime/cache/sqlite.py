@@ -14,9 +14,10 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 from replytime.cache.base import THREADS_SQL, CacheBase
 from replytime.errors import CacheError, LockedError
@@ -174,6 +175,8 @@ class SQLiteCache(CacheBase):
         self.conn.executemany(sql, rows)
 
     def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        import pandas as pd  # not at import: `replytime import` starts without it
+
         # In chunks: one fetchall of a million rows would hold a Python tuple per row (about
         # four times the frame) at once.
         chunks = list(pd.read_sql_query(sql, self.conn, params=tuple(params),

@@ -25,7 +25,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -457,8 +457,8 @@ def _work(unit: Unit, keep: Sequence[str], account: str) -> UnitRows:
     return _rows(_run(unit, keep), account)
 
 
-def _found(units: Iterator[Unit], keep: Sequence[str], account: str, workers: int
-           ) -> Iterator[UnitRows]:
+def _found(units: Iterator[Unit], keep: Sequence[str], account: str, workers: int,
+           on_wait: Callable[[], object] | None = None) -> Iterator[UnitRows]:
     """Results of all units in order; with workers > 1, parsed in a pool of that many
     processes while this one writes. At most a few units are in flight, so memory stays
     flat however far the walk runs ahead."""
@@ -481,7 +481,7 @@ def _found(units: Iterator[Unit], keep: Sequence[str], account: str, workers: in
     # the next units instead of idling (12 units of 1,000 files: ~15 MB of results).
     window = WINDOW_PER_WORKER * workers
     with contextlib.closing(
-        ordered_map(_work, jobs, workers, window=window, nice=WORKER_NICE)
+        ordered_map(_work, jobs, workers, window=window, nice=WORKER_NICE, on_wait=on_wait)
     ) as results:
         yield from results
 
@@ -514,6 +514,15 @@ def check_paths(paths: Sequence[Path]) -> list[Path]:
     return [Path(p) for p in paths]
 
 
+def file_workers() -> int:
+    """Parser processes for a file import: one more than ``default_workers`` when there are
+    several cores. The writer spends about half the import waiting for parsed units, and a
+    third niced worker fills that time (100,000 Maildir messages on 2 cores: 2.9-3.0 s
+    instead of 3.2-3.3 s; an mbox, parsed faster, is the same either way)."""
+    n = default_workers()
+    return n + 1 if n > 1 else n
+
+
 def _grow(batch_size: int, commits: int) -> int:
     """The size of commit number ``commits`` (from 0): batch_size, batch_size, then doubling
     up to BATCH_GROWTH times batch_size."""
@@ -531,6 +540,7 @@ def import_paths(
     workers: int | None = None,
     unit_files: int = UNIT_FILES,
     mbox_range: int = MBOX_RANGE,
+    on_wait: Callable[[], object] | None = None,
 ) -> SyncStats:
     """Import every message under ``paths`` into ``cache`` in batches (transactions) of
     ``batch_size`` places, the third and later growing to ``BATCH_GROWTH`` times that.
@@ -539,10 +549,11 @@ def import_paths(
     key), so importing the same files again, or the same message from two places, adds
     nothing. Raises UsageError for a missing or unreadable path, or when there is no mail.
 
-    ``workers`` parser processes (default: one per core, at most 2) feed this process, the
+    ``workers`` parser processes (default: ``file_workers()``) feed this process, the
     single SQLite writer, once there is more than one unit of work (``unit_files`` files, or
     ``mbox_range`` bytes of a big mbox); results are taken in order, so the cache ends the
-    same as with ``workers=1``.
+    same as with ``workers=1``. ``on_wait`` is called once while this process would wait
+    for the workers (``pool.ordered_map``): the CLI loads what comes next there.
     """
     started = time.monotonic()
     roots = check_paths(paths)
@@ -572,8 +583,9 @@ def import_paths(
         stats.skipped += 1
 
     if workers is None:
-        workers = default_workers()
-    found = _found(_units(roots, unit_files, mbox_range), tuple(keep), account, workers)
+        workers = file_workers()
+    found = _found(_units(roots, unit_files, mbox_range), tuple(keep), account, workers,
+                   on_wait)
     try:
         for unit_rows, unit_locations, unit_skipped in found:
             if unit_skipped:

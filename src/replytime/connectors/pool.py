@@ -50,6 +50,7 @@ def ordered_map(
     *,
     window: int | None = None,
     nice: int = 0,
+    on_wait: Callable[[], object] | None = None,
 ) -> Iterator[Any]:
     """``fn(*job)`` for every job (a ``Done`` job: its value), computed in ``workers`` forked
     processes and yielded in job order. At most ``window`` jobs (default: ``workers + 2``,
@@ -63,6 +64,10 @@ def ordered_map(
     ``nice`` > 0 runs the workers at a lower priority than this process. When this process
     (reading the input, writing the cache) is the bottleneck, that keeps it from waiting for
     a core behind its own workers, which only need what it leaves over.
+
+    ``on_wait`` is called once, the first time the window is full and its oldest result not
+    ready: work for this process while it would only wait (in this thread, not another: a
+    thread importing modules while workers fork could leave them a held import lock).
     """
     # fork: workers start at once and need nothing from the parent but the code of ``fn``;
     # they only parse bytes, never touch the cache connection or the progress display.
@@ -74,6 +79,9 @@ def ordered_map(
             for job in jobs:
                 pending.append(job if isinstance(job, Done) else pool.apply_async(fn, job))
                 while len(pending) >= window:
+                    if on_wait is not None and not _ready(pending[0]):
+                        on_wait()
+                        on_wait = None
                     yield _result(pending.popleft())
         except Exception:
             while pending:
@@ -81,6 +89,10 @@ def ordered_map(
             raise
         while pending:
             yield _result(pending.popleft())
+
+
+def _ready(item: Any) -> bool:
+    return isinstance(item, Done) or item.ready()
 
 
 def _result(item: Any) -> Any:
