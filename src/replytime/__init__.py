@@ -19,7 +19,7 @@ _EXPORTS = {
     "Analysis": "replytime.api",
     "analyse": "replytime.api",
     "import_files": "replytime.api",
-    "refresh_threads": "replytime.api",
+    "refresh_threads": "replytime.rethread",
     "open_cache": "replytime.cache",
     "Config": "replytime.config",
     "load_config": "replytime.config",

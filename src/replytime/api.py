@@ -43,28 +43,13 @@ from replytime.periods import (
     utc_now,
     zone,
 )
+from replytime.rethread import refresh_threads
 
 Basis = Literal["business", "calendar"]
 # The end of a period open at the end, far past any message time (and far from int64 limits).
 OPEN_END_MS = 2**53
 #: An all-time analysis of a cache with more messages than this goes period by period.
 PART_MESSAGES = 250_000
-
-
-def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int:
-    """Re-assign thread ids when there is something to do: a message without one (new, or
-    changed since: the upsert clears it), a message removed, or another internal roster
-    (the subject rule depends on who is external); always with ``force``. An import or sync
-    that wrote nothing new therefore costs no threading at all."""
-    fingerprint = config.fingerprint()
-    if not force and cache.get_meta("threads_fingerprint") == fingerprint and not (
-        cache.has_unthreaded()
-    ):
-        return 0
-    from replytime.threads import assign_threads  # Arrow compute: imported only when needed
-
-    roster = Roster(config)
-    return cache.rebuild_threads(lambda df: assign_threads(df, roster.is_internal), fingerprint)
 
 
 @dataclass

@@ -143,7 +143,7 @@ def import_(
         stats = import_paths(cache, paths, account=account, keep=cfg.kept_headers(),
                              progress=progress, on_wait=_load_threading)
     threading_started = time.monotonic()
-    from replytime.api import refresh_threads
+    from replytime.rethread import refresh_threads
 
     refresh_threads(cache, cfg)
     # The time and rate shown include threading: what the command took, not just reading.

@@ -198,8 +198,8 @@ def sync_accounts(
     rebuild threads once. Each account's summary or error line goes to ``echo`` (stderr by
     default) as it finishes. Returns every outcome; an unexpected exception in a worker is
     re-raised after the others are done and the threads are rebuilt."""
-    from replytime.api import refresh_threads
     from replytime.cache import open_cache
+    from replytime.rethread import refresh_threads
 
     if not accounts:
         raise UsageError("no accounts to sync")
