@@ -294,9 +294,16 @@ def main(argv: list[str] | None = None) -> int:
         nothing_new = max(r.seconds for r in again)
         ok = worst_rate >= TARGET_RATE and ratio >= TARGET_RATIO and \
             nothing_new < TARGET_NOTHING_NEW
-        print(f"\ntargets: >= {TARGET_RATE:,} msg/s end to end: {worst_rate:,.0f}; "
-              f">= {TARGET_RATIO:.0f}x mbsync: {ratio:.1f}x; nothing new < "
-              f"{TARGET_NOTHING_NEW:.0f} s: {nothing_new:.2f} s -> {'met' if ok else 'MISSED'}")
+
+        def verdict(met: bool) -> str:
+            return "met" if met else "MISSED"
+
+        # One verdict per target: a combined one read "MISSED" for a nothing-new sync of 0.34 s.
+        print(f"\ntargets: >= {TARGET_RATE:,} msg/s end to end: {worst_rate:,.0f} "
+              f"({verdict(worst_rate >= TARGET_RATE)}); >= {TARGET_RATIO:.0f}x mbsync: "
+              f"{ratio:.1f}x ({verdict(ratio >= TARGET_RATIO)}); nothing new < "
+              f"{TARGET_NOTHING_NEW:.0f} s: {nothing_new:.2f} s "
+              f"({verdict(nothing_new < TARGET_NOTHING_NEW)})")
         return 0 if ok else 1
     finally:
         for s in servers:
