@@ -14,6 +14,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -30,6 +31,16 @@ def default_workers() -> int:
     return min(2, os.cpu_count() or 1)
 
 
+SETTLE_SECONDS = 10.0  # at most this long for the jobs in flight when stopping early
+
+# Blocked while the pool starts: its threads keep the mask, so every worker, also one the
+# pool forks later to replace a dead one, starts with them blocked until ``quiet_worker``
+# has set them up. Otherwise a Ctrl-C landing between a fork and the initializer killed the
+# new worker with the parent's handler; the pool forked a replacement while the parent was
+# stopping, and that orphan kept the parent waiting for it (or outlived it).
+_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
 def quiet_worker(nice: int = 0) -> None:
     """Pool initializer. A terminal's Ctrl-C reaches the whole process group; only the parent
     acts on it (it stops the pool). A worker dying of KeyboardInterrupt would print a traceback,
@@ -38,6 +49,9 @@ def quiet_worker(nice: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The CLI turns SIGTERM into a clean stop; a worker must just die when the pool ends it.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Forked with both blocked (see ``_STOP_SIGNALS``): a Ctrl-C that came meanwhile is
+    # dropped now, as the parent handles it.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     if nice:
         with contextlib.suppress(OSError):  # a lower priority is a wish, not a need
             os.nice(nice)
@@ -73,22 +87,40 @@ def ordered_map(
     # they only parse bytes, never touch the cache connection or the progress display.
     ctx = multiprocessing.get_context("fork")
     window = window or workers + 2
-    with ctx.Pool(workers, initializer=quiet_worker, initargs=(nice,)) as pool:
-        pending: collections.deque[Any] = collections.deque()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        pool = ctx.Pool(workers, initializer=quiet_worker, initargs=(nice,))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending Ctrl-C arrives here
+    pending: collections.deque[Any] = collections.deque()
+    with pool:
         try:
-            for job in jobs:
-                pending.append(job if isinstance(job, Done) else pool.apply_async(fn, job))
-                while len(pending) >= window:
-                    if on_wait is not None and not _ready(pending[0]):
-                        on_wait()
-                        on_wait = None
+            try:
+                for job in jobs:
+                    pending.append(job if isinstance(job, Done) else pool.apply_async(fn, job))
+                    while len(pending) >= window:
+                        if on_wait is not None and not _ready(pending[0]):
+                            on_wait()
+                            on_wait = None
+                        yield _result(pending.popleft())
+            except Exception:
+                while pending:
                     yield _result(pending.popleft())
-        except Exception:
+                raise
             while pending:
                 yield _result(pending.popleft())
-            raise
-        while pending:
-            yield _result(pending.popleft())
+        finally:
+            _settle(pending)
+
+
+def _settle(pending: collections.deque[Any], seconds: float = SETTLE_SECONDS) -> None:
+    """Stopped early (Ctrl-C, an error, the caller closed us): let the jobs in flight end
+    before the pool is terminated. A worker stopped in the middle of sending a big result
+    holds the result queue's lock, and ``Pool.terminate`` then waits for it forever."""
+    deadline = time.monotonic() + seconds
+    for item in pending:
+        if not isinstance(item, Done):
+            item.wait(max(deadline - time.monotonic(), 0))
 
 
 def _ready(item: Any) -> bool:
