@@ -291,13 +291,7 @@ def match_leads(messages: pd.DataFrame, config: Config, as_of_ms: int) -> pd.Dat
     leads = pd.concat([email, forms]) if not forms.empty else email
     leads = leads.rename(columns={"id": "lead_id"}).reset_index(drop=True)
 
-    reply_id = leads["reply_id"]
-    answered_ids = reply_id.dropna().astype("int64")
-    reply_message_id = pd.Series(None, index=leads.index, dtype=object)
-    reply_from = pd.Series(None, index=leads.index, dtype=object)
-    replied = by_id.loc[answered_ids]
-    reply_message_id.loc[answered_ids.index] = replied["message_id"].to_numpy()
-    reply_from.loc[answered_ids.index] = replied["from_addr"].to_numpy()
+    reply_id = leads["reply_id"].astype("Int64")
     out = lead_table(
         pd.DataFrame({
             "thread_id": leads["thread_id"],
@@ -307,8 +301,8 @@ def match_leads(messages: pd.DataFrame, config: Config, as_of_ms: int) -> pd.Dat
             "lead_from": leads["lead_from"],
             "lead_time_ms": leads["time_ms"],
             "reply_id": reply_id,
-            "reply_message_id": reply_message_id,
-            "reply_from": reply_from,
+            "reply_message_id": reply_id.map(by_id["message_id"]),
+            "reply_from": reply_id.map(by_id["from_addr"]),
             "reply_time_ms": leads["reply_time_ms"],
         }),
         by_id.loc[leads["lead_id"]].reset_index(),

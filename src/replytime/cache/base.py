@@ -308,9 +308,7 @@ class CacheBase(ABC):
         writers of different accounts never interleave two rebuilds."""
         with self._threads_lock():
             inputs = self.thread_inputs()
-            import pandas as pd
-
-            current = pd.Series(inputs["thread_id"].to_numpy(), index=inputs["id"].to_numpy())
+            current = inputs.set_index("id")["thread_id"]
             changed = self.set_threads(assign(inputs), current)
             with self.transaction():
                 self._execute("DELETE FROM threads")
