@@ -258,3 +258,160 @@ def test_bulk_thread_update_rebuilds_the_index(tmp_path: Path, monkeypatch: pyte
         plan = c.conn.execute("EXPLAIN QUERY PLAN SELECT id FROM messages WHERE thread_id = 'x'")
         assert "messages_thread" in str(plan.fetchall())
     assert ids[1] == ids[10**9] and len({t for _, t in ids[1]}) == 328
+
+
+# -- a first import's thread inputs, kept as written (SQLite) ---------------------------------
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
+
+
+def reads_cache(c: Cache) -> bool:
+    """Whether ``thread_inputs`` read the messages back; either way they must be exactly
+    what reading the cache gives."""
+    from replytime.cache.base import CacheBase
+
+    real, calls = c._frame, []
+
+    def counted(*args: object) -> pd.DataFrame:
+        calls.append(args)
+        return real(*args)
+
+    c._frame = counted  # type: ignore[method-assign]
+    try:
+        got = c.thread_inputs()
+    finally:
+        del c._frame
+    pd.testing.assert_frame_equal(got, CacheBase.thread_inputs(c))
+    return bool(calls)
+
+
+@pytest.mark.parametrize("source", ["example", "lkml", "threading", "duplicate", "broken"])
+def test_a_first_import_keeps_exactly_what_it_wrote(tmp_path: Path, source: str) -> None:
+    from replytime.connectors.files import import_paths
+
+    path = EXAMPLES / "mailbox.mbox" if source == "example" else CORPORA / source
+    c = open_cache(tmp_path / "c.sqlite")
+    stats = import_paths(c, [path], account="a")
+    # The duplicate corpus holds the same message twice: the second write updates the first
+    # row, so the copy no longer matches and the inputs are read.
+    assert reads_cache(c) == (stats.extra["new"] < stats.fetched)
+    assert source != "duplicate" or stats.extra["new"] < stats.fetched
+
+
+def test_the_kept_thread_inputs_give_way_to_any_other_write(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    from replytime.api import refresh_threads
+    from replytime.cache import sqlite
+    from replytime.config import Config
+
+    def msg(n: int) -> bytes:
+        return MSG.replace(b"<a1@", f"<a{n}@".encode())
+
+    def fresh(name: str) -> Cache:
+        c = open_cache(tmp_path / f"{name}.sqlite")
+        c.write_batch("files", [(f"/{n}", parse_header_block(msg(n))) for n in (1, 2)])
+        return c
+
+    c = fresh("plain")
+    assert not reads_cache(c)
+    assert refresh_threads(c, Config()) == 2
+    assert reads_cache(c)  # threaded since: the copy has no thread ids
+
+    c = fresh("other")  # another connection adds a message
+    open_cache(c.path).write_batch("other", [("/3", parse_header_block(msg(3)))])
+    assert reads_cache(c) and len(c.thread_inputs()) == 3
+
+    c = fresh("better")  # the same message with a better time: the row changes
+    c.write_batch("imap", [("INBOX/1/7", parse_header_block(msg(1), server_time_ms=5))],
+                  account_type="imap")
+    assert reads_cache(c) and c.thread_inputs()["time_ms"].tolist() == [5, 1793628000000]
+
+    c = fresh("other-better")  # ... or changes one of ours, leaving the count as it was
+    open_cache(c.path).write_batch(
+        "imap", [("INBOX/1/7", parse_header_block(msg(1), server_time_ms=5))],
+        account_type="imap",
+    )
+    assert reads_cache(c) and c.thread_inputs()["time_ms"].tolist() == [5, 1793628000000]
+
+    c = fresh("removed")
+    c.write_batch("files", [], removed=["/1"])
+    assert reads_cache(c) and len(c.thread_inputs()) == 1
+
+    c = fresh("not-empty")
+    c.close()
+    c = open_cache(c.path)  # a new connection to a cache that already holds messages
+    c.write_batch("files", [("/3", parse_header_block(msg(3)))])
+    assert reads_cache(c)
+
+    monkeypatch.setattr(sqlite, "WRITTEN_LIMIT", 3)
+    c = fresh("limit")
+    assert not reads_cache(c)
+    c.write_batch("files", [(f"/{n}", parse_header_block(msg(n))) for n in (3, 4)])
+    assert reads_cache(c) and len(c.thread_inputs()) == 4
+
+
+def indexes(c: Cache) -> set[str]:
+    return {r[0] for r in c.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+
+
+def test_a_first_import_builds_its_random_order_indexes_afterwards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from replytime.api import refresh_threads
+    from replytime.cache import sqlite
+    from replytime.config import Config
+    from replytime.connectors.files import import_paths
+
+    deferred = {name for name, _ in sqlite.DEFERRED_INDEXES}
+    during: list[set[str]] = []
+    real_write = sqlite.SQLiteCache.write_rows
+
+    def write_rows(self: sqlite.SQLiteCache, *args: object, **options: object) -> None:
+        real_write(self, *args, **options)  # type: ignore[arg-type]
+        during.append(deferred & indexes(self))
+
+    monkeypatch.setattr(sqlite.SQLiteCache, "write_rows", write_rows)
+    c = open_cache(tmp_path / "c.sqlite")
+    import_paths(c, [EXAMPLES / "mailbox.mbox"], account="a", batch_size=200)
+    assert len(during) > 1 and during == [set()] * len(during)  # none while importing
+    assert refresh_threads(c, Config()) > 0
+    assert deferred <= indexes(c)  # built while the threads were assigned
+    plan = c.conn.execute("EXPLAIN QUERY PLAN SELECT labels FROM locations WHERE msg_key = 'x'")
+    assert "locations_msg" in str(plan.fetchall())
+
+    # Another import into the cache (not empty now) keeps them throughout.
+    during.clear()
+    import_paths(c, [CORPORA / "lkml"], account="b", batch_size=200)
+    assert during and during == [deferred] * len(during)
+
+    # Without a thread assignment they are built when the cache is closed...
+    c = open_cache(tmp_path / "closed.sqlite")
+    import_paths(c, [EXAMPLES / "mailbox.mbox"], account="a")
+    c.close()
+    assert deferred <= indexes(open_cache(tmp_path / "closed.sqlite"))
+
+    # ... and an import killed before it built them leaves a cache that builds them on open.
+    with open_cache(tmp_path / "closed.sqlite") as c:
+        for name in deferred:
+            c.conn.execute(f"DROP INDEX {name}")
+    assert deferred <= indexes(open_cache(tmp_path / "closed.sqlite"))
+
+
+def test_a_failed_index_build_is_reported_where_the_cache_is_next_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from replytime.api import refresh_threads
+    from replytime.cache import sqlite
+    from replytime.config import Config
+    from replytime.connectors.files import import_paths
+
+    c = open_cache(tmp_path / "c.sqlite")
+    import_paths(c, [EXAMPLES / "mailbox.mbox"], account="a")
+    monkeypatch.setattr(sqlite, "DEFERRED_INDEXES", (("locations_msg", "CREATE INDEX broken"),
+                                                     ("messages_time", "SELECT 1")))
+    import sqlite3
+
+    with pytest.raises(sqlite3.OperationalError):
+        refresh_threads(c, Config())
+    assert c.conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 898

@@ -55,6 +55,8 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({'", ".join(MESSAGE_COLUMNS)', '", ".join("?" for _ in MESSAGE_COLUMNS)', "m",
                "greatest", "PROBLEM_NO_TIME"}),
     frozenset({"PROBLEM_NO_TIME"}),  # a constant bit mask in the upsert
+    frozenset({"', '.join(THREAD_INPUT_COLUMNS)"}),  # the thread inputs' constant columns
+    frozenset({"name"}),  # an index name from the constant DEFERRED_INDEXES
     # export.py: month bounds and keyset paging, fragments of "?" placeholders from the code
     frozenset({"where"}),
     frozenset({"where", "order", "cache.label_agg"}),

@@ -12,7 +12,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # imported where frames are built: an import need not wait for pandas
@@ -84,10 +84,12 @@ THREADS_SQL = (
     "WHERE thread_id IS NOT NULL GROUP BY thread_id"
 )
 
-THREAD_INPUTS_SQL = (
-    "SELECT id, msg_key, in_reply_to, refs, provider_thread_id, subject, "
-    "from_addr, to_addrs, cc_addrs, time_ms, thread_id FROM messages ORDER BY id"
+# What threads.assign_threads reads: every message, in id order.
+THREAD_INPUT_COLUMNS = (
+    "id", "msg_key", "in_reply_to", "refs", "provider_thread_id", "subject",
+    "from_addr", "to_addrs", "cc_addrs", "time_ms", "thread_id",
 )
+THREAD_INPUTS_SQL = f"SELECT {', '.join(THREAD_INPUT_COLUMNS)} FROM messages ORDER BY id"
 
 
 def utc_now_text() -> str:
@@ -152,6 +154,14 @@ class CacheBase(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def bulk_write(self) -> AbstractContextManager[None]:
+        """Around many writes (an import): a backend may defer index upkeep until after."""
+        return nullcontext()
+
+    def _start_index_build(self) -> None:
+        """Start deferred index upkeep that can run while threads are assigned."""
+        return None  # nothing is deferred unless a backend says so
 
     @property
     def schema_version(self) -> int:
@@ -308,6 +318,7 @@ class CacheBase(ABC):
         writers of different accounts never interleave two rebuilds."""
         with self._threads_lock():
             inputs = self.thread_inputs()
+            self._start_index_build()
             current = inputs.set_index("id")["thread_id"]
             changed = self.set_threads(assign(inputs), current)
             with self.transaction():

@@ -586,42 +586,43 @@ def import_paths(
         workers = file_workers()
     found = _found(_units(roots, unit_files, mbox_range), tuple(keep), account, workers,
                    on_wait)
-    try:
-        for unit_rows, unit_locations, unit_skipped in found:
-            if unit_skipped:
-                # Rare: place by place, messages and skipped places in their order.
-                nxt = 0
-                marks = {i: (loc, why) for i, loc, why in unit_skipped}
-                for i in range(len(unit_rows) + len(unit_skipped)):
-                    if i in marks:
-                        skip(*marks[i])
-                    else:
-                        rows.append(unit_rows[nxt])
-                        locations.append(unit_locations[nxt])
-                        nxt += 1
-                        stats.fetched += 1
-                    # Nothing is written before the first message: "no mail" leaves no trace.
-                    if stats.fetched and len(rows) + len(skipped) >= size:
+    with cache.bulk_write():  # the deferred indexes: see SQLiteCache.bulk_write
+        try:
+            for unit_rows, unit_locations, unit_skipped in found:
+                if unit_skipped:
+                    # Rare: place by place, messages and skipped places in their order.
+                    nxt = 0
+                    marks = {i: (loc, why) for i, loc, why in unit_skipped}
+                    for i in range(len(unit_rows) + len(unit_skipped)):
+                        if i in marks:
+                            skip(*marks[i])
+                        else:
+                            rows.append(unit_rows[nxt])
+                            locations.append(unit_locations[nxt])
+                            nxt += 1
+                            stats.fetched += 1
+                        # Nothing is written before the first message: "no mail" leaves no trace.
+                        if stats.fetched and len(rows) + len(skipped) >= size:
+                            flush()
+                    continue
+                # Messages only: whole slices, cut where the place-by-place loop above would cut.
+                i, n = 0, len(unit_rows)
+                while i < n:
+                    j = min(n, i + max(size - len(rows) - len(skipped), 1))
+                    rows += unit_rows[i:j]
+                    locations += unit_locations[i:j]
+                    stats.fetched += j - i
+                    i = j
+                    if len(rows) + len(skipped) >= size:
                         flush()
-                continue
-            # Messages only: whole slices, cut where the place-by-place loop above would cut.
-            i, n = 0, len(unit_rows)
-            while i < n:
-                j = min(n, i + max(size - len(rows) - len(skipped), 1))
-                rows += unit_rows[i:j]
-                locations += unit_locations[i:j]
-                stats.fetched += j - i
-                i = j
-                if len(rows) + len(skipped) >= size:
-                    flush()
-    finally:
-        found.close()  # stops the worker pool at once if writing failed
-    if not stats.fetched:
-        where = ", ".join(str(p) for p in roots)
-        detail = "; ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
-        raise UsageError(f"no mail found in {where}" + (f" ({detail})" if detail else ""))
-    if rows or skipped:
-        flush()
+        finally:
+            found.close()  # stops the worker pool at once if writing failed
+        if not stats.fetched:
+            where = ", ".join(str(p) for p in roots)
+            detail = "; ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+            raise UsageError(f"no mail found in {where}" + (f" ({detail})" if detail else ""))
+        if rows or skipped:
+            flush()
     after = cache.message_count()
     stats.seconds = time.monotonic() - started
     stats.extra = {"new": after - before, "skip_reasons": reasons}
