@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from replytime.cache import open_cache
 from replytime.config import Config
 from replytime.headers import parse_header_block
-from replytime.threads import assign_threads, normalise_subject
+from replytime.matcher import Roster
+from replytime.threads import _PREFIX_RE, SUBJECT_WINDOW_MS, assign_threads, normalise_subject
 
 CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
 
@@ -131,8 +136,6 @@ def test_normalise_subject() -> None:
 
 def test_subject_rule_needs_shared_external_participant() -> None:
     cfg = Config(internal_domains=("acme.example",))
-    from replytime.matcher import Roster
-
     df = pd.DataFrame(
         {
             "id": [1, 2, 3],
@@ -150,3 +153,66 @@ def test_subject_rule_needs_shared_external_participant() -> None:
     )
     t = assign_threads(df, Roster(cfg).is_internal)
     assert t[1] == t[2] != t[3]
+
+
+# Whitespace of every kind \s knows (incl. \x1c-\x1f, NBSP, ideographic space), prefix letters
+# (incl. ones re.I folds: long s, Kelvin sign, dotted I) and list-tag brackets.
+SUBJECT_CHARS = list(" \t\n\x0b\x0c\r\x1c\x1f\x85\xa0\u2000\u3000reRfwFWdaAsSvVtn:：[]1xſKİ")
+
+
+@settings(max_examples=500, derandomize=True, deadline=None, database=None)
+@given(st.lists(st.text(alphabet=st.sampled_from(SUBJECT_CHARS), max_size=16), max_size=5))
+def test_normalise_subject_is_its_regex_definition(subjects: list[str]) -> None:
+    want = [re.sub(r"\s+", " ", _PREFIX_RE.sub("", s)).strip().lower() for s in subjects]
+    assert normalise_subject(pd.Series(subjects, dtype=object)).tolist() == want
+
+
+def test_subject_rule_window_null_sender_and_thread_names() -> None:
+    day = 86400 * 1000
+    df = pd.DataFrame(
+        {
+            "id": [10, 11, 12, 13, 14, 15],
+            "msg_key": ["m", "b", "a", "c", "d", "e"],
+            "message_id": ["m", "b", "a", "c", "d", "e"],
+            "in_reply_to": [None, "m", None, None, None, None],
+            "refs": ["", "m", None, "", "", ""],
+            "provider_thread_id": [None] * 6,
+            "subject": ["Pricing", "Re: Pricing", "Re: Pricing", "pricing", "PRICING", "Pricing"],
+            "from_addr": ["p@c.example", "rep@acme.example", "p@c.example", "p@c.example",
+                          "p@c.example", None],
+            "to_addrs": ["rep@acme.example", "p@c.example", None, "rep@acme.example",
+                         "rep@acme.example", None],
+            "cc_addrs": [""] * 6,
+            # m's thread's last dated message is b (a has no time): c starts exactly 14 days
+            # after it, and d 14 days and 1 ms after c.
+            "time_ms": [0.0, 1000.0, np.nan, 1000.0 + SUBJECT_WINDOW_MS,
+                        1001.0 + 2 * SUBJECT_WINDOW_MS, 3 * day],
+        }
+    )
+    df.loc[2, ["in_reply_to", "refs"]] = ["b", "m b"]
+    t = assign_threads(df, Roster(Config(internal_domains=("acme.example",))).is_internal)
+    # m, b, a and c are one thread named after its earliest dated message; d is too late for
+    # it; e has no participants (a null sender must not break the rule).
+    assert t.to_dict() == {10: "m", 11: "m", 12: "m", 13: "m", 14: "d", 15: "e"}
+
+
+def test_thread_takes_least_provider_id_and_earliest_key() -> None:
+    df = pd.DataFrame(
+        {
+            "id": [1, 2, 3, 4, 5, 6],
+            "msg_key": ["p", "q", "r", "z", "y", "x"],
+            "message_id": ["p", "q", "r", "z", "y", "x"],
+            "in_reply_to": [None, None, "p", None, "z", "z"],
+            "refs": ["", "", "p q", "", "z", "z"],
+            "provider_thread_id": ["T9", "T10", None, None, None, None],
+            "subject": ["s", "t", "u", "v", "w", "x"],
+            "from_addr": ["a@b.example"] * 6,
+            "to_addrs": [""] * 6,
+            "cc_addrs": [""] * 6,
+            "time_ms": [1.0, 2.0, 3.0, np.nan, 5.0, 5.0],
+        }
+    )
+    t = assign_threads(df)
+    # r joins both provider threads: the least id (as strings) names them. z has no time, so
+    # x and y (same time) are the earliest, and x has the lesser key.
+    assert t.tolist() == ["T10", "T10", "T10", "x", "x", "x"]

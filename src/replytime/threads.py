@@ -27,16 +27,24 @@ _PREFIX_RE = re.compile(
     r"^\s*(?:(?:re|fw|fwd|aw|sv|wg|vs|antw|rif|tr)\s*(?:\[\d+\])?\s*[:：]\s*|\[[^\]]*\]\s*)+",
     re.I,
 )
-_SPACE_RE = re.compile(r"\s+")
 
 
 def normalise_subject(subject: pd.Series) -> pd.Series:
     """Lower-case subject without reply/forward prefixes, list tags or extra spaces."""
     # Each distinct subject once: threads repeat subjects, and the regexes run per string.
     codes, distinct = pd.factorize(subject.fillna("").astype(str))
-    s = pd.Series(distinct, dtype=object).str.replace(_PREFIX_RE, "", regex=True)
-    s = s.str.replace(_SPACE_RE, " ", regex=True).str.strip().str.lower()
-    return pd.Series(s.to_numpy(dtype=object)[codes], index=subject.index, dtype=object)
+    s = np.array([_normalise(x) for x in distinct], dtype=object)
+    return pd.Series(s[codes], index=subject.index, dtype=object)
+
+
+def _normalise(subject: str) -> str:
+    r"""_PREFIX_RE.sub("", s), then re.sub(r"\s+", " ", ...).strip().lower(), at half the cost:
+    the prefix pattern is anchored, so it matches once at most, and str.split() splits on
+    exactly the whitespace \s matches (both use Py_UNICODE_ISSPACE)."""
+    prefix = _PREFIX_RE.match(subject)
+    if prefix:
+        subject = subject[prefix.end() :]
+    return " ".join(subject.split()).lower()
 
 
 def connected(size: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -65,13 +73,15 @@ def connected(size: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a, b = a[differ], b[differ]
 
 
-def _reference_components(df: pd.DataFrame, has_provider: np.ndarray) -> np.ndarray:
+def _reference_components(
+    df: pd.DataFrame, has_provider: np.ndarray, keys: pa.Array | pa.ChunkedArray
+) -> np.ndarray:
     """Connected component of each message over its edges: to its provider thread, or (no
     provider id) to every Message-ID in In-Reply-To and References. Built with Arrow
-    compute, so a million messages cost Arrow buffers, not a Python string per reference."""
+    compute, so a million messages cost Arrow buffers, not a Python string per reference.
+    ``keys`` is the msg_key column as Arrow strings."""
     n = len(df)
     rows = pa.array(np.arange(n, dtype=np.int64))
-    keys = arrow_strings(df["msg_key"])
     plain = pa.array(~has_provider)
     prov_rows = pc.filter(rows, pa.array(has_provider))
     text = pa.large_string()
@@ -98,6 +108,15 @@ def _reference_components(df: pd.DataFrame, has_provider: np.ndarray) -> np.ndar
     return connected(size, self_codes[edge_src], codes[n:])[self_codes]
 
 
+def _heads(comp: np.ndarray, place: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(label, earliest row) of every component, labels ascending: the row of least place."""
+    n = len(place)
+    least = np.full(int(comp.max()) + 1, n, dtype=np.int64)
+    np.minimum.at(least, comp, place)
+    labels = np.flatnonzero(least < n)
+    return labels, order[least[labels]]
+
+
 def assign_threads(
     df: pd.DataFrame, is_internal: Callable[[pd.Series], pd.Series] | None = None
 ) -> pd.Series:
@@ -105,108 +124,147 @@ def assign_threads(
 
     ``df`` has columns id, msg_key, in_reply_to, refs, provider_thread_id,
     subject, from_addr, to_addrs, cc_addrs, time_ms. ``is_internal`` maps a Series of
-    addresses to booleans; it decides which participants count for the subject rule.
+    addresses to booleans, each on its own (it is asked about the few addresses that matter
+    only); it decides which participants count for the subject rule.
     """
     if df.empty:
         return pd.Series([], dtype=object, index=pd.Index([], name="id"))
+    n = len(df)
     has_provider = df["provider_thread_id"].notna().to_numpy()
-    comp = _reference_components(df, has_provider)
-    node_self = df["msg_key"].astype(str).to_numpy()
-    prov = df["provider_thread_id"].to_numpy()
+    keys = arrow_strings(df["msg_key"])  # once: components, order and names all use it
+    comp = _reference_components(df, has_provider, keys)
 
-    # Every "earliest message" below is the least (time, key), time missing last: each row's
-    # place in that order, so a group's earliest row is its least place (an integer min,
-    # where sorting by the string key cost seconds at a million rows).
+    # Every "earliest message" below is the least (time, key), time missing (NaN) last: each
+    # row's place in that order, so a group's earliest row is its least place (an integer
+    # min). Arrow's stable two-key sort only compares keys where times tie: far cheaper than
+    # ranking every key and lexsorting (same order, NaN and ties included).
     time_ms = df["time_ms"].to_numpy(dtype="float64")
-    key_rank = pc.rank(arrow_strings(df["msg_key"]), sort_keys="ascending").to_numpy()
-    order = np.lexsort((key_rank, time_ms))
-    place = np.empty(len(df), dtype=np.int64)
-    place[order] = np.arange(len(df))
-
-    work = pd.DataFrame(
-        {
-            "comp": comp,
-            "time": time_ms,
-            "place": place,
-            "no_headers": (~has_provider)
-            & df["in_reply_to"].isna().to_numpy()
-            & (df["refs"].fillna("") == "").to_numpy(),
-            "provider": prov,
-        },
-    )
-    comp = _merge_by_subject(df, work, order, is_internal)
+    by_time_key = pa.table({"time": pa.array(time_ms), "key": keys})
+    order = pc.sort_indices(
+        by_time_key, sort_keys=[("time", "ascending"), ("key", "ascending")]
+    ).to_numpy()
+    place = np.empty(n, dtype=np.int64)
+    place[order] = np.arange(n)
+    comp = _merge_by_subject(df, comp, time_ms, place, order, has_provider, is_internal)
 
     # Name each thread: the provider's id if it has one, else its earliest message's key.
-    first_row = order[pd.Series(place).groupby(comp).min()]
-    names = pd.Series(node_self[first_row], index=np.unique(comp))
-    provider_name = work.dropna(subset=["provider"]).groupby(comp[has_provider])["provider"].min()
-    names.loc[provider_name.index] = provider_name
-    return pd.Series(names.reindex(comp).to_numpy(), index=df["id"].to_numpy())
+    # ``name`` is indexed by component label.
+    labels, heads = _heads(comp, place, order)
+    name = np.empty(int(comp.max()) + 1, dtype=object)
+    name[labels] = pc.take(keys, pa.array(heads)).to_numpy(zero_copy_only=False)
+    if has_provider.any():
+        provider_labels, provider_names = _provider_names(df, comp, has_provider)
+        name[provider_labels] = provider_names
+    return pd.Series(name[comp], index=df["id"].to_numpy())
 
 
-def _address_pairs(members: pd.DataFrame) -> tuple[np.ndarray, pa.Array]:
-    """(row position in ``members``, address) for every From, To and Cc address."""
-    sender = arrow_strings(members["from_addr"])
-    rows, parts = [np.arange(len(members))], [sender]  # one address: never split
+def _run_starts(values: np.ndarray) -> np.ndarray:
+    """Where each run of equal values starts (for sorted values: first of each distinct)."""
+    starts = np.ones(len(values), dtype=bool)
+    starts[1:] = values[1:] != values[:-1]
+    return starts
+
+
+def _provider_names(
+    df: pd.DataFrame, comp: np.ndarray, has_provider: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(label, least provider thread id) of each component with provider ids. Arrow orders
+    strings by code point, as Python does."""
+    rows = np.flatnonzero(has_provider)
+    prov = arrow_strings(df["provider_thread_id"].iloc[rows])
+    by_comp = pa.table({"comp": comp[rows], "prov": prov})
+    keys = [("comp", "ascending"), ("prov", "ascending")]
+    first = pc.sort_indices(by_comp, sort_keys=keys).to_numpy()
+    c = comp[rows][first]
+    lead = first[_run_starts(c)]  # least id of each component
+    return comp[rows][lead], pc.take(prov, pa.array(lead)).to_numpy(zero_copy_only=False)
+
+
+def _address_pairs(df: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, pa.Array]:
+    """(index into ``rows``, address) for every non-empty From, To and Cc address of
+    ``df``'s rows at positions ``rows``."""
+    positions = [np.arange(len(rows))]
+    parts = [arrow_strings(df["from_addr"].iloc[rows])]  # one address: never split
     for column in ("to_addrs", "cc_addrs"):
-        r, items = split_lists(members[column])
-        rows.append(r)
+        r, items = split_lists(df[column].iloc[rows])
+        positions.append(r)
         parts.append(items)
-    return np.concatenate(rows), concat_chunks(parts, pa.large_string()).combine_chunks()
+    addrs = concat_chunks(parts, pa.large_string()).combine_chunks()
+    keep = pc.fill_null(pc.not_equal(addrs, ""), False)  # a null or empty From
+    return np.concatenate(positions)[keep.to_numpy(zero_copy_only=False)], addrs.filter(keep)
 
 
 def _merge_by_subject(
     df: pd.DataFrame,
-    work: pd.DataFrame,
+    comp: np.ndarray,
+    time_ms: np.ndarray,
+    place: np.ndarray,
     order: np.ndarray,
+    has_provider: np.ndarray,
     is_internal: Callable[[pd.Series], pd.Series] | None,
 ) -> np.ndarray:
     """Rule 3: a thread whose first message has no threading headers joins the previous
     thread with the same normalised subject and a shared external participant, when that
     thread's last message is at most 14 days older. Vectorised: one candidate edge per
-    (subject, participant) neighbour pair, then connected components over threads."""
-    comp = work["comp"].to_numpy()
-    heads = order[work["place"].groupby(comp).min().to_numpy()]
-    first = work.iloc[heads]
-    first = first[first["time"].notna()]  # a thread with no dated message has no head
-    if first.empty:
-        return comp
-    first = first.assign(subject=normalise_subject(df["subject"].iloc[first.index]).to_numpy())
-    first = first[(first["subject"] != "") & first["subject"].duplicated(keep=False)]
-    if not first["no_headers"].any():
-        return comp
-    wanted = set(first.loc[first["no_headers"], "subject"])
-    first = first[first["subject"].isin(wanted)].set_index("comp")
+    (subject, participant) neighbour pair, then connected components over threads.
 
-    in_play = work["comp"].isin(first.index).to_numpy()
-    members = df.loc[in_play]
-    member_comp = comp[in_play]
-    rows, addrs = _address_pairs(members)
-    # Distinct addresses only are looked at (few, even in a large cache); rows keep codes.
-    encoded = pc.dictionary_encode(addrs)
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    distinct = pd.Series(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object)
-    keep = (distinct.notna() & (distinct != "")).to_numpy(dtype=bool, copy=True)
-    if is_internal is not None:
-        keep &= ~is_internal(distinct).to_numpy(dtype=bool)
-    ok_row = keep[codes] & pc.is_valid(addrs).to_numpy(zero_copy_only=False)
-    pairs = pd.DataFrame({"comp": member_comp[rows[ok_row]], "addr": codes[ok_row]})
-    pairs = pairs.drop_duplicates()
-    last_time = pd.Series(work["time"].to_numpy()[in_play]).groupby(member_comp).max()
-    pairs = pairs.join(first[["subject", "time", "no_headers"]], on="comp")
-    pairs["last"] = pairs["comp"].map(last_time)
-    pairs = pairs.sort_values(["subject", "addr", "time", "comp"])
-    g = pairs.groupby(["subject", "addr"], sort=False)
-    prev_comp = g["comp"].shift()
-    prev_last = g["last"].shift()
-    ok = (
-        pairs["no_headers"].to_numpy()
-        & prev_comp.notna().to_numpy()
-        & ((pairs["time"] - prev_last) <= SUBJECT_WINDOW_MS).to_numpy()
-    )
-    if not ok.any():
+    Works on numpy arrays, narrowing to the candidate threads before touching addresses:
+    components are "threads" below, each with its head (earliest) row."""
+    labels, heads = _heads(comp, place, order)
+    dated = ~np.isnan(time_ms[heads])  # a thread with no dated message has no head
+    labels, heads = labels[dated], heads[dated]
+    if not len(heads):
         return comp
-    a = pairs["comp"].to_numpy()[ok]
-    b = prev_comp.to_numpy()[ok].astype(a.dtype)
-    size = int(comp.max()) + 1
-    return connected(size, a, b)[comp]
+    # Candidates: threads whose head's subject (not empty) is also some other head's, and
+    # among those heads is at least one with no threading headers.
+    subj, subjects = pd.factorize(normalise_subject(df["subject"].iloc[heads]).to_numpy())
+    shared = (np.bincount(subj, minlength=len(subjects)) > 1) & (subjects != "")
+    no_headers = (
+        ~has_provider[heads]
+        & df["in_reply_to"].iloc[heads].isna().to_numpy()
+        & (df["refs"].iloc[heads].fillna("") == "").to_numpy()
+    )
+    wanted = np.zeros(len(subjects), dtype=bool)
+    wanted[subj[no_headers & shared[subj]]] = True
+    cand = wanted[subj]
+    if not cand.any():
+        return comp
+    labels, subj, no_headers = labels[cand], subj[cand], no_headers[cand]
+    start = time_ms[heads[cand]]
+
+    # Number the candidate threads in (subject, start, label) order: each subject's threads
+    # are then a run of numbers in the order they follow each other within a (subject,
+    # address) group, so sorting pairs by (address, number) lays out every group in order.
+    by_subject = np.lexsort((labels, start, subj))
+    labels, subj = labels[by_subject], subj[by_subject]
+    no_headers, start = no_headers[by_subject], start[by_subject]
+    thread_of = np.full(int(comp.max()) + 1, -1, dtype=np.int64)
+    thread_of[labels] = np.arange(len(labels))
+    rows = np.flatnonzero(thread_of[comp] >= 0)  # the candidate threads' messages
+    thread = thread_of[comp[rows]]
+    last = np.full(len(labels), -np.inf)
+    np.fmax.at(last, thread, time_ms[rows])  # latest dated message (fmax skips NaN)
+
+    # (address, thread) pairs, deduplicated and ordered by one integer sort (np.unique is
+    # several times slower: it hashes before sorting).
+    at, addrs = _address_pairs(df, rows)
+    encoded = pc.dictionary_encode(addrs)
+    pairs = np.sort(encoded.indices.to_numpy().astype(np.int64) * len(labels) + thread[at])
+    pairs = pairs[_run_starts(pairs)]
+    addr, thread = np.divmod(pairs, len(labels))
+    # Each pair after the first of its (subject, address) group, and the pair before it.
+    later = np.flatnonzero((addr[1:] == addr[:-1]) & (subj[thread[1:]] == subj[thread[:-1]])) + 1
+    t, prev, addr = thread[later], thread[later - 1], addr[later]
+    ok = no_headers[t] & (start[t] - last[prev] <= SUBJECT_WINDOW_MS)
+    t, prev, addr = t[ok], prev[ok], addr[ok]
+    if is_internal is not None and len(t):
+        # Internal participants don't count: their groups' edges go. Only the few addresses
+        # of edges found are asked about, not every address in play.
+        asked = np.unique(addr)
+        values = pc.take(encoded.dictionary, pa.array(asked)).to_numpy(zero_copy_only=False)
+        internal = is_internal(pd.Series(values, dtype=object)).to_numpy(dtype=bool)
+        external = ~internal[np.searchsorted(asked, addr)]
+        t, prev = t[external], prev[external]
+    if not len(t):
+        return comp
+    return connected(int(comp.max()) + 1, labels[t], labels[prev])[comp]
