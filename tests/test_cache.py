@@ -37,6 +37,7 @@ def test_new_cache_is_versioned(backend: str) -> None:
     assert c.schema_version == SCHEMA_VERSION
     if c.backend == "sqlite":
         assert c.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert c.conn.execute("PRAGMA page_size").fetchone()[0] == 16384
     else:
         assert c.backend == "postgresql" and c.where == backend
 
