@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tomllib
@@ -237,3 +238,23 @@ def test_leads_all_replies(workspace: tuple[Path, Path]) -> None:
     r = report(workspace, "leads", "--format", "json", "--all-replies")
     blocks = json.loads(r.stdout)
     assert [b["response_s"] for b in blocks] == [1800, 7200, None]
+
+
+def test_the_command_leaves_the_cache_whole_in_one_file(tmp_path: Path) -> None:
+    """The console script exits without interpreter teardown; it closes the cache first, so
+    the write-ahead log is checkpointed into the file and removed: copying the .sqlite file
+    alone copies everything. Exit codes still come through."""
+    db = tmp_path / "c.sqlite"
+    example = Path(__file__).resolve().parents[1] / "examples" / "mailbox.mbox"
+    r = run("--db", str(db), "import", str(example))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.sqlite", "c.sqlite.locks"]
+    r = run("--db", str(db), "report", "reps", "--format", "csv", "--rep", "nobody")
+    assert r.returncode == 2 and "nobody" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.sqlite", "c.sqlite.locks"]
+    copy = tmp_path / "copy.sqlite"
+    copy.write_bytes(db.read_bytes())
+    with sqlite3.connect(copy) as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 898
+        assert conn.execute("SELECT count(*) FROM messages WHERE thread_id IS NULL"
+                            ).fetchone()[0] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -589,6 +590,27 @@ def _stop(signum: int, frame: object) -> None:
     raise _Stopped(signum)
 
 
+def run() -> None:
+    """The console script: ``main``, then a quick exit. The caches are closed (committed,
+    and a SQLite file checkpointed so it is whole on its own), output is flushed and any
+    worker process is stopped; the interpreter's teardown of pandas and Arrow, ~0.1 s of
+    every report, is skipped."""
+    import multiprocessing
+
+    from replytime.cache import close_open_caches
+
+    code = main()
+    close_open_caches()
+    for child in multiprocessing.active_children():
+        child.terminate()
+        child.join(5)
+    for stream in (sys.stdout, sys.stderr):
+        # BrokenPipeError: the reader went away; ValueError: the stream was closed
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one-line errors with the exit codes of the brief, section 4.
 
@@ -648,9 +670,6 @@ def _usage_error(exc: Exception) -> int | None:
     typer.echo(f"replytime: error: {text} (see --help)", err=True)
     return code
 
-
-def run() -> None:
-    sys.exit(main())
 
 
 __all__ = ["CheckFailed", "app", "main", "run"]

@@ -7,12 +7,15 @@ import os
 from pathlib import Path
 
 from replytime.cache.base import CacheBase
-from replytime.cache.sqlite import SCHEMA_VERSION, SQLiteCache
+from replytime.cache.sqlite import SCHEMA_VERSION, SQLiteCache, close_sqlite_connections
 from replytime.errors import UsageError
 
 Cache = CacheBase  # the interface every backend offers
 
-__all__ = ["Cache", "SCHEMA_VERSION", "SQLiteCache", "default_cache_path", "open_cache"]
+__all__ = [
+    "Cache", "SCHEMA_VERSION", "SQLiteCache", "close_open_caches", "default_cache_path",
+    "open_cache",
+]
 
 
 def default_cache_path() -> Path:
@@ -36,3 +39,10 @@ def open_cache(db: str | os.PathLike[str] | None = None, *, create: bool = True)
     if target.startswith("sqlite:///"):
         target = target[len("sqlite:///") - 1 :]
     return SQLiteCache(os.path.expandvars(target), create=create)
+
+
+def close_open_caches() -> None:
+    """Close what is still open of the caches this process opened, before an exit without
+    interpreter teardown (the CLI's): SQLite files are then checkpointed, whole on their
+    own. A PostgreSQL server ends a session whose client went away by itself."""
+    close_sqlite_connections()

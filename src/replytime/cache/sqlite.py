@@ -12,6 +12,7 @@ import os
 import re
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,22 @@ DEFERRED_INDEXES = (
     ("locations_msg", "CREATE INDEX IF NOT EXISTS locations_msg ON locations(msg_key)"),
     ("messages_time", "CREATE INDEX IF NOT EXISTS messages_time ON messages(time_ms)"),
 )
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that can be referenced weakly (sqlite3.Connection cannot)."""
+
+
+# Every connection SQLiteCache opened that is still alive. sqlite3 connections sit in a
+# reference cycle with their statement cache, so one that nobody closed lives until a
+# garbage collection: close_sqlite_connections closes them before a quick exit.
+_connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+
+
+def close_sqlite_connections() -> None:
+    for conn in list(_connections):
+        conn.close()
+
 
 # Each entry migrates the schema from version i to i + 1. Never edit a released entry:
 # append a new one.
@@ -185,8 +202,10 @@ class SQLiteCache(CacheBase):
         # Used by one thread at a time: the index builder has it while the thread assignment
         # runs, and ``conn`` waits for the builder.
         conn = sqlite3.connect(
-            self.path, timeout=30, isolation_level=None, check_same_thread=False
+            self.path, timeout=30, isolation_level=None, check_same_thread=False,
+            factory=_Connection,
         )
+        _connections.add(conn)
         # A new file gets 16 KB pages (SQLite's default is 4 KB; an existing file keeps its
         # own): a quarter of the pages to write and checkpoint, 6% off a first import of
         # 100,000 messages; the weekly report at 1M messages is as fast or faster.
