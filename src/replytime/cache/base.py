@@ -159,10 +159,6 @@ class CacheBase(ABC):
         """Around many writes (an import): a backend may defer index upkeep until after."""
         return nullcontext()
 
-    def _start_index_build(self) -> None:
-        """Start deferred index upkeep that can run while threads are assigned."""
-        return None  # nothing is deferred unless a backend says so
-
     @property
     def schema_version(self) -> int:
         return int(self._execute("SELECT version FROM schema_version").fetchone()[0])
@@ -318,7 +314,6 @@ class CacheBase(ABC):
         writers of different accounts never interleave two rebuilds."""
         with self._threads_lock():
             inputs = self.thread_inputs()
-            self._start_index_build()
             current = inputs.set_index("id")["thread_id"]
             changed = self.set_threads(assign(inputs), current)
             with self.transaction():

@@ -299,7 +299,7 @@ class SQLiteCache(CacheBase):
     @contextmanager
     def bulk_write(self) -> Iterator[None]:
         """Many writes: when they start on an empty cache, the deferred indexes are dropped
-        and built when the threads are next assigned (alongside, on a second connection),
+        and built when the threads are next assigned (alongside, in a second thread),
         before the next write transaction after these, or at ``close``."""
         self._bulk = True
         try:
@@ -376,15 +376,21 @@ class SQLiteCache(CacheBase):
             written.add(rows)
 
     def thread_inputs(self) -> pd.DataFrame:
+        """The thread inputs, from a first import's copy when it is still exact. They are
+        asked for just before threads are assigned: the deferred index build starts here,
+        to run alongside the rest."""
         written = self._written
-        if (
+        if not (
             written is not None
             and written.count
             and self._data_version() == written.version
             and self._last_id() == written.count
         ):
-            return written.frame()
-        return super().thread_inputs()
+            inputs = super().thread_inputs()
+            self._start_index_build()
+            return inputs
+        self._start_index_build()  # the frame below needs no connection
+        return written.frame()
 
     def _apply_thread_ids(self, ids: list[int], thread_ids: list[str]) -> None:
         self._written = None  # threaded now: a later rebuild reads the cache
