@@ -353,7 +353,7 @@ def test_sqlite_reads_the_period_through_indexes(tmp_path: Path) -> None:
 
     cache = open_cache(tmp_path / "cache.sqlite")
     params = ("[]", "[]", 0, 1, 2, 0, 1, 2, 1, 1, 2)
-    plan = [row[3] for row in cache._execute("EXPLAIN QUERY PLAN " + pairs_sql("sqlite", True),
+    plan = [row[3] for row in cache._execute("EXPLAIN QUERY PLAN " + pairs_sql(cache, True),
                                              params)]
     cache.close()
     assert any("USING INDEX messages_time" in p for p in plan), plan

@@ -109,6 +109,22 @@ class CacheBase(ABC):
     #: rows per fetch when reading a frame (memory: one chunk of Python tuples at a time)
     frame_chunk: int = 100_000
 
+    # The lead/first-reply statement (``cache.pairing.pairs_sql``) differs between the
+    # dialects in a few places: the internal sets bound as one JSON parameter each, whether
+    # an address's domain (the part after its LAST '@', the whole address without one, as
+    # Roster.is_internal's rsplit) is an internal domain, and splitting a comma-separated
+    # recipient list.
+    #: an index hint after ``FROM messages m`` for reading the period's messages ("" none)
+    pair_time_index: ClassVar[str]
+    #: a SELECT of the elements, as text, of the JSON array of strings bound at its ``?``
+    json_values: ClassVar[str]
+    #: SQL true when the domain of the (not null) address ``{a}`` is one in
+    #: ``internal_domains(v)``; ``{a}`` is replaced by a column
+    domain_in: ClassVar[str]
+    #: a FROM item giving one row ``r.value`` per item of ``m.to_addrs`` and ``m.cc_addrs``
+    #: split on commas (empty items included)
+    recipient_items: ClassVar[str]
+
     # -- what a backend supplies ----------------------------------------------------------
     @property
     @abstractmethod
@@ -126,6 +142,12 @@ class CacheBase(ABC):
     @abstractmethod
     def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         """A query's rows as a DataFrame typed as ``pandas.read_sql_query`` types them."""
+
+    def analytic_frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        """``_frame`` for one large read-only statement (joins, window functions over a
+        period, as ``cache.pairing``'s), with whatever the backend needs to run such a
+        statement well."""
+        return self._frame(sql, params)
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[Any]:

@@ -33,50 +33,23 @@ DETAIL_COLUMNS = ["lead_message_id", "lead_from", "to_addrs", "cc_addrs", "label
 _NO_START = -(2**62)
 _NO_END = 2**62
 
-# The dialects differ in a few places: the internal sets bound as one JSON parameter each,
-# whether an address's domain (the part after its LAST '@', the whole address without one,
-# as Roster.is_internal's rsplit) is an internal domain, and splitting a comma-separated
-# recipient list.
-# SQLite has no "last '@'": the domain is d exactly when the address is d or ends with
-# '@' + d (domains holding an '@' never match, and are not bound). A suffix test per domain
-# cost half what cutting the domain out with rtrim/replace did. json_quote escapes whatever
-# a list holds (quotes, backslashes, control characters) and never puts a comma in an
-# escape, so splitting the quoted text on commas gives a valid JSON array.
-_SQLITE = {
-    # Without statistics (no ANALYZE) SQLite looked every lead thread up by id instead.
-    "time_index": " INDEXED BY messages_time",
-    "values": "SELECT value FROM json_each(?)",
-    "domain_in": "EXISTS (SELECT 1 FROM internal_domains WHERE {a} = v "
-                 "OR substr({a}, -length(v) - 1) = '@' || v)",
-    "items": "json_each('[' || replace(json_quote(coalesce(m.to_addrs, '') || ',' "
-             "|| coalesce(m.cc_addrs, '')), ',', '\",\"') || ']') AS r",
-}
-_POSTGRES = {
-    "time_index": "",  # planned from statistics
-    "values": "SELECT jsonb_array_elements_text(CAST(? AS jsonb))",
-    "domain_in": "reverse(split_part(reverse({a}), '@', 1)) IN (SELECT v FROM internal_domains)",
-    "items": "unnest(string_to_array(coalesce(m.to_addrs, '') || ',' "
-             "|| coalesce(m.cc_addrs, ''), ',')) AS r(value)",
-}
-_DIALECTS = {"sqlite": _SQLITE, "postgresql": _POSTGRES}
-
-
-def _internal(address: str, backend: str) -> str:
+def _internal(address: str, cache: CacheBase | type[CacheBase]) -> str:
     """SQL true when ``address`` (not null) is internal, as ``Roster.is_internal``: its
     domain is an internal domain, or it is a listed address; never the empty address."""
-    domain_in = _DIALECTS[backend]["domain_in"].replace("{a}", address)
+    domain_in = cache.domain_in.replace("{a}", address)
     return (f"({address} <> '' AND ({domain_in} "
             f"OR {address} IN (SELECT v FROM internal_addresses)))")
 
 
-def pairs_sql(backend: str, details: bool = False, labels_sql: str = "NULL") -> str:
-    """The pairing statement for ``backend`` (``CacheBase.backend``). Parameters, in order:
-    internal domains (JSON array), internal addresses (JSON array), then the bounds
-    since, until, as_of, since, until, as_of, until, until, as_of."""
-    d = _DIALECTS[backend]
-    values, items, time_index = d["values"], d["items"], d["time_index"]
-    from_internal = _internal("m.from_addr", backend)
-    item_internal = _internal("r.value", backend)
+def pairs_sql(cache: CacheBase | type[CacheBase], details: bool = False,
+              labels_sql: str = "NULL") -> str:
+    """The pairing statement in the dialect of ``cache`` (a cache or its class). Parameters,
+    in order: internal domains (JSON array), internal addresses (JSON array), then the
+    bounds since, until, as_of, since, until, as_of, until, until, as_of."""
+    values, items = cache.json_values, cache.recipient_items
+    time_index = cache.pair_time_index
+    from_internal = _internal("m.from_addr", cache)
+    item_internal = _internal("r.value", cache)
     detail_sql = (
         ", lm.message_id AS lead_message_id, lm.from_addr AS lead_from, lm.to_addrs, "
         f"lm.cc_addrs, {labels_sql} AS labels, rm.message_id AS reply_message_id, "
@@ -182,20 +155,12 @@ def email_lead_pairs(
     since = _NO_START if since_ms is None else int(since_ms)
     until = _NO_END if until_ms is None else int(until_ms)
     as_of = int(as_of_ms)
-    # A domain holding an '@' is never the part after the last '@' (see _SQLITE).
+    # A domain holding an '@' is never the part after the last '@' (SQLiteCache.domain_in).
     domains = sorted(d for d in cfg.internal_domains if "@" not in d)
     params = (json.dumps(domains), json.dumps(sorted(roster.addresses)),
               since, until, as_of, since, until, as_of, until, until, as_of)
-    sql = pairs_sql(cache.backend, need, labels_sql)
     # The backend's own reader: dialect placeholders, chunked fetch, read_sql typing.
-    if cache.backend == "postgresql":
-        # Its estimates for rows out of a window are far off, so it JIT-compiled the statement
-        # for longer than it ran (1 s of 2 s for a quarter of 500k messages).
-        with cache.transaction():
-            cache._execute("SET LOCAL jit = off")
-            df = cache._frame(sql, params)
-    else:
-        df = cache._frame(sql, params)
+    df = cache.analytic_frame(pairs_sql(cache, need, labels_sql), params)
     excluded = set(exclude_lead_ids)
     if excluded:
         df = df[~df["lead_id"].isin(excluded)]
