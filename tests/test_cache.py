@@ -376,6 +376,7 @@ def test_a_first_import_builds_its_random_order_indexes_afterwards(
     c = open_cache(tmp_path / "c.sqlite")
     import_paths(c, [EXAMPLES / "mailbox.mbox"], account="a", batch_size=200)
     assert len(during) > 1 and during == [set()] * len(during)  # none while importing
+    assert not deferred & indexes(c)  # nor after: they are built with the threads
     assert refresh_threads(c, Config()) > 0
     assert deferred <= indexes(c)  # built while the threads were assigned
     plan = c.conn.execute("EXPLAIN QUERY PLAN SELECT labels FROM locations WHERE msg_key = 'x'")

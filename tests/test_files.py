@@ -140,7 +140,8 @@ def test_reimport_is_idempotent(cache: SQLiteCache) -> None:
     import_paths(cache, [CORPORA / "default", CORPORA / "duplicate"])
     before = dump(cache)
     stats = import_paths(cache, [CORPORA / "default", CORPORA / "duplicate"])
-    assert (stats.fetched, stats.extra["new"]) == (62, 0)
+    # 43 files in Maildir cur/ and new/ folders are passed over; the 19 others are read.
+    assert (stats.fetched, stats.extra["unchanged"], stats.extra["new"]) == (19, 43, 0)
     assert dump(cache) == before
 
 
@@ -185,6 +186,39 @@ def test_maildir_flag_change_is_not_a_new_place(cache: SQLiteCache, tmp_path: Pa
         ("import", str(md / "cur" / "1700000000.M1P1.host"), "a@x.example", "")
     ]
     assert before["skipped"] == []  # tmp/, .notmuch, index files: not mail, not skipped either
+
+
+def test_maildir_files_imported_before_are_not_read_again(cache: SQLiteCache, tmp_path: Path
+                                                          ) -> None:
+    """A Maildir file never changes, so one this account imported before is passed over
+    (here: emptied after the first import; read again, it would be skipped as empty). New
+    files, mbox files, another account and other kept headers are read."""
+    md = tmp_path / "Mail"
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True)
+    for i in range(5):
+        (md / "cur" / f"170000000{i}.M1P1.host:2,").write_bytes(msg(f"{i}@x.example"))
+    box = tmp_path / "box.mbox"
+    box.write_bytes(b"From x Tue Nov 03 08:15:00 2026\n" + msg("m@x.example"))
+    first = import_paths(cache, [md, box])
+    assert (first.fetched, first.extra["unchanged"]) == (6, 0)
+    before = dump(cache)
+    for f in (md / "cur").iterdir():
+        f.write_bytes(b"")
+    os.rename(md / "cur" / "1700000000.M1P1.host:2,", md / "cur" / "1700000000.M1P1.host:2,S")
+    (md / "new" / "1700000009.M1P1.host").write_bytes(msg("9@x.example"))
+    again = import_paths(cache, [md, box])
+    assert (again.fetched, again.skipped, again.extra["unchanged"]) == (2, 0, 5)
+    assert again.extra["new"] == 1 and counts(cache) == (7, 7, 0, 0)
+    assert dump(cache)["messages"][:6] == before["messages"]
+
+    nothing_new = import_paths(cache, [md])  # no error: all of it is in the cache already
+    assert (nothing_new.fetched, nothing_new.extra["unchanged"]) == (0, 6)
+    other = import_paths(cache, [md], account="other")
+    assert (other.fetched, other.skipped) == (1, 5)  # the emptied files, read as they are now
+    keep = import_paths(cache, [md], keep=("X-Lead-Email",))
+    assert (keep.fetched, keep.skipped, keep.extra["unchanged"]) == (1, 5, 0)
+    assert import_paths(cache, [md], keep=("x-lead-email",)).extra["unchanged"] == 6
 
 
 def test_maildir_plus_plus_subfolders(cache: SQLiteCache, tmp_path: Path) -> None:

@@ -150,9 +150,11 @@ def import_(
     # The time and rate shown include threading: what the command took, not just reading.
     seconds = stats.seconds + time.monotonic() - threading_started
     rate = stats.fetched / seconds if seconds else 0
+    unchanged = stats.extra.get("unchanged", 0)
+    known = f", {unchanged} already imported" if unchanged else ""
     _summary(
-        f"imported {stats.fetched} messages ({stats.skipped} skipped) from "
-        f"{len(paths)} path(s) in {seconds:.1f}s ({rate:,.0f} msg/s)"
+        f"imported {stats.fetched} messages ({stats.skipped} skipped{known}) from "
+        f"{len(paths)} path(s) in {seconds:.1f}s" + (f" ({rate:,.0f} msg/s)" if rate else "")
     )
 
 

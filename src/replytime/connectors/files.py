@@ -370,8 +370,30 @@ def _big_mbox(path: str, mbox_range: int) -> int:
         return 0  # reported when the file is read
 
 
+class KnownPlaces:
+    """The places of an account already in the cache, to pass over Maildir message files
+    found there before: a Maildir file's content never changes (a new flag renames it, and
+    its place drops the flags), so reading it again would store nothing new. mbox and .eml
+    files can change, and are always read. Loaded at the first Maildir folder met."""
+
+    def __init__(self, load: Callable[[], set[str]]) -> None:
+        self._load = load
+        self._places: set[str] | None = None
+        self.count = 0  # files passed over
+
+    def new_only(self, paths: list[str]) -> list[str]:
+        if self._places is None:
+            self._places = self._load()
+        fresh = [p for p in paths if maildir_location(p) not in self._places]
+        self.count += len(paths) - len(fresh)
+        return fresh
+
+
 def _units(
-    paths: Sequence[Path], unit_files: int = UNIT_FILES, mbox_range: int = MBOX_RANGE
+    paths: Sequence[Path],
+    unit_files: int = UNIT_FILES,
+    mbox_range: int = MBOX_RANGE,
+    known: KnownPlaces | None = None,
 ) -> Iterator[Unit]:
     seen: set[tuple[int, int]] = set()
     files: list[str] = []
@@ -398,7 +420,7 @@ def _units(
                 continue
             run, check = item  # type: ignore[misc]
             if not check:  # Maildir messages: units straight from the run
-                files.extend(run)
+                files.extend(run if known is None else known.new_only(run))
                 while len(files) >= unit_files:
                     yield ("files", files[:unit_files])
                     del files[:unit_files]
@@ -547,7 +569,9 @@ def import_paths(
 
     Idempotent: places are keyed by location and messages by Message-ID (or the fallback
     key), so importing the same files again, or the same message from two places, adds
-    nothing. Raises UsageError for a missing or unreadable path, or when there is no mail.
+    nothing; Maildir files already imported for ``account`` are not even read again
+    (``KnownPlaces``; their number is ``stats.extra["unchanged"]``). Raises UsageError for a
+    missing or unreadable path, or when there is no mail.
 
     ``workers`` parser processes (default: ``file_workers()``) feed this process, the
     single SQLite writer, once there is more than one unit of work (``unit_files`` files, or
@@ -559,6 +583,12 @@ def import_paths(
     roots = check_paths(paths)
     stats = SyncStats(account=account)
     before = cache.message_count()
+    # Maildir files this account imported before are passed over, unless the headers kept
+    # for rules (``keep``) changed since: a file read again fills those in (the upsert).
+    kept = sorted({k.lower() for k in keep})
+    state = cache.account_state(account)
+    known = (KnownPlaces(lambda: cache.known_locations(account))
+             if state.get("kept_headers") == kept else None)
     rows: list[tuple[Any, ...]] = []
     locations: list[tuple[str, str, str, str]] = []
     skipped: list[tuple[str, str]] = []
@@ -584,8 +614,8 @@ def import_paths(
 
     if workers is None:
         workers = file_workers()
-    found = _found(_units(roots, unit_files, mbox_range), tuple(keep), account, workers,
-                   on_wait)
+    found = _found(_units(roots, unit_files, mbox_range, known), tuple(keep), account,
+                   workers, on_wait)
     with cache.bulk_write():  # the deferred indexes: see SQLiteCache.bulk_write
         try:
             for unit_rows, unit_locations, unit_skipped in found:
@@ -617,13 +647,16 @@ def import_paths(
                         flush()
         finally:
             found.close()  # stops the worker pool at once if writing failed
-        if not stats.fetched:
+        unchanged = known.count if known is not None else 0
+        if not stats.fetched and not unchanged:
             where = ", ".join(str(p) for p in roots)
             detail = "; ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
             raise UsageError(f"no mail found in {where}" + (f" ({detail})" if detail else ""))
         if rows or skipped:
             flush()
+        if state.get("kept_headers") != kept:  # every file was read with these
+            cache.set_state(account, {**state, "kept_headers": kept}, account_type="files")
     after = cache.message_count()
     stats.seconds = time.monotonic() - started
-    stats.extra = {"new": after - before, "skip_reasons": reasons}
+    stats.extra = {"new": after - before, "unchanged": unchanged, "skip_reasons": reasons}
     return stats
