@@ -258,3 +258,16 @@ def test_the_command_leaves_the_cache_whole_in_one_file(tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 898
         assert conn.execute("SELECT count(*) FROM messages WHERE thread_id IS NULL"
                             ).fetchone()[0] == 0
+
+
+def test_progress_bar_draws_on_a_terminal() -> None:
+    """rich is only imported for a bar; the bar still counts and draws when enabled."""
+    from replytime.progress import Progress
+
+    with Progress("importing", 10, enabled=True) as progress:
+        progress.advance(4, note="4 files")
+        progress.set_total(12)
+        progress.advance(8)
+    assert progress.done == 12 and progress._bar is not None
+    task = progress._bar.tasks[0]
+    assert (task.completed, task.total, task.fields["note"]) == (12, 12, "4 files")
