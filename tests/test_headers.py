@@ -196,6 +196,7 @@ def test_automated_sender_local_part(sender: str, automated: bool) -> None:
     assert rec.from_addr == sender.lower()
     assert rec.automated is automated
     assert is_automated({}, sender.lower()) is automated
+    assert is_automated({}, sender.lower()) is automated  # again: a remembered answer
 
 
 # -- ids ----------------------------------------------------------------------------------------
@@ -261,6 +262,34 @@ def test_split_fields_names_folds_and_order() -> None:
     ]
     # parse_header_block: the first occurrence wins.
     assert parse_header_block(raw + b"\r\n").subject == "obsolete blank before the colon"
+
+
+def test_field_name_spellings_are_remembered_per_wanted_set() -> None:
+    # The parser remembers each spelling before a colon and the name it stands for: the
+    # same spelling must give the same answer the second time, whatever came in between.
+    raw = (b"sUbJeCt : first\n"
+           b"From\n"  # a known spelling without a colon is no field
+           b"From:a@x.example\n"
+           b"X-Lead-Email: lead@client.example\n"
+           b"Message-ID: <s1@x.example>\n\n")
+    for _ in range(2):
+        plain = parse_header_block(raw)
+        kept = parse_header_block(raw, keep=("X-Lead-Email",))
+        assert (plain.subject, plain.from_addr, plain.message_id) == (
+            "first", "a@x.example", "s1@x.example")
+        assert kept.extra == {"x-lead-email": "lead@client.example"}
+        assert plain.extra == {}  # a kept name is wanted for that keep only
+        assert kept.subject == plain.subject and kept.from_addr == plain.from_addr
+
+
+def test_many_field_names_parse_the_same_as_few() -> None:
+    # Thousands of distinct names (a generator gone wrong): the remembered spellings stay
+    # bounded, and a block parses the same before and after them.
+    before = parse_header_block(block("Cc: c@x.example", "Subject : s"))
+    noise = b"".join(b"X-Noise-%d: v\n" % i for i in range(10_000))
+    rec = parse_header_block(BASE + noise + b"Cc: c@x.example\n\n")
+    assert (rec.from_addr, rec.cc_addrs) == ("lead@client.example", ("c@x.example",))
+    assert parse_header_block(block("Cc: c@x.example", "Subject : s")) == before
 
 
 def test_kept_headers_and_gmail_fields() -> None:

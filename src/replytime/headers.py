@@ -115,13 +115,6 @@ def _field_name(raw: bytes, sep: bytes) -> bytes | None:
     return name.lower() if _NAME_RE.fullmatch(name) else None
 
 
-def _str_field_name(raw: str, sep: str) -> str:
-    if not sep:
-        return ""
-    name = raw.rstrip(" \t")
-    return name.lower() if _NAME_STR_RE.fullmatch(name) else ""
-
-
 def _value(raw: bytes) -> str:
     if b"\n" in raw:  # unfold: drop the line breaks, keep the blanks that follow them
         raw = raw.replace(b"\r\n", b"").replace(b"\n", b"")
@@ -146,7 +139,30 @@ def split_fields(block: bytes, wanted: frozenset[str] = _WANTED) -> list[tuple[s
     return [(name, _value(value)) for name, value in _byte_fields(block, wanted_b)]
 
 
-def _field_dict(block: bytes, wanted: frozenset[str], wanted_b: frozenset[bytes]) -> dict[str, str]:
+def _wanted_name(raw: str, wanted: frozenset[str]) -> str:
+    """The wanted lower-case name of a field whose text before the colon is ``raw``, else
+    "": as written, or "Name :" (obsolete syntax)."""
+    name = raw.lower()
+    if name in wanted:
+        return name
+    if raw[-1:] not in (" ", "\t"):
+        return ""
+    name = raw.rstrip(" \t")
+    name = name.lower() if _NAME_STR_RE.fullmatch(name) else ""
+    return name if name in wanted else ""
+
+
+# The spellings before the colon met so far (per wanted set; "From", "MIME-Version"...), and
+# the wanted name each stands for: a dozen spellings cover nearly every line of a mailbox,
+# and one dict lookup is cheaper than lower-casing and looking up every line's name.
+_Spellings = dict[str, str]
+_SPELLINGS: _Spellings = {}
+_MAX_SPELLINGS, _MAX_SPELLING = 4096, 80  # bounded whatever the input
+
+
+def _field_dict(
+    block: bytes, wanted: frozenset[str], wanted_b: frozenset[bytes], spellings: _Spellings
+) -> dict[str, str]:
     """Like split_fields, straight into a dict where the first occurrence wins (and later
     duplicates are not even decoded)."""
     out: dict[str, str] = {}
@@ -160,18 +176,18 @@ def _field_dict(block: bytes, wanted: frozenset[str], wanted_b: frozenset[bytes]
         folded = "\n " in text or "\n\t" in text
         for line in _LOGICAL_STR_RE.split(text) if folded else text.split("\n"):
             raw, sep, value = line.partition(":")
-            name = raw.lower()
-            if name not in wanted or not sep:
-                # Rare: "Name :" (obsolete syntax) or a line without a colon.
-                if not sep or raw[-1:] not in (" ", "\t"):
-                    continue
-                name = _str_field_name(raw, sep)
-                if name not in wanted:
-                    continue
-            if name not in out:
-                if "\n" in value:
-                    value = value.replace("\r\n", "").replace("\n", "")
-                out[name] = value.strip()
+            name = spellings.get(raw)
+            if name is None:
+                name = _wanted_name(raw, wanted)
+                if sep and len(raw) <= _MAX_SPELLING:  # not a line without a colon
+                    if len(spellings) >= _MAX_SPELLINGS:
+                        spellings.clear()
+                    spellings[raw] = name
+            if not name or not sep or name in out:
+                continue
+            if "\n" in value:
+                value = value.replace("\r\n", "").replace("\n", "")
+            out[name] = value.strip()
         return out
     for key, raw_value in _byte_fields(block, wanted_b):
         if key not in out:
@@ -234,6 +250,7 @@ def parse_addresses(value: str | None) -> tuple[tuple[str, ...], bool]:
 
 # The record builder's parse_addresses (results are immutable tuples, safe to share).
 _addresses = functools.lru_cache(maxsize=_MEMO)(parse_addresses)
+_NO_ADDRESSES = parse_addresses(None)  # what an absent or empty address header gives
 
 
 def _slow_addresses(value: str) -> tuple[tuple[str, ...], bool]:
@@ -317,16 +334,24 @@ def _parent_id(value: str | None) -> str | None:
 
 def is_automated(fields: dict[str, str], from_addr: str | None) -> bool:
     """Section 3, "automated message": any one marker is enough."""
-    auto = fields.get("auto-submitted")
+    get = fields.get
+    auto = get("auto-submitted")
     if auto is not None and auto.split(";", 1)[0].strip().lower() != "no":
         return True
     if not _AUTO_PRESENT.isdisjoint(fields):
         return True
-    if fields.get("precedence", "").strip().lower() in _AUTO_PRECEDENCE:
+    precedence = get("precedence")
+    if precedence is not None and precedence.strip().lower() in _AUTO_PRECEDENCE:
         return True
-    if from_addr and _NOREPLY_RE.match(from_addr.rsplit("@", 1)[0]):
+    if from_addr and _is_noreply(from_addr):
         return True
-    return _media_type(fields.get("content-type", "")) == "multipart/report"
+    ctype = get("content-type")
+    return ctype is not None and _media_type(ctype) == "multipart/report"
+
+
+@functools.lru_cache(maxsize=_MEMO)  # a correspondent writes again and again
+def _is_noreply(addr: str) -> bool:
+    return _NOREPLY_RE.match(addr.rsplit("@", 1)[0]) is not None
 
 
 @functools.lru_cache(maxsize=256)  # a handful of distinct values in any mailbox
@@ -364,60 +389,65 @@ def _record(
     problems: int,
 ) -> MessageRecord:
     get = fields.get
-    from_list, bad_from = _addresses(get("from"))
-    to, bad_to = _addresses(get("to"))
-    cc, bad_cc = _addresses(get("cc"))
-    reply_to, bad_rt = _addresses(get("reply-to"))
+    # Cc and Reply-To are mostly absent: no trip through the memo for what None parses to.
+    value = get("from")
+    from_list, bad_from = _addresses(value) if value else _NO_ADDRESSES
+    value = get("to")
+    to, bad_to = _addresses(value) if value else _NO_ADDRESSES
+    value = get("cc")
+    cc, bad_cc = _addresses(value) if value else _NO_ADDRESSES
+    value = get("reply-to")
+    reply_to, bad_rt = _addresses(value) if value else _NO_ADDRESSES
     if bad_from or bad_to or bad_cc or bad_rt:
         problems |= PROBLEM_BAD_ADDRESS
     from_addr = from_list[0] if from_list else None
 
-    time_ms, offset, source = None, None, TIME_NONE
     if server_time_ms is not None:
         time_ms, source = int(server_time_ms), TIME_SERVER
-        offset = parse_date_ms(fields.get("date"))[1]
+        offset = parse_date_ms(get("date"))[1]
     else:
-        time_ms, offset = parse_date_ms(fields.get("date"))
+        time_ms, offset = parse_date_ms(get("date"))
         if time_ms is not None:
             source = TIME_DATE
         else:
-            received = fields.get("received", "")
+            received = get("received", "")
             stamp = received.rsplit(";", 1)[-1] if ";" in received else None
             time_ms, offset = parse_date_ms(stamp)
             source = TIME_RECEIVED if time_ms is not None else TIME_NONE
     if time_ms is None:
         problems |= PROBLEM_NO_TIME
 
-    thread = provider_thread_id or fields.get("x-gm-thrid") or None
-    all_labels = list(labels)
-    if "x-gmail-labels" in fields:
-        all_labels += [lb.strip() for lb in decode_words(fields["x-gmail-labels"]).split(",")]
-    ctype = fields.get("content-type")
-    subject = fields.get("subject")
-    message_id = _message_id(fields.get("message-id"))
+    thread = provider_thread_id or get("x-gm-thrid") or None
+    gmail_labels = get("x-gmail-labels")
+    if gmail_labels is not None:
+        labels = [*labels, *(lb.strip() for lb in decode_words(gmail_labels).split(","))]
+    ctype = get("content-type")
+    subject = get("subject")
+    message_id = _message_id(get("message-id"))
+    # Positional, in the order of MessageRecord's fields: less than half the cost of keywords.
     record = MessageRecord(
-        message_id=message_id,
-        from_addr=from_addr,
-        to_addrs=to,
-        cc_addrs=cc,
-        reply_to=reply_to,
-        subject=decode_words(subject) if subject is not None else None,
-        time_ms=time_ms,
-        time_offset=offset,
-        time_source=source,
-        in_reply_to=_parent_id(fields.get("in-reply-to")),
-        references=parse_references(fields.get("references")),
-        automated=is_automated(fields, from_addr),
-        content_type=(_media_type(ctype) or None) if ctype else None,
-        provider_thread_id=thread.strip() if thread else None,
-        labels=tuple(sorted({lb for lb in all_labels if lb})) if all_labels else (),
-        extra={k.lower(): fields[k.lower()] for k in keep if k.lower() in fields} if keep else {},
-        problems=problems,
+        message_id,
+        from_addr,
+        to,
+        cc,
+        reply_to,
+        decode_words(subject) if subject is not None else None,
+        time_ms,
+        offset,
+        source,
+        _parent_id(get("in-reply-to")),
+        parse_references(get("references")),
+        is_automated(fields, from_addr),
+        (_media_type(ctype) or None) if ctype else None,
+        thread.strip() if thread else None,
+        tuple(sorted({lb for lb in labels if lb})) if labels else (),
+        {k.lower(): fields[k.lower()] for k in keep if k.lower() in fields} if keep else {},
+        problems,
     )
     if message_id is None:
         record.fallback_key = hashlib.sha1(
             "\x1f".join(
-                fields.get(h, "") for h in ("from", "date", "subject", "to", "received")
+                get(h, "") for h in ("from", "date", "subject", "to", "received")
             ).encode("utf-8", "surrogatepass")
         ).hexdigest()
     return record
@@ -443,14 +473,18 @@ def parse_header_block(
     if b"\0" in block:  # NUL bytes are never meaningful in a header; SQLite text hates them
         block = block.replace(b"\0", b"")
     keep = tuple(keep)
-    wanted, wanted_b = _wanted_sets(keep) if keep else (_WANTED, _WANTED_BYTES)
-    fields = _field_dict(block, wanted, wanted_b)
+    wanted, wanted_b, spellings = (
+        _wanted_sets(keep) if keep else (_WANTED, _WANTED_BYTES, _SPELLINGS)
+    )
+    fields = _field_dict(block, wanted, wanted_b, spellings)
     if not fields and block.strip():
         problems |= PROBLEM_MALFORMED
     return _record(fields, server_time_ms, provider_thread_id, labels, keep, problems)
 
 
 @functools.lru_cache(maxsize=32)
-def _wanted_sets(keep: tuple[str, ...]) -> tuple[frozenset[str], frozenset[bytes]]:
+def _wanted_sets(
+    keep: tuple[str, ...],
+) -> tuple[frozenset[str], frozenset[bytes], _Spellings]:
     wanted = _WANTED | {k.lower() for k in keep}
-    return wanted, frozenset(w.encode("utf-8") for w in wanted)
+    return wanted, frozenset(w.encode("utf-8") for w in wanted), {}
