@@ -311,8 +311,13 @@ def test_the_kept_thread_inputs_give_way_to_any_other_write(tmp_path: Path,
 
     def fresh(name: str) -> Cache:
         c = open_cache(tmp_path / f"{name}.sqlite")
-        c.write_batch("files", [(f"/{n}", parse_header_block(msg(n))) for n in (1, 2)])
+        with c.bulk_write():  # as an import writes
+            c.write_batch("files", [(f"/{n}", parse_header_block(msg(n))) for n in (1, 2)])
         return c
+
+    synced = open_cache(tmp_path / "synced.sqlite")  # a sync threads on another connection:
+    synced.write_batch("g", [("id1", parse_header_block(msg(1)))], account_type="gmail")
+    assert reads_cache(synced)  # nothing kept for it
 
     c = fresh("plain")
     assert not reads_cache(c)
@@ -342,7 +347,8 @@ def test_the_kept_thread_inputs_give_way_to_any_other_write(tmp_path: Path,
     c = fresh("not-empty")
     c.close()
     c = open_cache(c.path)  # a new connection to a cache that already holds messages
-    c.write_batch("files", [("/3", parse_header_block(msg(3)))])
+    with c.bulk_write():
+        c.write_batch("files", [("/3", parse_header_block(msg(3)))])
     assert reads_cache(c)
 
     monkeypatch.setattr(sqlite, "WRITTEN_LIMIT", 3)

@@ -312,9 +312,11 @@ class SQLiteCache(CacheBase):
 
     @contextmanager
     def bulk_write(self) -> Iterator[None]:
-        """Many writes: when they start on an empty cache, the deferred indexes are dropped
-        and built when the threads are next assigned (alongside, in a second thread),
-        before the next write transaction after these, or at ``close``."""
+        """Many writes, then a thread assignment on this connection (an import). When the
+        first write of this connection is one of them and finds the cache empty, the
+        thread inputs of what is written are kept (``thread_inputs``), and the deferred
+        indexes are dropped and built when the threads are next assigned (alongside, in a
+        second thread), before the next write transaction after these, or at ``close``."""
         self._bulk = True
         try:
             yield
@@ -363,16 +365,18 @@ class SQLiteCache(CacheBase):
         locations: Sequence[tuple[str, str, str, str]],
         **options: Any,
     ) -> None:
-        if self._first_write:  # only a cache that starts empty: its ids then count from 1
+        # A bulk write (an import) that starts on an empty cache: its ids count from 1, and
+        # this connection threads them next. A sync writes here and threads on another
+        # connection, so keeping its rows would only hold memory.
+        if self._first_write and self._bulk:
             self._first_write = False
             version = self._data_version()
             if self._last_id() == 0:
                 self._written = _Written(version)
-                if self._bulk:
-                    with self.transaction():
-                        for name, _ in DEFERRED_INDEXES:
-                            self.conn.execute(f"DROP INDEX IF EXISTS {name}")
-                    self._indexes_dropped = True
+                with self.transaction():
+                    for name, _ in DEFERRED_INDEXES:
+                        self.conn.execute(f"DROP INDEX IF EXISTS {name}")
+                self._indexes_dropped = True
         super().write_rows(account, rows, locations, **options)
         written = self._written
         if written is None:
