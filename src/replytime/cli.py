@@ -598,10 +598,15 @@ def run() -> None:
     worker process is stopped; the interpreter's teardown of pandas and Arrow, ~0.1 s of
     every report, is skipped."""
     import multiprocessing
+    import threading
 
     from replytime.cache import close_open_caches
 
     code = main()
+    if threading.active_count() > 1:
+        # A thread still runs (an interrupted sync's workers, mid-write on their own
+        # connections): the usual exit, which never closes a connection under a thread.
+        sys.exit(code)
     close_open_caches()
     for child in multiprocessing.active_children():
         child.terminate()
