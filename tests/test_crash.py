@@ -229,11 +229,11 @@ def kill_and_resume(mail: Mail, fmt: str) -> KillReport:
     t0, t1 = timeline.opened, timeline.marks[-1]
     per_chain = KILLS // CHAINS
     chain = 0
+    end = t1  # shrinks when runs are quicker than the timed one (less load by then)
     while report.kills < KILLS:
         db = mail.root / f"killed-{fmt}-{chain}.sqlite"
         chain += 1
         kills = 0
-        end = t1  # shrinks when runs are quicker than the timed one (less load by then)
         while kills < min(per_chain, KILLS - report.kills):
             assert report.finished_first < 10 * KILLS, "the import kept finishing first"
             proc = start(mail, db, fmt)
@@ -250,6 +250,8 @@ def kill_and_resume(mail: Mail, fmt: str) -> KillReport:
             proc.wait(timeout=60)
             reap_group(proc.pid)
             kills += 1
+            # ... and grows back after a kill, so kill points keep spanning a whole run.
+            end = min(t1, t0 + (end - t0) * 1.1)
             phase = timeline.phase(at)
             report.phases[phase] = report.phases.get(phase, 0) + 1
         report.kills += kills
