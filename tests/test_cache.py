@@ -4,6 +4,11 @@ fresh cache path or URL per test."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -143,6 +148,33 @@ def test_one_writer_per_account(backend: str) -> None:
     with b.lock_account("sales"):  # released
         pass
     assert one(a, "SELECT count(*) FROM locations") == 2
+
+
+def test_a_killed_writers_leftover_children_do_not_hold_its_lock(tmp_path: Path) -> None:
+    """A command killed while its parser workers live: the workers (forked children) never
+    hold its account lock, so the next import is not refused while they linger."""
+    db = tmp_path / "c.sqlite"
+    script = (
+        "import os, sys, time; from replytime.cache import open_cache\n"
+        "c = open_cache(sys.argv[1])\n"
+        "with c.lock_account('sales'):\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(30); os._exit(0)  # a worker that outlives its parent\n"
+        "    print('locked', flush=True); time.sleep(30)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(db)], stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
+        with pytest.raises(LockedError), open_cache(db).lock_account("sales"):
+            pass  # held by the writer itself
+        proc.kill()
+        proc.wait()
+        with open_cache(db).lock_account("sales"):  # its child lives on, without the lock
+            pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_thread_rebuilds_wait_for_each_other(backend: str) -> None:

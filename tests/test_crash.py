@@ -236,12 +236,14 @@ def kill_and_resume(mail: Mail, fmt: str) -> KillReport:
         kills = 0
         while kills < min(per_chain, KILLS - report.kills):
             assert report.finished_first < 10 * KILLS, "the import kept finishing first"
-            proc = start(mail, db, fmt)
+            errors = db.with_name(db.name + ".stderr")  # what a run said, should it fail
+            with errors.open("wb") as err:
+                proc = start(mail, db, fmt, stderr=err)
             at = t0 + rng.random() * (end - t0)
             time.sleep(at)
             if proc.poll() is not None:
                 report.finished_first += 1
-                assert proc.returncode == 0
+                assert proc.returncode == 0, errors.read_text()
                 if kills:
                     break
                 end = t0 + (end - t0) * 0.8

@@ -6,6 +6,7 @@ both backends share (upsert rules, reads, status, thread rebuild) is in ``base``
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -38,6 +39,22 @@ DEFERRED_INDEXES = (
     ("locations_msg", "CREATE INDEX IF NOT EXISTS locations_msg ON locations(msg_key)"),
     ("messages_time", "CREATE INDEX IF NOT EXISTS messages_time ON messages(time_ms)"),
 )
+
+
+# Lock files this process holds. A forked child (a parser worker) closes its copies at once,
+# so it never holds a lock: the workers left behind by a killed command cannot refuse the
+# next one. (An flock belongs to the open file, which the parent keeps open.)
+_held_locks: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    for fd in _held_locks:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 class _Connection(sqlite3.Connection):
@@ -443,6 +460,7 @@ class SQLiteCache(CacheBase):
         """Hold an exclusive flock on ``lock_path``: try once (LockedError ``refused``) or
         wait for it (``refused`` None)."""
         fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        _held_locks.add(fd)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if refused else 0))
@@ -450,6 +468,7 @@ class SQLiteCache(CacheBase):
                 raise LockedError(refused) from None
             yield
         finally:
+            _held_locks.discard(fd)
             os.close(fd)
 
     def _lock_dir(self) -> Path:
