@@ -57,6 +57,19 @@ def _drop_inherited_locks() -> None:
 os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction on ``conn``, rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
 class _Connection(sqlite3.Connection):
     """A connection that can be referenced weakly (sqlite3.Connection cannot)."""
 
@@ -318,14 +331,9 @@ class SQLiteCache(CacheBase):
         )}
         if len(present) == len(names):
             return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(conn):
             for _, sql in DEFERRED_INDEXES:
                 conn.execute(sql)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     @contextmanager
     def bulk_write(self) -> Iterator[None]:
@@ -375,6 +383,12 @@ class SQLiteCache(CacheBase):
     def _last_id(self) -> int:
         return int(self.conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0])
 
+    def _still_exact(self, written: _Written, added: int = 0) -> bool:
+        """Whether the kept copy plus ``added`` rows is what the cache holds: no other
+        connection wrote, and the ids grew by exactly the rows kept (every row was new)."""
+        return (self._data_version() == written.version
+                and self._last_id() == written.count + added)
+
     def write_rows(
         self,
         account: str,
@@ -403,8 +417,7 @@ class SQLiteCache(CacheBase):
         if (
             options.get("removed")
             or written.count + len(rows) > WRITTEN_LIMIT
-            or self._last_id() != written.count + len(rows)
-            or self._data_version() != written.version
+            or not self._still_exact(written, len(rows))
         ):
             self._written = None
         else:
@@ -415,12 +428,7 @@ class SQLiteCache(CacheBase):
         asked for just before threads are assigned: the deferred index build starts here,
         to run alongside the rest."""
         written = self._written
-        if not (
-            written is not None
-            and written.count
-            and self._data_version() == written.version
-            and self._last_id() == written.count
-        ):
+        if written is None or not written.count or not self._still_exact(written):
             inputs = super().thread_inputs()
             self._start_index_build()
             return inputs
@@ -445,14 +453,8 @@ class SQLiteCache(CacheBase):
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         self._finish_index_build()
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+        with _immediate(self.conn) as conn:
+            yield conn
 
     # -- locks: flock on files next to the cache (released when the process dies) ------
     @contextmanager

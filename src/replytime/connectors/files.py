@@ -587,8 +587,8 @@ def import_paths(
     # for rules (``keep``) changed since: a file read again fills those in (the upsert).
     kept = sorted({k.lower() for k in keep})
     state = cache.account_state(account)
-    known = (KnownPlaces(lambda: cache.known_locations(account))
-             if state.get("kept_headers") == kept else None)
+    same_keep = state.get("kept_headers") == kept
+    known = KnownPlaces(lambda: cache.known_locations(account)) if same_keep else None
     rows: list[tuple[Any, ...]] = []
     locations: list[tuple[str, str, str, str]] = []
     skipped: list[tuple[str, str]] = []
@@ -616,37 +616,36 @@ def import_paths(
         workers = file_workers()
     found = _found(_units(roots, unit_files, mbox_range, known), tuple(keep), account,
                    workers, on_wait)
-    with cache.bulk_write():  # the deferred indexes: see SQLiteCache.bulk_write
-        try:
-            for unit_rows, unit_locations, unit_skipped in found:
-                if unit_skipped:
-                    # Rare: place by place, messages and skipped places in their order.
-                    nxt = 0
-                    marks = {i: (loc, why) for i, loc, why in unit_skipped}
-                    for i in range(len(unit_rows) + len(unit_skipped)):
-                        if i in marks:
-                            skip(*marks[i])
-                        else:
-                            rows.append(unit_rows[nxt])
-                            locations.append(unit_locations[nxt])
-                            nxt += 1
-                            stats.fetched += 1
-                        # Nothing is written before the first message: "no mail" leaves no trace.
-                        if stats.fetched and len(rows) + len(skipped) >= size:
-                            flush()
-                    continue
-                # Messages only: whole slices, cut where the place-by-place loop above would cut.
-                i, n = 0, len(unit_rows)
-                while i < n:
-                    j = min(n, i + max(size - len(rows) - len(skipped), 1))
-                    rows += unit_rows[i:j]
-                    locations += unit_locations[i:j]
-                    stats.fetched += j - i
-                    i = j
-                    if len(rows) + len(skipped) >= size:
+    # The deferred indexes: see SQLiteCache.bulk_write. Closing ``found`` stops the worker
+    # pool at once if writing failed.
+    with cache.bulk_write(), contextlib.closing(found):
+        for unit_rows, unit_locations, unit_skipped in found:
+            if unit_skipped:
+                # Rare: place by place, messages and skipped places in their order.
+                nxt = 0
+                marks = {i: (loc, why) for i, loc, why in unit_skipped}
+                for i in range(len(unit_rows) + len(unit_skipped)):
+                    if i in marks:
+                        skip(*marks[i])
+                    else:
+                        rows.append(unit_rows[nxt])
+                        locations.append(unit_locations[nxt])
+                        nxt += 1
+                        stats.fetched += 1
+                    # Nothing is written before the first message: "no mail" leaves no trace.
+                    if stats.fetched and len(rows) + len(skipped) >= size:
                         flush()
-        finally:
-            found.close()  # stops the worker pool at once if writing failed
+                continue
+            # Messages only: whole slices, cut where the place-by-place loop above would cut.
+            i, n = 0, len(unit_rows)
+            while i < n:
+                j = min(n, i + max(size - len(rows) - len(skipped), 1))
+                rows += unit_rows[i:j]
+                locations += unit_locations[i:j]
+                stats.fetched += j - i
+                i = j
+                if len(rows) + len(skipped) >= size:
+                    flush()
         unchanged = known.count if known is not None else 0
         if not stats.fetched and not unchanged:
             where = ", ".join(str(p) for p in roots)
@@ -654,7 +653,7 @@ def import_paths(
             raise UsageError(f"no mail found in {where}" + (f" ({detail})" if detail else ""))
         if rows or skipped:
             flush()
-        if state.get("kept_headers") != kept:  # every file was read with these
+        if not same_keep:  # every file was read with these
             cache.set_state(account, {**state, "kept_headers": kept}, account_type="files")
     after = cache.message_count()
     stats.seconds = time.monotonic() - started
