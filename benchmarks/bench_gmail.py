@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fake_gmail import FakeGmail, generate_mailbox  # noqa: E402
 
-from replytime.cache import open_cache  # noqa: E402
 from replytime.config import Account, Config  # noqa: E402
-from replytime.connectors import gmail  # noqa: E402
+from replytime.sources import gmail  # noqa: E402
+from replytime.store import open_cache  # noqa: E402
 
 TARGET_CEILING = 0.90
 MESSAGES_GET_UNITS = 5

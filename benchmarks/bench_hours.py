@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pandas as pd
 
+from replytime.analysis.hours import _intervals, _knots, business_seconds, business_seconds_by
 from replytime.config import WEEKDAYS, parse_schedule
-from replytime.hours import _intervals, _knots, business_seconds, business_seconds_by
 
 
 def main(n: int = 1_000_000) -> None:

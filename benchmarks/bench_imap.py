@@ -120,8 +120,8 @@ def api_sync(config: Path, db: Path) -> list[str]:
     """The sync alone (connectors/imap.py), without the CLI's start-up and threading; the
     sync's own seconds (without the interpreter's start-up) go to DB.seconds."""
     code = (
-        "import sys; from pathlib import Path; from replytime.cache import open_cache; "
-        "from replytime.config import load_config; from replytime.connectors.imap import sync; "
+        "import sys; from pathlib import Path; from replytime.store import open_cache; "
+        "from replytime.config import load_config; from replytime.sources.imap import sync; "
         "cfg = load_config(sys.argv[1]); "
         "stats = sync(open_cache(sys.argv[2]), cfg.accounts[0], cfg); "
         "Path(sys.argv[2] + '.seconds').write_text(str(stats.seconds))"

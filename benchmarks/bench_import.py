@@ -162,8 +162,8 @@ def cli_command(path: Path, db: Path) -> list[str]:
 def api_command(path: Path, db: Path) -> list[str]:
     """The import alone (connectors/files.py), without the CLI's thread assignment."""
     code = (
-        "import sys; from pathlib import Path; from replytime.cache import open_cache; "
-        "from replytime.connectors.files import import_paths; "
+        "import sys; from pathlib import Path; from replytime.store import open_cache; "
+        "from replytime.sources.files import import_paths; "
         "import_paths(open_cache(sys.argv[1]), [Path(sys.argv[2])], account='bench')"
     )
     return [sys.executable, "-c", code, str(db), str(path)]

@@ -51,10 +51,10 @@ def local_ms(day: date) -> int:
 def open_store(target: str) -> Any:
     """The cache at ``target``; a SQLite file read-only and untouched (no WAL, no migration)."""
     if target.startswith(("postgresql://", "postgres://")):
-        from replytime.cache import open_cache
+        from replytime.store import open_cache
 
         return open_cache(target, create=False)
-    from replytime.cache.sqlite import SQLiteCache
+    from replytime.store.sqlite import SQLiteCache
 
     path = Path(target)
     if Path(f"{path}-wal").exists() and Path(f"{path}-wal").stat().st_size:
@@ -88,9 +88,10 @@ def child(opts: argparse.Namespace) -> None:
     """One measured run: compute the pairs with one method, pickle them, print figures."""
     import dataclasses
 
-    from replytime.cache.pairing import PAIR_COLUMNS, email_lead_pairs
+    from replytime.analysis.matcher import Roster, match_leads, prepare
+    from replytime.analysis.sql_leads import email_lead_pairs
     from replytime.config import load_config
-    from replytime.matcher import Roster, match_leads, prepare
+    from replytime.store.pairing import PAIR_COLUMNS
 
     cfg = load_config(opts.config)
     cfg = dataclasses.replace(cfg, leads=dataclasses.replace(cfg.leads, forms=()))

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from replytime.headers import header_block_end
+from replytime.sources.headers import header_block_end
 
 ALL_MAIL = "[Gmail]/All Mail"
 UIDVALIDITY = 11

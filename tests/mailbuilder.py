@@ -8,9 +8,9 @@ from email.utils import format_datetime
 from pathlib import Path
 
 from replytime.api import Analysis, refresh_threads
-from replytime.cache import open_cache
 from replytime.config import Config, parse_config
-from replytime.headers import parse_header_block
+from replytime.sources.headers import parse_header_block
+from replytime.store import open_cache
 
 MONDAY = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday
 

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 
 from replytime.api import Analysis
-from replytime.cache import open_cache
-from replytime.cache.postgres import MIGRATIONS as PG_MIGRATIONS
-from replytime.cache.postgres import glob_regex, redact
-from replytime.cache.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from replytime.config import load_config
+from replytime.store import open_cache
+from replytime.store.postgres import MIGRATIONS as PG_MIGRATIONS
+from replytime.store.postgres import glob_regex, redact
+from replytime.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from tests.dovecot import Dovecot, free_port
 from tests.pg import PostgresServer
 
@@ -179,7 +179,7 @@ def test_nul_in_a_record_is_stored(pg_server: PostgresServer) -> None:
     """PostgreSQL text cannot hold NUL (SQLite can): it becomes U+FFFD there."""
     from dataclasses import replace
 
-    from replytime.headers import parse_header_block
+    from replytime.sources.headers import parse_header_block
 
     c = open_cache(pg_server.create_database())
     rec = parse_header_block(b"From: a@b.example\r\nSubject: x\r\nMessage-ID: <n@b>\r\n\r\n")
@@ -190,7 +190,7 @@ def test_nul_in_a_record_is_stored(pg_server: PostgresServer) -> None:
 def test_frames_read_in_chunks_equal_one_read(backend: str) -> None:
     """Frames are read a chunk at a time (memory flat in the result's size): a 7-row chunk
     size gives the very frames of one read, on both backends."""
-    from replytime.connectors.files import import_paths
+    from replytime.sources.files import import_paths
 
     c = open_cache(backend)
     import_paths(c, [MBOX], account="example")

@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from replytime.cache import SCHEMA_VERSION, Cache, open_cache
 from replytime.errors import CacheError, LockedError
-from replytime.headers import parse_header_block
 from replytime.model import TIME_DATE, TIME_SERVER
+from replytime.sources.headers import parse_header_block
+from replytime.store import SCHEMA_VERSION, Cache, open_cache
 
 MSG = (b"From: Pat <pat@client.example>\r\nTo: sales@acme.example\r\n"
        b"Date: Mon, 02 Nov 2026 09:00:00 -0500\r\nMessage-ID: <a1@client.example>\r\n"
@@ -155,7 +155,7 @@ def test_a_killed_writers_leftover_children_do_not_hold_its_lock(tmp_path: Path)
     hold its account lock, so the next import is not refused while they linger."""
     db = tmp_path / "c.sqlite"
     script = (
-        "import os, sys, time; from replytime.cache import open_cache\n"
+        "import os, sys, time; from replytime.store import open_cache\n"
         "c = open_cache(sys.argv[1])\n"
         "with c.lock_account('sales'):\n"
         "    if os.fork() == 0:\n"
@@ -275,9 +275,9 @@ def test_bulk_thread_update_rebuilds_the_index(tmp_path: Path, monkeypatch: pyte
     """A rebuild that updates most rows drops the thread index and builds it again: same
     thread ids as the row-by-row update, and the index is there afterwards."""
     from replytime.api import refresh_threads
-    from replytime.cache import sqlite
     from replytime.config import load_config
-    from replytime.connectors.files import import_paths
+    from replytime.sources.files import import_paths
+    from replytime.store import sqlite
 
     examples = Path(__file__).resolve().parents[1] / "examples"
     cfg = load_config(examples / "replytime.toml")
@@ -301,7 +301,7 @@ CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "n
 def reads_cache(c: Cache) -> bool:
     """Whether ``thread_inputs`` read the messages back; either way they must be exactly
     what reading the cache gives."""
-    from replytime.cache.base import CacheBase
+    from replytime.store.base import CacheBase
 
     real, calls = c._frame, []
 
@@ -320,7 +320,7 @@ def reads_cache(c: Cache) -> bool:
 
 @pytest.mark.parametrize("source", ["example", "lkml", "threading", "duplicate", "broken"])
 def test_a_first_import_keeps_exactly_what_it_wrote(tmp_path: Path, source: str) -> None:
-    from replytime.connectors.files import import_paths
+    from replytime.sources.files import import_paths
 
     path = EXAMPLES / "mailbox.mbox" if source == "example" else CORPORA / source
     c = open_cache(tmp_path / "c.sqlite")
@@ -335,8 +335,8 @@ def test_the_kept_thread_inputs_give_way_to_any_other_write(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
     from replytime.api import refresh_threads
-    from replytime.cache import sqlite
     from replytime.config import Config
+    from replytime.store import sqlite
 
     def msg(n: int) -> bytes:
         return MSG.replace(b"<a1@", f"<a{n}@".encode())
@@ -398,9 +398,9 @@ def test_a_first_import_builds_its_random_order_indexes_afterwards(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from replytime.api import refresh_threads
-    from replytime.cache import sqlite
     from replytime.config import Config
-    from replytime.connectors.files import import_paths
+    from replytime.sources.files import import_paths
+    from replytime.store import sqlite
 
     deferred = {name for name, _ in sqlite.DEFERRED_INDEXES}
     during: list[set[str]] = []
@@ -442,9 +442,9 @@ def test_a_failed_index_build_is_reported_where_the_cache_is_next_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from replytime.api import refresh_threads
-    from replytime.cache import sqlite
     from replytime.config import Config
-    from replytime.connectors.files import import_paths
+    from replytime.sources.files import import_paths
+    from replytime.store import sqlite
 
     c = open_cache(tmp_path / "c.sqlite")
     import_paths(c, [EXAMPLES / "mailbox.mbox"], account="a")

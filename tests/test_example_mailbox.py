@@ -19,8 +19,8 @@ from types import ModuleType
 import pytest
 
 from replytime.config import Config, load_config
-from replytime.headers import parse_header_block
 from replytime.model import MessageRecord
+from replytime.sources.headers import parse_header_block
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MBOX = EXAMPLES / "mailbox.mbox"

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from replytime.api import Analysis, refresh_threads
-from replytime.cache import open_cache
 from replytime.config import load_config
-from replytime.connectors.files import import_paths
-from replytime.render import machine_frame
+from replytime.output.render import machine_frame
+from replytime.sources.files import import_paths
+from replytime.store import open_cache
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 AS_OF = "2026-11-06T21:00:00+00:00"
@@ -79,13 +79,13 @@ def test_all_time_analysis_part_by_part_changes_no_number(
     """A big cache is analysed for all time in parts of about PART_MESSAGES messages (each
     reading only its active threads); parts of 100 messages (9 parts) must give every
     number of the whole analysis."""
-    import replytime.api as api
+    import replytime.analysis.leadset as leadset
 
     reports = ("leads", "reps", "unanswered", "sla")
     whole = Analysis(analysis.cache, analysis.config, as_of=AS_OF)
     assert whole._parts() == []
     expected = {r: getattr(whole, r)() for r in reports}
-    monkeypatch.setattr(api, "PART_MESSAGES", 100)
+    monkeypatch.setattr(leadset, "PART_MESSAGES", 100)
     parted = Analysis(analysis.cache, analysis.config, as_of=AS_OF)
     assert len(parted._parts()) == 9
     pd.testing.assert_frame_equal(parted.all_leads, whole.all_leads)

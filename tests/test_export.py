@@ -17,13 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 
 import replytime
-from replytime import export
 from replytime.api import Analysis, refresh_threads
-from replytime.cache import Cache, open_cache
 from replytime.config import load_config
-from replytime.connectors.files import import_paths
-from replytime.headers import parse_header_block
-from replytime.render import machine_frame
+from replytime.output import export
+from replytime.output.render import machine_frame
+from replytime.sources.files import import_paths
+from replytime.sources.headers import parse_header_block
+from replytime.store import Cache, open_cache
 from tests.mailbuilder import Mailbox
 from tests.test_cli import run
 

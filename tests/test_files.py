@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from replytime.cache.sqlite import SQLiteCache
-from replytime.connectors import files
-from replytime.connectors.files import (
+from replytime.errors import UsageError
+from replytime.model import PROBLEM_NO_TIME, PROBLEM_TRUNCATED
+from replytime.progress import Progress
+from replytime.sources import files
+from replytime.sources.files import (
     MAX_HEADER,
     import_paths,
     iter_messages,
     maildir_location,
     scan_mbox,
 )
-from replytime.errors import UsageError
-from replytime.model import PROBLEM_NO_TIME, PROBLEM_TRUNCATED
-from replytime.progress import Progress
+from replytime.store.sqlite import SQLiteCache
 
 CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
 

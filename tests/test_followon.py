@@ -11,9 +11,7 @@ import pandas as pd
 import pytest
 from scipy.stats import mannwhitneyu
 
-from replytime.api import Analysis
-from replytime.config import parse_config
-from replytime.followon import (
+from replytime.analysis.followon import (
     SMALL_NOTE,
     compare,
     overall_by_rep,
@@ -22,6 +20,8 @@ from replytime.followon import (
     stale_leads,
     two_proportion_p,
 )
+from replytime.api import Analysis
+from replytime.config import parse_config
 from replytime.periods import Period
 from tests.mailbuilder import BASE_CONFIG, Mailbox, at
 

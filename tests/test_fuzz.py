@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from replytime.api import refresh_threads
-from replytime.cache.sqlite import SQLiteCache
 from replytime.config import Config
-from replytime.connectors.files import import_paths, maildir_location
-from replytime.headers import parse_date_ms, parse_header_block
 from replytime.model import MessageRecord
+from replytime.sources.files import import_paths, maildir_location
+from replytime.sources.headers import parse_date_ms, parse_header_block
+from replytime.store.sqlite import SQLiteCache
 
 CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
 MIN_MS, MAX_MS = 0, 7_258_118_400_000  # 1970-01-01 .. 2200-01-01, the parser's year range

@@ -21,11 +21,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_gmail import FakeGmail, generate_mailbox  # noqa: E402
 
-from replytime.cache import open_cache  # noqa: E402
 from replytime.config import Account, Config, FormRule, LeadFilters  # noqa: E402
-from replytime.connectors import gmail  # noqa: E402
-from replytime.connectors.retry import MovingWindowLimiter, backoff_delay  # noqa: E402
 from replytime.errors import AuthError, ConfigError, SourceUnreachable  # noqa: E402
+from replytime.sources import gmail  # noqa: E402
+from replytime.sources.retry import MovingWindowLimiter, backoff_delay  # noqa: E402
+from replytime.store import open_cache  # noqa: E402
 
 RATE = 4000.0  # fast quota for most tests; the benchmark runs the real 250 units/s
 CONFIG = Config(leads=LeadFilters(forms=(FormRule("*", lead_address="header:x-lead-email"),)))
@@ -317,9 +317,9 @@ def test_permanent_failure_raises_and_keeps_what_was_synced(
 
 RUNNER = textwrap.dedent("""
     import json, sys
-    from replytime.cache import open_cache
+    from replytime.store import open_cache
     from replytime.config import Account, Config, FormRule, LeadFilters
-    from replytime.connectors.gmail import sync
+    from replytime.sources.gmail import sync
     db, options = sys.argv[1], json.loads(sys.argv[2])
     config = Config(leads=LeadFilters(forms=(FormRule("*", lead_address="header:x-lead-email"),)))
     sync(open_cache(db), Account("sales-gmail", "gmail", options), config)

@@ -8,7 +8,16 @@ from email.utils import formatdate, parsedate_tz
 
 import pytest
 
-from replytime.headers import (
+from replytime.model import (
+    PROBLEM_BAD_ADDRESS,
+    PROBLEM_MALFORMED,
+    PROBLEM_NO_TIME,
+    TIME_DATE,
+    TIME_NONE,
+    TIME_RECEIVED,
+    TIME_SERVER,
+)
+from replytime.sources.headers import (
     WANTED_HEADERS,
     decode_words,
     header_block_end,
@@ -19,15 +28,6 @@ from replytime.headers import (
     parse_references,
     record_from_fields,
     split_fields,
-)
-from replytime.model import (
-    PROBLEM_BAD_ADDRESS,
-    PROBLEM_MALFORMED,
-    PROBLEM_NO_TIME,
-    TIME_DATE,
-    TIME_NONE,
-    TIME_RECEIVED,
-    TIME_SERVER,
 )
 
 BASE = (

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from replytime.config import WEEKDAYS, Schedule, parse_schedule
-from replytime.hours import (
+from replytime.analysis.hours import (
     business_seconds,
     business_seconds_by,
     schedule_key,
     working_intervals,
 )
+from replytime.config import WEEKDAYS, Schedule, parse_schedule
 
 H = 3600
 M = 60

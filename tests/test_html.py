@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from replytime.html import frame_to_html, render_weekly_html, svg_daily, svg_distribution
-from replytime.weekly import WeeklyReport, weekly_report
+from replytime.analysis.weekly import WeeklyReport, weekly_report
+from replytime.output.html import frame_to_html, render_weekly_html, svg_daily, svg_distribution
 from tests.test_weekly import AS_OF, build
 
 CHARTS = ("chart-daily", "chart-distribution", "chart-heatmap")

@@ -31,9 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dovecot import Dovecot, Message  # noqa: E402
 from fake_gmail_imap import ALL_MAIL, FakeGmail, GmailMessage, internaldate  # noqa: E402
 
-from replytime.cache import open_cache  # noqa: E402
 from replytime.config import Account, Config, FormRule, LeadFilters  # noqa: E402
-from replytime.connectors.imap import (  # noqa: E402
+from replytime.errors import AuthError, ConfigError, SourceUnreachable  # noqa: E402
+from replytime.progress import Progress  # noqa: E402
+from replytime.sources.headers import parse_header_block  # noqa: E402
+from replytime.sources.imap import (  # noqa: E402
     COMMIT_CHUNKS,
     Settings,
     _uid_set,
@@ -42,9 +44,7 @@ from replytime.connectors.imap import (  # noqa: E402
     sync,
     xoauth2_string,
 )
-from replytime.errors import AuthError, ConfigError, SourceUnreachable  # noqa: E402
-from replytime.headers import parse_header_block  # noqa: E402
-from replytime.progress import Progress  # noqa: E402
+from replytime.store import open_cache  # noqa: E402
 
 CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
 PASSWORD_ENV = "REPLYTIME_TEST_IMAP_PASSWORD"
@@ -282,8 +282,8 @@ def test_pipelined_answers_ahead_of_their_chunk_and_a_break_mid_chunk(tmp_path: 
     """Dovecot runs pipelined FETCHes concurrently: UID 3 (chunk 2) arrives before chunk 1's
     OK, UID 5 (chunk 3) before chunk 2's. The connection then breaks inside chunk 3: the two
     whole chunks are committed (UIDs 1-4, last_uid 4), UID 5 is not, and nothing else."""
-    from replytime.connectors import SyncStats
-    from replytime.connectors.imap import _Run, _sync_folder
+    from replytime.sources import SyncStats
+    from replytime.sources.imap import _Run, _sync_folder
 
     a = fetch_answer
     stream = (a(1) + a(3) + a(2) + b"A1 OK Fetch completed.\r\n"
@@ -578,9 +578,9 @@ def test_starttls_verifies_certificates(tmp_path: Path, monkeypatch: pytest.Monk
 
 CHILD = """
 import json, sys
-from replytime.cache import open_cache
+from replytime.store import open_cache
 from replytime.config import Account, Config
-from replytime.connectors.imap import sync
+from replytime.sources.imap import sync
 from replytime.progress import Progress
 
 class Tell(Progress):

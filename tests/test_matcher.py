@@ -319,7 +319,7 @@ def test_unanswered_form_lead_is_attributed_by_the_notifications_to(mb: Mailbox)
 def test_form_history_start_follows_chains_of_notifications() -> None:
     import pandas as pd
 
-    from replytime.matcher import form_history_start
+    from replytime.analysis.matcher import form_history_start
 
     day = 86_400_000
     w = 14 * day

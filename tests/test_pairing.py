@@ -13,14 +13,15 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from replytime.analysis.matcher import Roster, match_leads, prepare
+from replytime.analysis.sql_leads import email_lead_pairs, email_leads
 from replytime.api import refresh_threads
-from replytime.cache import Cache, open_cache
-from replytime.cache.pairing import PAIR_COLUMNS, email_lead_pairs, email_leads
 from replytime.config import Config, load_config, parse_config
-from replytime.connectors.files import import_paths
-from replytime.headers import parse_header_block
-from replytime.matcher import Roster, match_leads, prepare
 from replytime.model import MessageRecord
+from replytime.sources.files import import_paths
+from replytime.sources.headers import parse_header_block
+from replytime.store import Cache, open_cache
+from replytime.store.pairing import PAIR_COLUMNS
 from tests.conftest import BACKENDS
 from tests.mailbuilder import BASE_CONFIG, Mailbox, at
 from tests.pg import PostgresServer
@@ -349,7 +350,7 @@ def test_lead_filters_on_labels_and_recipients(hand: tuple[Mailbox, Any]) -> Non
 def test_sqlite_reads_the_period_through_indexes(tmp_path: Path) -> None:
     """The plan reads messages of the period by the time index and the later messages of
     lead threads by thread id: never a scan of every message."""
-    from replytime.cache.pairing import pairs_sql
+    from replytime.store.pairing import pairs_sql
 
     cache = open_cache(tmp_path / "cache.sqlite")
     params = ("[]", "[]", 0, 1, 2, 0, 1, 2, 1, 1, 2)

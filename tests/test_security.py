@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from replytime.config import Account
-from replytime.connectors.imap import Settings, get_password
+from replytime.sources.imap import Settings, get_password
 
 SCRIPT = Path(sys.executable).with_name("replytime")
 SRC = Path(__file__).resolve().parents[1] / "src" / "replytime"

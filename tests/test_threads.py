@@ -11,11 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replytime.cache import open_cache
+from replytime.analysis.matcher import Roster
+from replytime.analysis.threads import (
+    _PREFIX_RE,
+    SUBJECT_WINDOW_MS,
+    assign_threads,
+    normalise_subject,
+)
 from replytime.config import Config
-from replytime.headers import parse_header_block
-from replytime.matcher import Roster
-from replytime.threads import _PREFIX_RE, SUBJECT_WINDOW_MS, assign_threads, normalise_subject
+from replytime.sources.headers import parse_header_block
+from replytime.store import open_cache
 
 CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
 

@@ -33,20 +33,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from replytime.errors import UsageError
-from replytime.periods import Period
-from replytime.render import console as make_console
-from replytime.render import machine_frame
-from replytime.weekly import (
+from replytime.analysis.weekly import (
     WEEKLY_COLUMNS,
     WeeklyReport,
-    delta,
     heatmap,
-    render_weekly_terminal,
     weekly_frame,
     weekly_periods,
     weekly_report,
 )
+from replytime.errors import UsageError
+from replytime.output.render import console as make_console
+from replytime.output.render import machine_frame
+from replytime.output.weekly import delta, render_weekly_terminal
+from replytime.periods import Period
 from tests.mailbuilder import BASE_CONFIG, Mailbox, at
 
 AS_OF = at(14, 12)
@@ -329,7 +328,8 @@ def test_team_filter(tmp_path: Path) -> None:
 
 
 def test_weekly_shows_who_covered_for_whom(tmp_path: Path) -> None:
-    from replytime.weekly import handoffs, render_weekly_terminal, weekly_report
+    from replytime.analysis.weekly import handoffs, weekly_report
+    from replytime.output.weekly import render_weekly_terminal
     from tests.mailbuilder import Mailbox, at
 
     mb = Mailbox(tmp_path)
@@ -349,6 +349,6 @@ def test_weekly_shows_who_covered_for_whom(tmp_path: Path) -> None:
     buf = StringIO()
     render_weekly_terminal(wr, Console(file=buf, width=100, no_color=True))
     assert "Who covered for whom" in buf.getvalue()
-    from replytime.html import render_weekly_html
+    from replytime.output.html import render_weekly_html
 
     assert "<h2>Who covered for whom</h2>" in render_weekly_html(wr)

@@ -19,15 +19,15 @@ _EXPORTS = {
     "Analysis": "replytime.api",
     "analyse": "replytime.api",
     "import_files": "replytime.api",
-    "refresh_threads": "replytime.rethread",
-    "open_cache": "replytime.cache",
+    "refresh_threads": "replytime.analysis.rethread",
+    "open_cache": "replytime.store",
     "Config": "replytime.config",
     "load_config": "replytime.config",
     "parse_config": "replytime.config",
     "ReplytimeError": "replytime.errors",
-    "match_leads": "replytime.matcher",
-    "business_seconds": "replytime.hours",
-    "export_parquet": "replytime.export",
+    "match_leads": "replytime.analysis.matcher",
+    "business_seconds": "replytime.analysis.hours",
+    "export_parquet": "replytime.output.export",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

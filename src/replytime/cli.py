@@ -86,7 +86,7 @@ def init(
 ) -> None:
     """Write a commented config template to PATH (default ./replytime.toml)."""
     from replytime.config import TEMPLATE
-    from replytime.render import atomic_write
+    from replytime.output.render import atomic_write
 
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; use --force to overwrite it")
@@ -106,7 +106,7 @@ def auth_gmail(
     )] = False,
 ) -> None:
     """Run Google's OAuth flow for a Gmail ACCOUNT and save its token (mode 0600)."""
-    from replytime.connectors import gmail
+    from replytime.sources import gmail
 
     acct = _config().account(account)
     if acct.type != "gmail":
@@ -119,8 +119,7 @@ def auth_gmail(
 def _load_threading() -> None:
     """Import what thread assignment needs (pandas, pyarrow: ~0.4 s) while the import waits
     for its parser workers, rather than before or after it."""
-    import replytime.api
-    import replytime.threads  # noqa: F401
+    import replytime.analysis.threads  # noqa: F401
 
 
 @app.command("import")
@@ -133,9 +132,9 @@ def import_(
     )] = "import",
 ) -> None:
     """Import mail files into the cache (headers only; bodies are never stored)."""
-    from replytime.cache import open_cache
-    from replytime.connectors.files import import_paths
     from replytime.progress import Progress
+    from replytime.sources.files import import_paths
+    from replytime.store import open_cache
 
     cfg = _config()
     cache = open_cache(G.db)
@@ -144,7 +143,7 @@ def import_(
         stats = import_paths(cache, paths, account=account, keep=cfg.kept_headers(),
                              progress=progress, on_wait=_load_threading)
     threading_started = time.monotonic()
-    from replytime.rethread import refresh_threads
+    from replytime.analysis.rethread import refresh_threads
 
     refresh_threads(cache, cfg)
     # The time and rate shown include threading: what the command took, not just reading.
@@ -197,10 +196,10 @@ def demo(
     import tempfile
 
     from replytime.api import Analysis, refresh_threads
-    from replytime.cache import open_cache
     from replytime.config import load_config
-    from replytime.connectors.files import import_paths
-    from replytime.render import console, rich_table
+    from replytime.output.render import console, rich_table
+    from replytime.sources.files import import_paths
+    from replytime.store import open_cache
 
     mailbox, cfg_path = EXAMPLES / "mailbox.mbox", EXAMPLES / "replytime.toml"
     if not mailbox.exists():
@@ -242,7 +241,7 @@ def status(
     import json
 
     from replytime.api import Analysis
-    from replytime.cache import open_cache
+    from replytime.store import open_cache
 
     cfg = _config()
     cache = open_cache(G.db, create=False)
@@ -262,7 +261,7 @@ def status(
         raise UsageError("--format: status supports table or json")
     from rich.table import Table
 
-    from replytime.render import console
+    from replytime.output.render import console
 
     con = console()
     con.print(f"cache        {info['cache']} (schema {info['schema_version']})")
@@ -309,7 +308,7 @@ def export(
     `SELECT rep, count(*) FROM read_parquet('exports/acme/leads/*/*.parquet',
     hive_partitioning=true) GROUP BY rep`.
     """
-    from replytime.export import export_parquet
+    from replytime.output.export import export_parquet
     from replytime.progress import Progress
 
     started = time.monotonic()
@@ -421,8 +420,8 @@ def report(
     -o leads.csv`, `replytime report unanswered --rep "Alice Ng"`.
     """
     from replytime.api import Analysis
-    from replytime.cache import open_cache
-    from replytime.render import emit_frame
+    from replytime.output.emit import emit_frame
+    from replytime.store import open_cache
 
     chosen = fmt.value if fmt else ("table" if sys.stdout.isatty() and not output else "csv")
     cfg = _config()
@@ -458,7 +457,7 @@ def report(
     elif kind is Kind.compare:
         if not (period_a and period_b):
             raise UsageError("compare needs both --a SINCE..UNTIL and --b SINCE..UNTIL")
-        from replytime.followon import MEDIAN_TEST, SLA_TEST
+        from replytime.analysis.followon import MEDIAN_TEST, SLA_TEST
 
         df = analysis.compare(period_a, period_b, sel, basis=basis)
         title = f"A = {period_a} vs B = {period_b} ({used} time)"
@@ -495,12 +494,12 @@ def _scope(analysis: Any, kind: Kind, period: Any, since: str | None, until: str
     from replytime.periods import Period
 
     if kind is Kind.weekly:
-        from replytime.weekly import weekly_periods
+        from replytime.analysis.weekly import weekly_periods
 
         current, previous = weekly_periods(since, until, analysis.tz, analysis.as_of)
         return Period(previous.since_ms, current.until_ms)
     if kind is Kind.compare and period_a and period_b:
-        from replytime.followon import parse_range
+        from replytime.analysis.followon import parse_range
 
         try:
             a, b = (parse_range(x, analysis.tz, analysis.now) for x in (period_a, period_b))
@@ -520,8 +519,10 @@ def _weekly(analysis: Any, chosen: str, output: Path | None, since: str | None,
 
     from rich.console import Console
 
-    from replytime.render import atomic_write, console, emit_frame, write_payload
-    from replytime.weekly import render_weekly_terminal, weekly_frame, weekly_report
+    from replytime.analysis.weekly import weekly_frame, weekly_report
+    from replytime.output.emit import emit_frame
+    from replytime.output.render import atomic_write, console, write_payload
+    from replytime.output.weekly import render_weekly_terminal
 
     wr = weekly_report(analysis, since, until, rep, team, basis)  # type: ignore[arg-type]
     if chosen == "table":
@@ -532,7 +533,7 @@ def _weekly(analysis: Any, chosen: str, output: Path | None, since: str | None,
         else:
             render_weekly_terminal(wr, console())
     elif chosen == "html":
-        from replytime.html import render_weekly_html
+        from replytime.output.html import render_weekly_html
 
         write_payload(render_weekly_html(wr), output)
     else:
@@ -600,7 +601,7 @@ def run() -> None:
     import multiprocessing
     import threading
 
-    from replytime.cache import close_open_caches
+    from replytime.store import close_open_caches
 
     code = main()
     if threading.active_count() > 1:

@@ -25,9 +25,9 @@ from typing import Any
 from rich.progress import Progress as RichProgress
 
 from replytime.config import Account, Config
-from replytime.connectors import SyncStats
 from replytime.errors import ReplytimeError, UsageError
 from replytime.progress import Progress
+from replytime.sources import SyncStats
 
 SYNCABLE = ("gmail", "imap")
 DEFAULT_MAX_JOBS = 4
@@ -52,11 +52,11 @@ def choose_accounts(config: Config, names: Sequence[str] | None) -> list[Account
 
 def connector_for(account: Account) -> ModuleType:
     if account.type == "gmail":
-        from replytime.connectors import gmail
+        from replytime.sources import gmail
 
         return gmail
     if account.type == "imap":
-        from replytime.connectors import imap
+        from replytime.sources import imap
 
         return imap
     raise UsageError(f"account {account.name!r} is a {account.type} source: use import")
@@ -162,7 +162,7 @@ class Board:
 
 
 def _sync_one(db: Any, account: Account, config: Config, full: bool, lane: _Lane) -> Outcome:
-    from replytime.cache import open_cache
+    from replytime.store import open_cache
 
     cache = None
     lane.note("connecting")
@@ -198,8 +198,8 @@ def sync_accounts(
     rebuild threads once. Each account's summary or error line goes to ``echo`` (stderr by
     default) as it finishes. Returns every outcome; an unexpected exception in a worker is
     re-raised after the others are done and the threads are rebuilt."""
-    from replytime.cache import open_cache
-    from replytime.rethread import refresh_threads
+    from replytime.analysis.rethread import refresh_threads
+    from replytime.store import open_cache
 
     if not accounts:
         raise UsageError("no accounts to sync")

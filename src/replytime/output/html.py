@@ -16,18 +16,10 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
+from replytime.analysis.weekly import TEAM, WEEKDAYS, WeeklyReport
+from replytime.output.render import human_frame
+from replytime.output.weekly import HEADLINE, delta, format_value, is_missing, short_duration
 from replytime.periods import format_duration
-from replytime.render import human_frame
-from replytime.weekly import (
-    HEADLINE,
-    TEAM,
-    WEEKDAYS,
-    WeeklyReport,
-    delta,
-    format_value,
-    is_missing,
-    short_duration,
-)
 
 BLUE = "#2563eb"
 GREEN = "#059669"

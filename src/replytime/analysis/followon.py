@@ -24,9 +24,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
+from replytime.analysis.matcher import UNASSIGNED, Roster, prepare
+from replytime.analysis.metrics import duration_column
 from replytime.config import Config
-from replytime.matcher import UNASSIGNED, Roster, prepare
-from replytime.metrics import duration_column
 from replytime.periods import Period, parse_period
 
 MEDIAN_TEST = "Mann–Whitney U, two-sided"
@@ -174,7 +174,7 @@ def _business(blocks: pd.DataFrame, config: Config) -> np.ndarray:
     answered = blocks["answered"].to_numpy()
     if not config.has_schedule or not answered.any():
         return calendar
-    from replytime.hours import business_seconds_by
+    from replytime.analysis.hours import business_seconds_by
 
     who = blocks["responder"].to_numpy()[answered]
     schedules = {n: config.schedule_for(n) for n in pd.unique(who)}

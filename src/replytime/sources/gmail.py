@@ -38,12 +38,12 @@ from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest
 
 from replytime.config import Account, Config
-from replytime.connectors import SyncStats
-from replytime.connectors.retry import MovingWindowLimiter, backoff_delay
 from replytime.errors import AuthError, ConfigError, SourceUnreachable
-from replytime.headers import WANTED_HEADERS, record_from_fields
 from replytime.model import MessageRecord
 from replytime.progress import Progress
+from replytime.sources import SyncStats
+from replytime.sources.headers import WANTED_HEADERS, record_from_fields
+from replytime.sources.retry import MovingWindowLimiter, backoff_delay
 
 log = logging.getLogger(__name__)
 

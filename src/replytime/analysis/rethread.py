@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from replytime.cache import Cache
     from replytime.config import Config
+    from replytime.store import Cache
 
 
 def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int:
@@ -21,8 +21,8 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
     ):
         return 0
     # pandas and Arrow compute: imported only when there is threading to do
-    from replytime.matcher import Roster
-    from replytime.threads import assign_threads
+    from replytime.analysis.matcher import Roster
+    from replytime.analysis.threads import assign_threads
 
     roster = Roster(config)
     return cache.rebuild_threads(lambda df: assign_threads(df, roster.is_internal), fingerprint)

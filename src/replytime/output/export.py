@@ -30,14 +30,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from replytime import __version__
-from replytime.api import Analysis, Selection, refresh_threads
-from replytime.cache import Cache, open_cache
+from replytime.analysis.leadset import Selection
+from replytime.analysis.matcher import Roster, prepare
+from replytime.analysis.reports import Analysis
+from replytime.analysis.rethread import refresh_threads
 from replytime.config import Config, load_config
 from replytime.errors import UsageError
-from replytime.matcher import Roster, prepare
 from replytime.model import TIME_DATE, TIME_NONE, TIME_RECEIVED, TIME_SERVER
+from replytime.output.render import machine_frame
 from replytime.periods import Period
-from replytime.render import machine_frame
+from replytime.store import Cache, open_cache
 
 PAGE = 100_000  # messages per read and per row group: bounds memory on any cache size
 # Where rows without a time go: the name Hive, Spark and pyarrow read back as a null month.

@@ -1,4 +1,5 @@
-"""Email leads and their first replies (brief, section 3) computed in the database.
+"""The lead/first-reply pairing statement (docs/definitions.md, "Lead", "First reply"),
+run in the database.
 
 The pandas path reads every message of the threads active in a period, with all its
 columns, into pandas (``Cache.messages(active=...)`` + ``matcher.match_leads``). Here one
@@ -20,9 +21,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from replytime.cache.base import CacheBase
-from replytime.config import Config
-from replytime.matcher import Roster, lead_table, passes_filters
+from replytime.store.base import CacheBase
 
 PAIR_COLUMNS = ["thread_id", "lead_id", "lead_time_ms", "reply_id", "reply_time_ms"]
 #: with ``details=True``: what the lead filters, attribution and reports need besides
@@ -126,47 +125,35 @@ ORDER BY l.time_ms, l.id
 """
 
 
-def email_lead_pairs(
+def lead_pairs(
     cache: CacheBase,
-    config: Config | Roster,
+    internal_domains: Iterable[str],
+    internal_addresses: Iterable[str],
     since_ms: int | None,
     until_ms: int | None,
     as_of_ms: int,
     *,
-    exclude_lead_ids: Iterable[int] = (),
     details: bool = False,
+    labels: bool = False,
 ) -> pd.DataFrame:
     """Every email lead with lead time in [since_ms, until_ms) (None = open) as of
-    ``as_of_ms`` and its first reply, as ``matcher.match_leads`` finds them: columns
-    ``PAIR_COLUMNS`` (reply columns null when unanswered), ordered by lead time and id;
-    ``details`` adds ``DETAIL_COLUMNS``.
-
-    The configured lead filters (``[leads] to / exclude_from / labels``) are applied as the
-    matcher applies them. ``exclude_lead_ids`` are form leads' message ids: the matcher
-    counts such a message as a form lead, not an email lead."""
-    roster = config if isinstance(config, Roster) else Roster(config)
-    cfg = roster.config
-    f = cfg.leads
-    need = details or bool(f.to or f.exclude_from or f.labels)
+    ``as_of_ms`` and its first reply: columns ``PAIR_COLUMNS`` (reply columns null when
+    unanswered), ordered by lead time and id; ``details`` adds ``DETAIL_COLUMNS`` (``labels``
+    filled only when asked for). No lead filter is applied here
+    (``replytime.analysis.sql_leads`` does that)."""
     labels_sql = (
         f"(SELECT {cache.label_agg} FROM locations lo WHERE lo.msg_key = lm.msg_key)"
-        if details or f.labels else "NULL"
+        if labels else "NULL"
     )
     since = _NO_START if since_ms is None else int(since_ms)
     until = _NO_END if until_ms is None else int(until_ms)
     as_of = int(as_of_ms)
     # A domain holding an '@' is never the part after the last '@' (SQLiteCache.domain_in).
-    domains = sorted(d for d in cfg.internal_domains if "@" not in d)
-    params = (json.dumps(domains), json.dumps(sorted(roster.addresses)),
+    domains = sorted(d for d in internal_domains if "@" not in d)
+    params = (json.dumps(domains), json.dumps(sorted(internal_addresses)),
               since, until, as_of, since, until, as_of, until, until, as_of)
     # The backend's own reader: dialect placeholders, chunked fetch, read_sql typing.
-    df = cache.analytic_frame(pairs_sql(cache, need, labels_sql), params)
-    excluded = set(exclude_lead_ids)
-    if excluded:
-        df = df[~df["lead_id"].isin(excluded)]
-    if f.to or f.exclude_from or f.labels:
-        df = df[passes_filters(df, df["lead_from"], cfg)]
-    df = df.reset_index(drop=True)
+    df = cache.analytic_frame(pairs_sql(cache, details, labels_sql), params)
     if df.empty:  # no rows to infer from: text columns typed as a read of some rows types them
         text = ["thread_id", *(c for c in DETAIL_COLUMNS if c in df)]
         df = df.astype(dict.fromkeys(text, "str"))
@@ -174,23 +161,4 @@ def email_lead_pairs(
     df["lead_time_ms"] = df["lead_time_ms"].astype("int64")
     df["reply_id"] = df["reply_id"].astype("Int64")
     df["reply_time_ms"] = df["reply_time_ms"].astype("Int64")
-    return df[PAIR_COLUMNS + DETAIL_COLUMNS] if details else df[PAIR_COLUMNS]
-
-
-def email_leads(
-    cache: CacheBase,
-    config: Config,
-    since_ms: int | None,
-    until_ms: int | None,
-    as_of_ms: int,
-    *,
-    exclude_lead_ids: Iterable[int] = (),
-) -> pd.DataFrame:
-    """The email rows of ``matcher.match_leads`` (``LEAD_COLUMNS``, kind "email") for leads
-    in [since_ms, until_ms), built from ``email_lead_pairs(details=True)`` without reading
-    the messages of the period into pandas."""
-    roster = Roster(config)
-    p = email_lead_pairs(cache, roster, since_ms, until_ms, as_of_ms,
-                         exclude_lead_ids=exclude_lead_ids, details=True)
-    found = p.drop(columns=["to_addrs", "cc_addrs", "labels"]).assign(kind="email")
-    return lead_table(found, p.rename(columns={"lead_id": "id"}), roster)
+    return df

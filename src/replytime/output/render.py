@@ -178,51 +178,6 @@ def atomic_write(path: Path, write: Callable[[io.IOBase], None], *, binary: bool
         raise
 
 
-def emit_frame(
-    df: pd.DataFrame,
-    fmt: str,
-    *,
-    output: Path | None,
-    tz: ZoneInfo | timezone,
-    title: str | None = None,
-    caption: str | None = None,
-    raw_csv: bool = False,
-) -> None:
-    """Write one table in ``fmt`` to ``output`` (atomically) or stdout."""
-    if fmt == "table":
-        table = rich_table(df, tz, title=title, caption=caption)
-        if output:
-            buf = io.StringIO()
-            Console(file=buf, width=120, no_color=True).print(table)
-            atomic_write(output, lambda f: f.write(buf.getvalue()), binary=False)
-        else:
-            console().print(table)
-        return
-    if fmt == "html":
-        from replytime.html import frame_to_html
-
-        write_payload(frame_to_html(df, title or "replytime report", tz), output)
-        return
-    m = machine_frame(df)
-    if fmt == "parquet":
-        data = io.BytesIO()
-        m.to_parquet(data, index=False)
-        payload: bytes | str = data.getvalue()
-    elif fmt == "csv":
-        payload = to_csv(m, raw=raw_csv)
-    elif fmt == "json":
-        payload = m.to_json(orient="records", indent=2, force_ascii=False) + "\n"
-    elif fmt == "jsonl":
-        payload = m.to_json(orient="records", lines=True, force_ascii=False)
-        if payload and not payload.endswith("\n"):
-            payload += "\n"
-    elif fmt == "markdown":
-        payload = (f"## {title}\n\n" if title else "") + to_markdown(m)
-    else:
-        raise UsageError(f"--format: {fmt!r} is not available for this report")
-    write_payload(payload, output)
-
-
 def write_payload(payload: bytes | str, output: Path | None) -> None:
     binary = isinstance(payload, bytes)
     if output:

@@ -27,15 +27,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import errors as pg_errors
 
-from replytime.cache.base import CacheBase
 from replytime.errors import CacheError, LockedError
+from replytime.store.base import CacheBase
 
 if TYPE_CHECKING:
     import pandas as pd
 
 STREAM_ROWS = 1000  # rows per network chunk when streaming a result (libpq 17+ chunked mode)
 
-# Schema versions numbered as in replytime.cache.sqlite.MIGRATIONS: entry i migrates from
+# Schema versions numbered as in replytime.store.sqlite.MIGRATIONS: entry i migrates from
 # version i to i + 1, with the same tables, columns, keys and indexes in PostgreSQL DDL.
 # Never edit a released entry: append a new one (and its SQLite twin).
 MIGRATIONS: tuple[str, ...] = (

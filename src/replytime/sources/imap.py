@@ -54,13 +54,13 @@ from imapclient import IMAPClient, imap_utf7
 from imapclient.exceptions import LoginError
 
 from replytime.config import Account, Config
-from replytime.connectors import SyncStats
-from replytime.connectors.pool import default_workers, ordered_map
-from replytime.connectors.retry import backoff_delay
 from replytime.errors import AuthError, ConfigError, ReplytimeError, SourceUnreachable
-from replytime.headers import WANTED_HEADERS, parse_header_block
 from replytime.model import StoredMessage, stored_message
 from replytime.progress import Progress
+from replytime.sources import SyncStats
+from replytime.sources.headers import WANTED_HEADERS, parse_header_block
+from replytime.sources.pool import default_workers, ordered_map
+from replytime.sources.retry import backoff_delay
 
 ACCOUNT_TYPE = "imap"
 STATE_VERSION = 1

@@ -1,14 +1,20 @@
-"""The local cache of message headers. SQLite by default; the backend is chosen by URL:
-a file path or ``sqlite:///path`` for the embedded file, ``postgresql://...`` for a server."""
+"""The local cache of message headers: the SQLite and PostgreSQL backends, their schema and
+migrations, locks, and the lead-pairing SQL (``pairing``). SQLite by default; the backend is
+chosen by URL: a file path or ``sqlite:///path`` for the embedded file, ``postgresql://...``
+for a server.
+
+May import: the core modules (``replytime.config``, ``errors``, ``model``, ``lists``,
+``periods``, ``progress``) only. Never ``sources``, ``analysis``, ``output``, ``api`` or
+``cli`` (tests/test_layout.py checks it)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from replytime.cache.base import CacheBase
-from replytime.cache.sqlite import SCHEMA_VERSION, SQLiteCache, close_sqlite_connections
 from replytime.errors import UsageError
+from replytime.store.base import CacheBase
+from replytime.store.sqlite import SCHEMA_VERSION, SQLiteCache, close_sqlite_connections
 
 Cache = CacheBase  # the interface every backend offers
 
@@ -30,7 +36,7 @@ def open_cache(db: str | os.PathLike[str] | None = None, *, create: bool = True)
     target = str(db) if db is not None else str(default_cache_path())
     if target.startswith(("postgresql://", "postgres://")):
         try:
-            from replytime.cache.postgres import PostgresCache
+            from replytime.store.postgres import PostgresCache
         except ImportError:
             raise UsageError(
                 "the PostgreSQL cache needs psycopg 3: pip install 'psycopg[binary]'"

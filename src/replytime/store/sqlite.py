@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-from replytime.cache.base import THREAD_INPUT_COLUMNS, THREADS_SQL, CacheBase
 from replytime.errors import CacheError, LockedError
 from replytime.model import MESSAGE_COLUMNS
+from replytime.store.base import THREAD_INPUT_COLUMNS, THREADS_SQL, CacheBase
 
 # The index on thread ids (as the first migration creates it), and from how many updated
 # thread ids on it is dropped and built again instead of updated row by row.
@@ -108,7 +108,7 @@ MIGRATIONS: tuple[str, ...] = (
         provider_thread_id TEXT,
         extra TEXT,                        -- JSON of headers kept for configured rules
         problems INTEGER NOT NULL DEFAULT 0,
-        thread_id TEXT                     -- assigned by replytime.threads after each write
+        thread_id TEXT                     -- assigned by analysis.threads after each write
     );
     CREATE INDEX messages_time ON messages(time_ms);
     CREATE INDEX messages_thread ON messages(thread_id);

@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
+from replytime.analysis.matcher import UNASSIGNED
 from replytime.config import Config
-from replytime.matcher import UNASSIGNED
 from replytime.periods import Period, short_duration
 
 THREAD_BUCKETS: tuple[tuple[str, int, float], ...] = (

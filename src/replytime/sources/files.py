@@ -29,15 +29,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from replytime.connectors import SyncStats
-from replytime.connectors.pool import Done, default_workers, ordered_map
 from replytime.errors import UsageError
-from replytime.headers import parse_header_block
 from replytime.model import PROBLEM_TRUNCATED, MessageRecord, stored_message
+from replytime.sources import SyncStats
+from replytime.sources.headers import parse_header_block
+from replytime.sources.pool import Done, default_workers, ordered_map
 
 if TYPE_CHECKING:  # the cache pulls in pandas, progress rich: not needed to parse
-    from replytime.cache import Cache
     from replytime.progress import Progress
+    from replytime.store import Cache
 
 # What one found place is: (location, record or None, skip reason or None).
 Found = tuple[str, MessageRecord | None, str | None]

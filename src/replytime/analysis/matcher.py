@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from replytime.config import Config, FormRule
-from replytime.headers import parse_addresses
 from replytime.lists import arrow_strings, split_lists, to_series
+from replytime.sources.headers import parse_addresses
 
 UNASSIGNED = "(unassigned)"
 

@@ -1,0 +1,121 @@
+"""Every report as a pandas DataFrame (docs/definitions.md, "Column reference").
+
+``Analysis`` adds the report tables to a ``LeadSet``: the lead reports (leads, unanswered,
+sla, compare) read only the leads; reps adds the reply blocks; volume and threads read the
+messages too.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from replytime.analysis import metrics
+from replytime.analysis.leadset import Basis, LeadSet, Selection
+from replytime.analysis.matcher import any_listed, recipients
+from replytime.errors import UsageError
+from replytime.periods import parse_duration
+
+
+class Analysis(LeadSet):
+    """Messages and leads of one cache as of one instant, with report tables on demand."""
+
+    def leads(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
+        sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        return metrics.leads_table(self.select(sel), self.config)
+
+    def reps(self, sel: Selection | None = None, basis: Basis | None = None,
+             include_total: bool = False, **kw: object) -> pd.DataFrame:
+        from replytime.analysis import followon
+
+        sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        leads = self.select(sel, with_messages=True)  # for the reply blocks
+        b = self.basis(basis)
+        table = metrics.reps_table(leads, self.config, b, include_total=include_total)
+        # Overall reply time (section 3b) is counted by responder.
+        blocks = self._blocks_of(leads)
+        overall = followon.overall_by_rep(blocks, b)
+        if include_total:
+            overall = pd.concat(
+                [overall, followon.overall_by_rep(blocks.assign(responder="TOTAL"), b)]
+            )
+        table = table.merge(overall, on="rep", how="left")
+        table["replies"] = table["replies"].fillna(0).astype("int64")
+        if sel.reps or sel.team:
+            wanted = set(self.select(sel)["rep"]) | {
+                r.name for r in self.config.reps
+                if r.name.lower() in {x.lower() for x in sel.reps}
+                or (sel.team and (r.team or "").lower() == sel.team.lower())
+            }
+            table = table[table["rep"].isin(wanted) | (table["rep"] == "TOTAL")]
+        return table.reset_index(drop=True)
+
+    def unanswered(self, sel: Selection | None = None, older_than: str | int | None = None,
+                   basis: Basis | None = None, **kw: object) -> pd.DataFrame:
+        """The unanswered queue, oldest first; ``older_than`` keeps only stale leads (waiting
+        longer than that, in business or calendar time as the report)."""
+        from replytime.analysis.followon import stale_leads
+
+        sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        table = metrics.unanswered_table(self.select(sel), self.as_of_ms)
+        if older_than is None:
+            return table
+        try:
+            limit = older_than if isinstance(older_than, int) else parse_duration(older_than)
+        except ValueError as exc:
+            raise UsageError(f"--older-than: {exc}") from None
+        return stale_leads(table, limit, self.basis(basis)).reset_index(drop=True)
+
+    def blocks(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
+        """Every reply block of the selected leads (``report leads --all-replies``)."""
+        sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        return self._blocks_of(self.select(sel, with_messages=True)).reset_index(drop=True)
+
+    def compare(self, a: str, b: str, sel: Selection | None = None,
+                basis: Basis | None = None) -> pd.DataFrame:
+        """Per rep and team: leads, median and within-SLA in periods A and B, with p-values
+        (Mann–Whitney U on response times, two-proportion z-test on within-SLA)."""
+        from replytime.analysis import followon
+
+        sel = sel or self.selection()
+        try:
+            pa, pb = (followon.parse_range(x, self.tz, self.now) for x in (a, b))
+        except ValueError as exc:
+            raise UsageError(f"--a/--b: {exc}") from None
+        la, lb = (
+            metrics.select(metrics.in_period(self.all_leads, p), sel.reps, sel.team, self.config)
+            for p in (pa, pb)
+        )
+        return followon.compare(la, lb, self.config, self.basis(basis))
+
+    def sla(self, sel: Selection | None = None, basis: Basis | None = None,
+            **kw: object) -> pd.DataFrame:
+        sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        return metrics.sla_table(self.select(sel), self.config, self.basis(basis))
+
+    def volume(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
+        sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        messages = self.messages
+        if sel.reps or sel.team:
+            # Per-rep volume: that rep's own mail (sent by or to one of their addresses).
+            emails = self._emails_of(sel)
+            mine = messages["from_addr"].isin(emails) | any_listed(recipients(messages), emails)
+            messages = messages[mine]
+        all_leads = metrics.select(self.all_leads, sel.reps, sel.team, self.config)
+        return metrics.volume_table(messages, self.select(sel), all_leads, sel.period, self.tz)
+
+    def _emails_of(self, sel: Selection) -> set[str]:
+        out: set[str] = set()
+        for r in self.config.reps:
+            if r.name.lower() in {x.lower() for x in sel.reps} or (
+                sel.team and (r.team or "").lower() == sel.team.lower()
+            ):
+                out.update(r.emails)
+        out.update(x.lower() for x in sel.reps if "@" in x)
+        return out
+
+    def thread_sizes(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
+        sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        return metrics.thread_sizes(self.messages, self.select(sel, with_messages=True))
+
+    def threads(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
+        return metrics.threads_table(self.thread_sizes(sel, **kw))

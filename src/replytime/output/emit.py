@@ -1,0 +1,71 @@
+"""Write one report table in the format asked for: the terminal table, the machine formats
+(``replytime.output.render``) or an HTML page (``replytime.output.html``). Kept apart from
+both so neither imports the other's caller.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+from rich.console import Console
+
+from replytime.errors import UsageError
+from replytime.output.html import frame_to_html
+from replytime.output.render import (
+    atomic_write,
+    console,
+    machine_frame,
+    rich_table,
+    to_csv,
+    to_markdown,
+    write_payload,
+)
+
+
+def emit_frame(
+    df: pd.DataFrame,
+    fmt: str,
+    *,
+    output: Path | None,
+    tz: ZoneInfo | timezone,
+    title: str | None = None,
+    caption: str | None = None,
+    raw_csv: bool = False,
+) -> None:
+    """Write one table in ``fmt`` to ``output`` (atomically) or stdout."""
+    if fmt == "table":
+        table = rich_table(df, tz, title=title, caption=caption)
+        if output:
+            buf = io.StringIO()
+            Console(file=buf, width=120, no_color=True).print(table)
+            atomic_write(output, lambda f: f.write(buf.getvalue()), binary=False)
+        else:
+            console().print(table)
+        return
+    if fmt == "html":
+        write_payload(frame_to_html(df, title or "replytime report", tz), output)
+        return
+    m = machine_frame(df)
+    if fmt == "parquet":
+        data = io.BytesIO()
+        m.to_parquet(data, index=False)
+        payload: bytes | str = data.getvalue()
+    elif fmt == "csv":
+        payload = to_csv(m, raw=raw_csv)
+    elif fmt == "json":
+        payload = m.to_json(orient="records", indent=2, force_ascii=False) + "\n"
+    elif fmt == "jsonl":
+        payload = m.to_json(orient="records", lines=True, force_ascii=False)
+        if payload and not payload.endswith("\n"):
+            payload += "\n"
+    elif fmt == "markdown":
+        payload = (f"## {title}\n\n" if title else "") + to_markdown(m)
+    else:
+        raise UsageError(f"--format: {fmt!r} is not available for this report")
+    write_payload(payload, output)
+
+
