@@ -100,7 +100,7 @@ def expected(fake: FakeGmail) -> dict[str, tuple[Any, ...]]:
             m.internal_date,
             h.get("In-Reply-To", "").strip("<>") or None,
             " ".join(r.strip("<>") for r in refs.split()),
-            int("List-Id" in h),
+            6 if "List-Id" in h else 0,  # the List-Id marker (model.AUTOMATED_MARKERS)
             m.thread_id,
             json.dumps({"x-lead-email": h["X-Lead-Email"]}) if "X-Lead-Email" in h else "{}",
             ",".join(sorted(m.labels)),

@@ -9,6 +9,9 @@ from email.utils import formatdate, parsedate_tz
 import pytest
 
 from replytime.model import (
+    AUTO_SUBMITTED,
+    AUTOMATED_MARKERS,
+    NOREPLY_MARKER,
     PROBLEM_BAD_ADDRESS,
     PROBLEM_MALFORMED,
     PROBLEM_NO_TIME,
@@ -149,29 +152,37 @@ def test_time_sources() -> None:
 
 # -- automated markers (section 3), one by one --------------------------------------------------
 @pytest.mark.parametrize(
-    ("extra", "automated"),
+    ("extra", "marker"),
     [
-        ((), False),
-        (("Auto-Submitted: auto-replied",), True),
-        (("Auto-Submitted: auto-generated; type=bounce",), True),
-        (("Auto-Submitted: no",), False),  # explicitly not automated
-        (("Auto-Submitted: No ; comment",), False),
-        (("X-Autoreply: yes",), True),
-        (("X-Autorespond: on",), True),
-        (("X-Auto-Response-Suppress: All",), True),
-        (("Precedence: bulk",), True),
-        (("Precedence: junk",), True),
-        (("Precedence: list",), True),
-        (("Precedence: auto_reply",), True),
-        (("Precedence: first-class",), False),
-        (("List-Id: Sales news <news.acme.example>",), True),
-        (("List-Unsubscribe: <mailto:unsub@news.example>",), True),
-        (("Content-Type: multipart/report; report-type=delivery-status",), True),
-        (("Content-Type: multipart/mixed; boundary=x",), False),
+        ((), 0),
+        (("Auto-Submitted: auto-replied",), 2),
+        (("Auto-Submitted: auto-generated; type=bounce",), 2),
+        (("Auto-Submitted: no",), 0),  # explicitly not automated
+        (("Auto-Submitted: No ; comment",), 0),
+        (("X-Autoreply: yes",), 3),
+        (("X-Autorespond: on",), 4),
+        (("X-Auto-Response-Suppress: All",), 5),
+        (("Precedence: bulk",), 8),
+        (("Precedence: junk",), 8),
+        (("Precedence: list",), 8),
+        (("Precedence: auto_reply",), 8),
+        (("Precedence: first-class",), 0),
+        (("List-Id: Sales news <news.acme.example>",), 6),
+        (("List-Unsubscribe: <mailto:unsub@news.example>",), 7),
+        (("Content-Type: multipart/report; report-type=delivery-status",), 10),
+        (("Content-Type: multipart/mixed; boundary=x",), 0),
     ],
 )
-def test_automated_markers(extra: tuple[str, ...], automated: bool) -> None:
-    assert parse_header_block(block(*extra)).automated is automated
+def test_automated_markers(extra: tuple[str, ...], marker: int) -> None:
+    """Each marker alone makes a message automated, and the cache keeps which one it was
+    (``replytime explain`` names it)."""
+    assert parse_header_block(block(*extra)).automated == marker
+    assert (marker in AUTOMATED_MARKERS) is (marker != 0)
+
+
+def test_first_marker_found_is_kept() -> None:
+    rec = parse_header_block(block("List-Id: <x.example>", "Auto-Submitted: auto-replied"))
+    assert rec.automated == AUTO_SUBMITTED
 
 
 @pytest.mark.parametrize(
@@ -194,7 +205,7 @@ def test_automated_sender_local_part(sender: str, automated: bool) -> None:
     rec = parse_header_block(block(base=BASE.replace(
         b"From: Lead <lead@client.example>", f"From: Robot <{sender}>".encode())))
     assert rec.from_addr == sender.lower()
-    assert rec.automated is automated
+    assert rec.automated == (NOREPLY_MARKER if automated else 0)
     assert is_automated({}, sender.lower()) is automated
     assert is_automated({}, sender.lower()) is automated  # again: a remembered answer
 

@@ -34,7 +34,7 @@ class MessageRecord:
     time_source: int = TIME_NONE
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
-    automated: bool = False
+    automated: int = 0  # 0: written by a person; else the first marker found (AUTOMATED_MARKERS)
     content_type: str | None = None
     provider_thread_id: str | None = None
     labels: tuple[str, ...] = ()
@@ -49,6 +49,28 @@ class MessageRecord:
         if self.message_id:
             return self.message_id
         return "nomid:" + (self.fallback_key or "")
+
+
+# Why a message is automated (docs/definitions.md, "Automated message"): the code kept in
+# ``messages.automated`` (0 = not automated), so ``replytime explain`` can name the marker.
+AUTOMATED_LEGACY = 1  # marked by a version that kept no marker
+AUTO_SUBMITTED = 2
+AUTOMATED_MARKERS = {
+    AUTOMATED_LEGACY: "automated (marker not recorded by the version that imported it)",
+    AUTO_SUBMITTED: "Auto-Submitted header (not 'no')",
+    3: "X-Autoreply header",
+    4: "X-Autorespond header",
+    5: "X-Auto-Response-Suppress header",
+    6: "List-Id header",
+    7: "List-Unsubscribe header",
+    8: "Precedence: bulk, junk, list or auto_reply",
+    9: "no-reply, mailer-daemon or postmaster sender",
+    10: "Content-Type multipart/report (a delivery or read report)",
+}
+#: Header-presence markers, in the order they are checked, with their codes.
+PRESENCE_MARKERS = {"x-autoreply": 3, "x-autorespond": 4, "x-auto-response-suppress": 5,
+                    "list-id": 6, "list-unsubscribe": 7}
+PRECEDENCE_MARKER, NOREPLY_MARKER, REPORT_MARKER = 8, 9, 10
 
 
 # -- the stored shape ------------------------------------------------------------------

@@ -18,9 +18,14 @@ from email.header import decode_header, make_header
 from email.utils import getaddresses, parsedate_tz
 
 from replytime.model import (
+    AUTO_SUBMITTED,
+    NOREPLY_MARKER,
+    PRECEDENCE_MARKER,
+    PRESENCE_MARKERS,
     PROBLEM_BAD_ADDRESS,
     PROBLEM_MALFORMED,
     PROBLEM_NO_TIME,
+    REPORT_MARKER,
     TIME_DATE,
     TIME_NONE,
     TIME_RECEIVED,
@@ -68,8 +73,7 @@ _NOREPLY_RE = re.compile(
     r"^(?:no[-_.]?reply|do[-_.]?not[-_.]?reply|mailer[-_.]?daemon|postmaster)(?:[+].*)?$"
 )
 _AUTO_PRECEDENCE = frozenset({"bulk", "junk", "list", "auto_reply"})
-_AUTO_PRESENT = frozenset({"x-autoreply", "x-autorespond", "x-auto-response-suppress",
-                           "list-id", "list-unsubscribe"})
+_AUTO_PRESENT = frozenset(PRESENCE_MARKERS)
 _MIN_YEAR, _MAX_YEAR = 1970, 2200
 _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 # The Date shape nearly every mailer writes ("Tue, 3 Nov 2026 09:15:00 +0100"), parsed without
@@ -332,21 +336,28 @@ def _parent_id(value: str | None) -> str | None:
     return refs[0] if refs else None
 
 
-def is_automated(fields: dict[str, str], from_addr: str | None) -> bool:
-    """Section 3, "automated message": any one marker is enough."""
+def automated_marker(fields: dict[str, str], from_addr: str | None) -> int:
+    """docs/definitions.md, "Automated message": any one marker is enough. The code of the
+    first marker found (``model.AUTOMATED_MARKERS``), 0 when there is none."""
     get = fields.get
     auto = get("auto-submitted")
     if auto is not None and auto.split(";", 1)[0].strip().lower() != "no":
-        return True
+        return AUTO_SUBMITTED
     if not _AUTO_PRESENT.isdisjoint(fields):
-        return True
+        return next(code for name, code in PRESENCE_MARKERS.items() if name in fields)
     precedence = get("precedence")
     if precedence is not None and precedence.strip().lower() in _AUTO_PRECEDENCE:
-        return True
+        return PRECEDENCE_MARKER
     if from_addr and _is_noreply(from_addr):
-        return True
+        return NOREPLY_MARKER
     ctype = get("content-type")
-    return ctype is not None and _media_type(ctype) == "multipart/report"
+    if ctype is not None and _media_type(ctype) == "multipart/report":
+        return REPORT_MARKER
+    return 0
+
+
+def is_automated(fields: dict[str, str], from_addr: str | None) -> bool:
+    return automated_marker(fields, from_addr) != 0
 
 
 @functools.lru_cache(maxsize=_MEMO)  # a correspondent writes again and again
@@ -437,7 +448,7 @@ def _record(
         source,
         _parent_id(get("in-reply-to")),
         parse_references(get("references")),
-        is_automated(fields, from_addr),
+        automated_marker(fields, from_addr),
         (_media_type(ctype) or None) if ctype else None,
         thread.strip() if thread else None,
         tuple(sorted({lb for lb in labels if lb})) if labels else (),
