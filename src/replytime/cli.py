@@ -278,6 +278,48 @@ def status(
     con.print(t)
 
 
+# -- explain --------------------------------------------------------------------------------
+@app.command()
+def explain(
+    message_id: Annotated[str, typer.Argument(
+        metavar="MESSAGE_ID", help="The Message-ID of any message of the thread (angle "
+        "brackets optional), as `report leads` prints it.",
+    )],
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", help="Judge replies as of this time (default: now), as the reports do.",
+    )] = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", help="Also say whether the lead falls in this report period.",
+    )] = None,
+    until: Annotated[str | None, typer.Option("--until", help="End of that period.")] = None,
+) -> None:
+    """Why a lead, a first reply or a response time is what it is: the thread in time order
+    (sender, internal or external, automated and which marker, where it was imported from),
+    which rule grouped it, whether it is a lead and why or why not, the first reply and why
+    each earlier internal message did not count, and the calendar and business seconds with
+    the working hours that counted.
+
+    Example: replytime explain 'm42.1@client.example' --format json
+    """
+    import json
+
+    from replytime.analysis.explain import explain as explain_thread
+    from replytime.store import open_cache
+
+    if fmt not in ("table", "json"):
+        raise UsageError("--format: explain supports table or json")
+    cache = open_cache(G.db, create=False)
+    e = explain_thread(cache, _config(), message_id, as_of=as_of, since=since, until=until)
+    if fmt == "json":
+        typer.echo(json.dumps(e.to_dict(), indent=2, ensure_ascii=False))
+        return
+    from replytime.output.explain import render_explanation
+    from replytime.output.render import console
+
+    render_explanation(e, console())
+
+
 # -- export ---------------------------------------------------------------------------------
 class ExportFormat(StrEnum):
     parquet = "parquet"

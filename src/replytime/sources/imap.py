@@ -17,7 +17,7 @@ How a sync goes (brief, sections 2, 6 and issue 5):
   is several times slower than the server.
 - This process only cuts the byte stream into chunks' answers (following literal lengths)
   and writes the cache; the answers and their header blocks are parsed in worker processes
-  (``connectors.pool``, as for the offline import), in order. One process doing all three
+  (``sources.pool``, as for the offline import), in order. One process doing all three
   was the limit from a local server: ~6 s of CPU per 100,000 messages.
 - Every few chunks are written with ``Cache.write_stored`` together with the new state in
   one transaction: a sync killed at any moment resumes from the last committed chunk. When

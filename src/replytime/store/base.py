@@ -420,6 +420,34 @@ class CacheBase(ABC):
         df["automated"] = df["automated"].astype(bool)
         return df
 
+    # -- one thread, for explain ----------------------------------------------------------
+    def find_message(self, message_id: str) -> tuple[int, str | None] | None:
+        """(id, thread_id) of the message with this Message-ID (or de-duplication key)."""
+        row = self._execute(
+            "SELECT id, thread_id FROM messages WHERE msg_key = ? OR message_id = ? "
+            "ORDER BY id LIMIT 1", (message_id, message_id)).fetchone()
+        return (int(row[0]), row[1]) if row else None
+
+    def thread_messages(self, thread_id: str) -> pd.DataFrame:
+        """The messages of one thread as ``messages()`` reads them, with labels, but with
+        ``automated`` as stored: the marker code (``model.AUTOMATED_MARKERS``), 0 = none."""
+        return self._frame(
+            "SELECT m.id, m.message_id, m.from_addr, m.to_addrs, m.cc_addrs, m.reply_to, "
+            "m.subject, m.time_ms, m.automated, m.thread_id, m.extra, "
+            f"(SELECT {self.label_agg} FROM locations l WHERE l.msg_key = m.msg_key) AS labels "
+            "FROM messages m WHERE m.thread_id = ? ORDER BY m.id", (thread_id,))
+
+    def thread_locations(self, thread_id: str) -> dict[int, list[str]]:
+        """Per message id of one thread: every ``account:location`` it was imported from."""
+        rows = self._execute(
+            "SELECT m.id, l.account, l.location FROM messages m JOIN locations l "
+            "ON l.msg_key = m.msg_key WHERE m.thread_id = ? ORDER BY m.id, l.account, "
+            "l.location", (thread_id,)).fetchall()
+        out: dict[int, list[str]] = {}
+        for i, account, location in rows:
+            out.setdefault(int(i), []).append(f"{account}:{location}")
+        return out
+
     def status(self) -> dict[str, Any]:
         def one(sql: str, params: Sequence[Any] = ()) -> int:
             return int(self._execute(sql, params).fetchone()[0])
