@@ -25,8 +25,7 @@ from replytime.connectors.files import (
 from replytime.errors import UsageError
 from replytime.model import PROBLEM_NO_TIME, PROBLEM_TRUNCATED
 from replytime.progress import Progress
-
-CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
+from tests.paths import CORPORA
 
 
 def corpus_files(folder: str) -> list[Path]:

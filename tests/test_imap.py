@@ -45,8 +45,8 @@ from replytime.connectors.imap import (  # noqa: E402
 from replytime.errors import AuthError, ConfigError, SourceUnreachable  # noqa: E402
 from replytime.headers import parse_header_block  # noqa: E402
 from replytime.progress import Progress  # noqa: E402
+from tests.paths import CORPORA  # noqa: E402
 
-CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
 PASSWORD_ENV = "REPLYTIME_TEST_IMAP_PASSWORD"
 BASE = 1793610000  # 2026-11-02 09:40 UTC; generated messages are a minute apart
 SENT = "Sent Items"  # not called "Sent": the connector must find it by its \Sent flag

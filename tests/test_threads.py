@@ -16,8 +16,7 @@ from replytime.config import Config
 from replytime.headers import parse_header_block
 from replytime.matcher import Roster
 from replytime.threads import _PREFIX_RE, SUBJECT_WINDOW_MS, assign_threads, normalise_subject
-
-CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
+from tests.paths import CORPORA
 
 
 def load(tmp_path: Path, *folders: str) -> pd.DataFrame:
