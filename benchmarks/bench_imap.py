@@ -24,7 +24,7 @@ each run is printed with the 1-minute load average before it and "others CPU", t
 seconds every other process of the machine used during it (/proc/stat, minus the run and
 the server); ``--wait-idle`` starts each run only once the machine has been quiet.
 
-Targets (PRODUCT.md section 6): >= 10,000 messages/s end to end, >= 5x mbsync, nothing new
+Targets (the brief, section 6): >= 10,000 messages/s end to end, >= 5x mbsync, nothing new
 < 1 s. Figures are printed; the exit status is 1 when a target is missed.
 """
 

@@ -9,7 +9,7 @@ committed files can be checked against a fresh run and the benchmarks can reuse 
         --config-out /tmp/replytime.toml     # a team of 200 reps and its config
 
 While it writes messages it also records, for every thread it means as a lead, what the
-brief's definitions (PRODUCT.md, sections 3 and 3b) say the answer is: lead message, first
+brief's definitions (sections 3 and 3b) say the answer is: lead message, first
 reply, response time, attributed rep. That ground truth comes from the generator's own
 knowledge of who answers whom, never from replytime's code, so it can check the matcher.
 """

@@ -20,6 +20,7 @@ from replytime.errors import CacheError, LockedError
 from replytime.model import TIME_DATE, TIME_SERVER
 from replytime.sources.headers import parse_header_block
 from replytime.store import SCHEMA_VERSION, Cache, open_cache
+from tests.paths import CORPORA
 
 MSG = (b"From: Pat <pat@client.example>\r\nTo: sales@acme.example\r\n"
        b"Date: Mon, 02 Nov 2026 09:00:00 -0500\r\nMessage-ID: <a1@client.example>\r\n"
@@ -295,7 +296,6 @@ def test_bulk_thread_update_rebuilds_the_index(tmp_path: Path, monkeypatch: pyte
 
 # -- a first import's thread inputs, kept as written (SQLite) ---------------------------------
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
 
 
 def reads_cache(c: Cache) -> bool:

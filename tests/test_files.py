@@ -25,8 +25,7 @@ from replytime.sources.files import (
     scan_mbox,
 )
 from replytime.store.sqlite import SQLiteCache
-
-CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
+from tests.paths import CORPORA
 
 
 def corpus_files(folder: str) -> list[Path]:

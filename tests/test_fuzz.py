@@ -24,8 +24,8 @@ from replytime.model import MessageRecord
 from replytime.sources.files import import_paths, maildir_location
 from replytime.sources.headers import parse_date_ms, parse_header_block
 from replytime.store.sqlite import SQLiteCache
+from tests.paths import CORPORA
 
-CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
 MIN_MS, MAX_MS = 0, 7_258_118_400_000  # 1970-01-01 .. 2200-01-01, the parser's year range
 CASES: collections.Counter[str] = collections.Counter()
 

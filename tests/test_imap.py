@@ -45,8 +45,8 @@ from replytime.sources.imap import (  # noqa: E402
     xoauth2_string,
 )
 from replytime.store import open_cache  # noqa: E402
+from tests.paths import CORPORA  # noqa: E402
 
-CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
 PASSWORD_ENV = "REPLYTIME_TEST_IMAP_PASSWORD"
 BASE = 1793610000  # 2026-11-02 09:40 UTC; generated messages are a minute apart
 SENT = "Sent Items"  # not called "Sent": the connector must find it by its \Sent flag

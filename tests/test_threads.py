@@ -21,8 +21,7 @@ from replytime.analysis.threads import (
 from replytime.config import Config
 from replytime.sources.headers import parse_header_block
 from replytime.store import open_cache
-
-CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "notmuch"
+from tests.paths import CORPORA
 
 
 def load(tmp_path: Path, *folders: str) -> pd.DataFrame:
