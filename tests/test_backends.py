@@ -205,8 +205,8 @@ def test_frames_read_in_chunks_equal_one_read(backend: str) -> None:
 # -- concurrent writers ---------------------------------------------------------------------
 def test_concurrent_imports_of_two_accounts(backend: str, tmp_path: Path) -> None:
     even, odd, total = split_mbox(tmp_path)
-    procs = [start("--debug", "--config", str(CONFIG), "--db", backend, "import", str(p), "--account", name)
-             for p, name in ((even, "even"), (odd, "odd"))]
+    procs = [start("--debug", "--config", str(CONFIG), "--db", backend, "import", str(p),
+                   "--account", name) for p, name in ((even, "even"), (odd, "odd"))]
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     c = open_cache(backend, create=False)
