@@ -229,7 +229,9 @@ def kill_and_resume(mail: Mail, fmt: str) -> KillReport:
     t0, t1 = timeline.opened, timeline.marks[-1]
     per_chain = KILLS // CHAINS
     chain = 0
-    end = t1  # shrinks when runs are quicker than the timed one (less load by then)
+    # The window [lo, end) shrinks when runs are quicker than the timed one (less load by
+    # then: a timed run on a loaded machine can open its cache later than any rerun ends).
+    lo, end = t0, t1
     while report.kills < KILLS:
         db = mail.root / f"killed-{fmt}-{chain}.sqlite"
         chain += 1
@@ -239,21 +241,21 @@ def kill_and_resume(mail: Mail, fmt: str) -> KillReport:
             errors = db.with_name(db.name + ".stderr")  # what a run said, should it fail
             with errors.open("wb") as err:
                 proc = start(mail, db, fmt, stderr=err)
-            at = t0 + rng.random() * (end - t0)
+            at = lo + rng.random() * (end - lo)
             time.sleep(at)
             if proc.poll() is not None:
                 report.finished_first += 1
                 assert proc.returncode == 0, errors.read_text()
                 if kills:
                     break
-                end = t0 + (end - t0) * 0.8
+                lo, end = lo * 0.8, lo * 0.8 + (end - lo) * 0.8
                 continue
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=60)
             reap_group(proc.pid)
             kills += 1
             # ... and grows back after a kill, so kill points keep spanning a whole run.
-            end = min(t1, t0 + (end - t0) * 1.1)
+            lo, end = min(t0, lo * 1.1), min(t1, min(t0, lo * 1.1) + (end - lo) * 1.1)
             phase = timeline.phase(at)
             report.phases[phase] = report.phases.get(phase, 0) + 1
         report.kills += kills
