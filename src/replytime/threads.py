@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replytime.lists import arrow_strings, concat_chunks, split_lists
+from replytime.lists import arrow_strings, concat_chunks, split_lists, to_series
 
 SUBJECT_WINDOW_MS = 14 * 86400 * 1000
 #: How a thread was grouped, strongest first: a provider thread id on any member; the
@@ -164,7 +164,8 @@ def group_threads(
     if df.empty:
         return Threading(
             pd.Series([], dtype=object, index=pd.Index([], name="id")),
-            pd.Series([], dtype=object), pd.DataFrame(columns=LINK_COLUMNS, dtype=object),
+            pd.Series([], dtype=object),
+            pd.DataFrame({c: pd.Series([], dtype="str") for c in LINK_COLUMNS}),
         )
     n = len(df)
     has_provider = df["provider_thread_id"].notna().to_numpy()
@@ -201,21 +202,27 @@ def group_threads(
     # them exactly when one of its components was joined.
     subject = np.zeros(size, dtype=bool)
     subject[comp[joins[0]]] = True
-    rule = np.where(
-        provider, "provider",
-        np.where(subject, "subject", np.where(np.bincount(comp, minlength=size) > 1,
-                                              "headers", "single")),
-    ).astype(object)
-    links = pd.DataFrame({
-        "thread_id": name[comp[joins[0]]],
-        "joined_key": pc.take(keys, pa.array(joins[0])).to_numpy(zero_copy_only=False),
-        "to_key": pc.take(keys, pa.array(joins[1])).to_numpy(zero_copy_only=False),
+    # An index into RULES per thread (strongest rule last written wins); small integers,
+    # not strings over every node: placeholders make the node count several times n.
+    code = np.full(len(labels), RULES.index("single"), dtype=np.int8)
+    code[np.bincount(comp, minlength=size)[labels] > 1] = RULES.index("headers")
+    code[subject[labels]] = RULES.index("subject")
+    code[provider[labels]] = RULES.index("provider")
+    rule = np.array(RULES, dtype=object)[code]
+    # Links as Arrow-backed strings: without a roster (everyone external) they can be
+    # tens of thousands, and a Python string per value would outweigh the rest.
+    links = pa.table({
+        "thread_id": pa.array(name[comp[joins[0]]], pa.large_string()),
+        "joined_key": pc.take(keys, pa.array(joins[0])),
+        "to_key": pc.take(keys, pa.array(joins[1])),
         "address": joins[2],
-    }, columns=LINK_COLUMNS)
+    })
+    links = links.take(pc.sort_indices(links, sort_keys=[("thread_id", "ascending"),
+                                                         ("joined_key", "ascending")]))
     return Threading(
         pd.Series(name[comp], index=df["id"].to_numpy()),
-        pd.Series(rule[labels], index=name[labels]),
-        links.sort_values(["thread_id", "joined_key"], ignore_index=True),
+        pd.Series(rule, index=name[labels]),
+        pd.DataFrame({c: to_series(links[c].combine_chunks()) for c in LINK_COLUMNS}),
     )
 
 
@@ -262,8 +269,8 @@ def _address_pairs(df: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, pa.A
 
 
 #: (head row of each joined component, head row of the component it joined, address)
-Joins = tuple[np.ndarray, np.ndarray, np.ndarray]
-_NO_JOINS: Joins = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, object))
+Joins = tuple[np.ndarray, np.ndarray, pa.Array]
+_NO_JOINS: Joins = (np.zeros(0, np.int64), np.zeros(0, np.int64), pa.array([], pa.large_string()))
 
 
 def _merge_by_subject(
@@ -340,21 +347,24 @@ def _merge_by_subject(
     if not len(t):
         return comp, _NO_JOINS
     asked = np.unique(addr)
-    values = pc.take(encoded.dictionary, pa.array(asked)).to_numpy(zero_copy_only=False)
+    asked_text = pc.take(encoded.dictionary, pa.array(asked))
     if is_internal is not None:
         # Internal participants don't count: their groups' edges go. Only the few addresses
         # of edges found are asked about, not every address in play.
+        values = asked_text.to_numpy(zero_copy_only=False)
         internal = is_internal(pd.Series(values, dtype=object)).to_numpy(dtype=bool)
         external = ~internal[np.searchsorted(asked, addr)]
         t, prev, addr = t[external], prev[external], addr[external]
         if not len(t):
             return comp, _NO_JOINS
     # One edge per joined thread explains it: to the nearest earlier thread, through the
-    # least address (code-point order, so every backend's frame gives the same).
-    edges = pd.DataFrame({"t": t, "prev": prev,
-                          "address": values[np.searchsorted(asked, addr)]})
-    kept = edges.sort_values(["t", "prev", "address"], ascending=[True, False, True])
-    kept = kept.drop_duplicates("t")
-    joins: Joins = (heads[kept["t"].to_numpy()], heads[kept["prev"].to_numpy()],
-                    kept["address"].to_numpy(dtype=object))
+    # least address in code-point order (Arrow orders UTF-8 bytes: the same), so every
+    # backend's frame gives the same. Integer sorts only.
+    at_asked = np.searchsorted(asked, addr)
+    text_rank = np.empty(len(asked), dtype=np.int64)
+    text_rank[pc.sort_indices(asked_text).to_numpy()] = np.arange(len(asked))
+    best = np.lexsort((text_rank[at_asked], -prev, t))
+    best = best[_run_starts(t[best])]
+    joins: Joins = (heads[t[best]], heads[prev[best]],
+                    pc.take(asked_text, pa.array(at_asked[best])))
     return connected(int(comp.max()) + 1, labels[t], labels[prev])[comp], joins
