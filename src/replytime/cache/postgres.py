@@ -204,8 +204,9 @@ class PostgresCache(CacheBase):
     json_values = "SELECT jsonb_array_elements_text(CAST(? AS jsonb))"
     domain_in = "reverse(split_part(reverse({a}), '@', 1)) IN (SELECT v FROM internal_domains)"
     # The hashed IN as above, then a suffix test per domain (as SQLiteCache.subdomain_in).
-    subdomain_in = (f"({domain_in} OR EXISTS (SELECT 1 FROM internal_domains "
-                    "WHERE right({a}, length(v) + 1) = '.' || v))")
+    subdomain_in = ("(reverse(split_part(reverse({a}), '@', 1)) IN (SELECT v FROM internal_domains)"
+                    " OR EXISTS (SELECT 1 FROM internal_domains"
+                    " WHERE right({a}, length(v) + 1) = '.' || v))")
     recipient_items = ("unnest(string_to_array(coalesce(m.to_addrs, '') || ',' "
                        "|| coalesce(m.cc_addrs, ''), ',')) AS r(value)")
 
