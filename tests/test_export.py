@@ -34,7 +34,7 @@ AS_OF = "2026-11-06T21:00:00+00:00"
 TS = pa.timestamp("ms", tz="UTC")
 CSV_LEAD_COLUMNS = ["thread_id", "lead_message_id", "lead_from", "lead_time", "rep", "answered",
                     "reply_message_id", "reply_time", "response_s", "business_s", "kind",
-                    "responder", "addressed_rep", "team"]
+                    "responder", "addressed_rep", "team", "rule"]
 
 
 def example_cache(db: str) -> Cache:
@@ -74,15 +74,15 @@ def test_example_export_reads_back_exactly(backend: str, tmp_path: Path,
     cfg = load_config(CONFIG)
     out = tmp_path / "export"
     counts = replytime.export_parquet(cache, cfg, out, as_of=AS_OF)
-    assert counts == {"messages": 898, "threads": 328, "leads": 152, "months": 3}
+    assert counts == {"messages": 898, "threads": 335, "leads": 152, "months": 3}
     assert cache.message_count() == 898
 
     messages, threads, leads = (read(out, t) for t in export.TABLES)
-    assert len(messages) == 898 and len(threads) == 328 and len(leads) == 152
+    assert len(messages) == 898 and len(threads) == 335 and len(leads) == 152
     assert messages["month"].value_counts().sort_index().to_dict() == {
         "2026-09": 348, "2026-10": 441, "2026-11": 109}
     assert threads["month"].value_counts().sort_index().to_dict() == {
-        "2026-09": 128, "2026-10": 165, "2026-11": 35}
+        "2026-09": 130, "2026-10": 168, "2026-11": 37}
     assert leads["month"].value_counts().sort_index().to_dict() == {
         "2026-09": 66, "2026-10": 69, "2026-11": 17}
     # A message's month is its time's, a thread's its first message's, a lead's its lead time's.
@@ -110,7 +110,10 @@ def test_example_export_reads_back_exactly(backend: str, tmp_path: Path,
     # Leads: the columns of `report leads --format csv`, typed, with the same values.
     api = machine_frame(analysis.leads()).sort_values("lead_message_id").reset_index(drop=True)
     got = leads.sort_values("lead_message_id").reset_index(drop=True)
-    assert list(got.columns[:14]) == CSV_LEAD_COLUMNS == list(api.columns)
+    # The CSV's columns, the raw ms, then columns added since (appended, as the CSV does).
+    assert list(api.columns) == CSV_LEAD_COLUMNS
+    assert list(got.columns[:14]) == CSV_LEAD_COLUMNS[:14]
+    assert list(got.columns[14:17]) == ["lead_time_ms", "reply_time_ms", "rule"]
     for col in ("lead_time", "reply_time"):
         got[col] = got[col].dt.strftime("%Y-%m-%dT%H:%M:%S+00:00")
     for col in CSV_LEAD_COLUMNS:
@@ -120,7 +123,7 @@ def test_example_export_reads_back_exactly(backend: str, tmp_path: Path,
     assert sorted(got["lead_message_id"]) == sorted(truth["lead_message_id"])
 
     manifest = json.loads((out / export.MANIFEST).read_text())
-    assert manifest["rows"] == {"messages": 898, "threads": 328, "leads": 152}
+    assert manifest["rows"] == {"messages": 898, "threads": 335, "leads": 152}
     assert manifest["as_of"] == AS_OF and manifest["months"] == 3
     for table, schema in export.SCHEMAS.items():
         assert pq.read_schema(out / table / "_common_metadata") == schema
@@ -241,7 +244,7 @@ def test_cli_export_refusals_and_force(sqlite_example: Path, tmp_path: Path) -> 
     base = ("--db", str(sqlite_example), "--config", str(CONFIG), "export")
     r = run(*base, "acme", "--as-of", AS_OF, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert re.fullmatch(r"exported 898 messages, 328 threads and 152 leads \(3 months\) to "
+    assert re.fullmatch(r"exported 898 messages, 335 threads and 152 leads \(3 months\) to "
                         r"acme in \d+\.\ds\n", r.stderr)
     assert r.stdout == ""
     first = (tmp_path / "acme" / export.MANIFEST).read_text()

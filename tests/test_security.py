@@ -67,6 +67,8 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({"values", "items", "item_internal", "time_index", "human_columns",
                "detail_sql", "detail_join"}),
     frozenset({"cache.label_agg"}),
+    # thread_rules: the backend's constant reader of a JSON array; the thread ids are bound
+    frozenset({"self.json_values"}),
 }
 
 

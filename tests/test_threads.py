@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 from replytime.analysis.matcher import Roster
 from replytime.analysis.threads import (
     _PREFIX_RE,
+    LINK_COLUMNS,
     SUBJECT_WINDOW_MS,
     assign_threads,
+    group_threads,
     normalise_subject,
 )
 from replytime.config import Config
@@ -220,3 +222,52 @@ def test_thread_takes_least_provider_id_and_earliest_key() -> None:
     # r joins both provider threads: the least id (as strings) names them. z has no time, so
     # x and y (same time) are the earliest, and x has the lesser key.
     assert t.tolist() == ["T10", "T10", "T10", "x", "x", "x"]
+
+
+def subject_frame(**columns: list) -> pd.DataFrame:
+    """Three messages with the subject "Pricing" and no threading headers."""
+    base = {
+        "id": [1, 2, 3], "msg_key": ["a", "b", "c"], "in_reply_to": [None] * 3,
+        "refs": [""] * 3, "provider_thread_id": [None] * 3, "subject": ["Pricing"] * 3,
+        "from_addr": ["p@c.example", "q@d.example", "p@c.example"],
+        "to_addrs": ["rep@acme.example"] * 3, "cc_addrs": [""] * 3, "reply_to": [""] * 3,
+        "automated": [0, 0, 0], "time_ms": [0.0, 1000.0, 2000.0],
+    }
+    return pd.DataFrame({**base, **columns})
+
+
+def test_subject_rule_links_people_not_robots() -> None:
+    internal = Roster(Config(internal_domains=("acme.example",))).is_internal
+    # b is an auto-reply Cc'ing p: it never links p's threads a and c to itself...
+    robot = subject_frame(cc_addrs=["", "p@c.example", ""], automated=[0, 1, 0])
+    got = group_threads(robot, internal)
+    assert got.thread_id.to_dict() == {1: "a", 2: "b", 3: "a"}
+    assert got.rule.to_dict() == {"a": "subject", "b": "single"}
+    assert got.links.to_dict("records") == [
+        {"thread_id": "a", "joined_key": "c", "to_key": "a", "address": "p@c.example"}]
+    # ... whereas a person Cc'ing p does (and the least address explains the join).
+    person = subject_frame(cc_addrs=["", "p@c.example", ""])
+    assert set(assign_threads(person, internal)) == {"a"}
+    assert group_threads(person, internal).links["address"].tolist() == [
+        "p@c.example", "p@c.example"]
+    # Reply-To names a participant too; a robot's activity keeps no thread open.
+    reply_to = subject_frame(from_addr=["p@c.example", "y@e.example", "x@e.example"],
+                             reply_to=["", "", "p@c.example"])
+    assert assign_threads(reply_to, internal).tolist() == ["a", "b", "a"]
+    late = subject_frame(from_addr=["p@c.example", "p@c.example", "p@c.example"],
+                         automated=[0, 1, 0],
+                         time_ms=[0.0, SUBJECT_WINDOW_MS, SUBJECT_WINDOW_MS + 1001.0])
+    assert assign_threads(late, internal).tolist() == ["a", "b", "c"]
+
+
+def test_rules_without_subject_joins() -> None:
+    df = pd.DataFrame({
+        "id": [1, 2, 3, 4], "msg_key": ["a", "b", "c", "d"], "in_reply_to": [None, "a", None, None],
+        "refs": ["", "a", "", ""], "provider_thread_id": [None, None, "T1", None],
+        "subject": ["x", "Re: x", "y", "z"], "from_addr": ["p@c.example"] * 4,
+        "to_addrs": [""] * 4, "cc_addrs": [""] * 4, "time_ms": [1.0, 2.0, 3.0, 4.0],
+    })
+    got = group_threads(df)
+    assert got.rule.to_dict() == {"a": "headers", "T1": "provider", "d": "single"}
+    assert got.links.empty and list(got.links.columns) == LINK_COLUMNS
+    assert group_threads(df.iloc[:0]).rule.empty

@@ -77,6 +77,8 @@ class Account:
 @dataclass(frozen=True)
 class Config:
     internal_domains: tuple[str, ...] = ()
+    # Addresses at a subdomain of an internal domain (mx.acme.example) are internal too.
+    internal_subdomains: bool = True
     shared_inboxes: tuple[str, ...] = ()
     timezone: str | None = None  # report zone; None = the machine's
     reps: tuple[Rep, ...] = ()
@@ -119,12 +121,26 @@ class Config:
         """What thread assignment depends on (which participants are external)."""
         return "|".join(sorted(self.internal_domains)) + "#" + "|".join(
             sorted(self.internal_addresses())
+        ) + ("#sub" if self.internal_subdomains else "#exact")
+
+    def internal_domain(self, domain: str) -> bool:
+        """Whether ``domain`` (lower case) is internal: one of ``internal_domains`` or, with
+        ``internal_subdomains``, under one (docs/definitions.md)."""
+        if domain in self.internal_domains:
+            return True
+        return self.internal_subdomains and any(
+            domain.endswith("." + d) for d in self.internal_domains
         )
 
     def is_internal(self, address: str) -> bool:
+        """As ``matcher.Roster.is_internal``, for one address. The domain is the part after
+        the last '@' (the whole address without one)."""
         address = address.lower()
-        domain = address.rsplit("@", 1)[-1]
-        return domain in self.internal_domains or address in self.internal_addresses()
+        if not address:
+            return False
+        return self.internal_domain(address.rsplit("@", 1)[-1]) or (
+            address in self.internal_addresses()
+        )
 
     def excluded_sender(self, address: str) -> bool:
         return any(fnmatch.fnmatchcase(address, g) for g in self.leads.exclude_from)
@@ -302,9 +318,12 @@ def _parse_forms(value: Any, key: str) -> tuple[FormRule, ...]:
 def parse_config(data: dict[str, Any]) -> Config:
     _unknown(data, {"team", "reps", "teams", "schedules", "leads", "sla", "accounts"}, "")
     team = _expect(data.get("team", {}), dict, "team", "a table")
-    _unknown(team, {"internal_domains", "shared_inboxes", "timezone"}, "team")
+    _unknown(team, {"internal_domains", "internal_subdomains", "shared_inboxes", "timezone"},
+             "team")
     domains = tuple(d.lower().lstrip("@") for d in _str_list(
         team.get("internal_domains", []), "team.internal_domains"))
+    subdomains = _expect(team.get("internal_subdomains", True), bool,
+                         "team.internal_subdomains", "true or false")
     shared = tuple(
         _address(a, f"team.shared_inboxes[{i}]")
         for i, a in enumerate(_str_list(team.get("shared_inboxes", []), "team.shared_inboxes"))
@@ -389,6 +408,7 @@ def parse_config(data: dict[str, Any]) -> Config:
 
     return Config(
         internal_domains=domains,
+        internal_subdomains=subdomains,
         shared_inboxes=shared,
         timezone=tz,
         reps=tuple(reps),
@@ -415,6 +435,9 @@ TEMPLATE = '''\
 [team]
 # Mail from these domains is internal (your reps); everything else is external.
 internal_domains = ["acme.example"]
+# Subdomains of those are internal too (mx.acme.example, eu.acme.example): bounces from
+# your own mail servers are not external participants. false = the exact domains only.
+internal_subdomains = true
 # Shared inboxes are internal but are not reps (leads addressed here are "unassigned").
 shared_inboxes = ["sales@acme.example"]
 # Zone for --since/--until and for per-day counts. Default: this machine's zone.

@@ -172,7 +172,14 @@ class LeadSet:
         leads = match_leads(self.messages, self.config, self.as_of_ms)
         if self._form_start is not None:
             leads = leads[(leads["kind"] != "form") | (leads["lead_time_ms"] >= self._form_start)]
-        return self._with_business(leads.reset_index(drop=True))
+        return self._with_business(self._with_rule(leads.reset_index(drop=True)))
+
+    def _with_rule(self, leads: pd.DataFrame) -> pd.DataFrame:
+        """Add ``rule``: how the lead's thread was grouped (threads.RULES), as the threads
+        table records it. One lookup per lead thread, the same on either pairing path."""
+        rules = self.cache.thread_rules(leads["thread_id"].dropna().unique().tolist())
+        rule = leads["thread_id"].map(rules) if rules else pd.Series(None, index=leads.index)
+        return leads.assign(rule=rule.astype(object).where(rule.notna(), None))
 
     def _with_business(self, leads: pd.DataFrame) -> pd.DataFrame:
         leads = leads.copy()
@@ -268,7 +275,7 @@ class LeadSet:
         refresh_threads(self.cache, self.config)
         leads = email_leads(self.cache, self.config, period.since_ms, period.until_ms,
                             self.as_of_ms)
-        self._sql_leads[key] = self._with_business(leads)
+        self._sql_leads[key] = self._with_business(self._with_rule(leads))
         return self._sql_leads[key]
 
     def _blocks_of(self, leads: pd.DataFrame) -> pd.DataFrame:

@@ -60,7 +60,13 @@ class Roster:
         unique = pd.Series(encoded.dictionary.to_pylist(), dtype=object)
         low = unique.str.lower()
         domain = low.str.rsplit("@", n=1).str[-1]
-        internal = ((domain.isin(self.domains) | low.isin(self.addresses)) & (low != "")).to_numpy()
+        inside = domain.isin(self.domains)
+        if self.config.internal_subdomains:
+            # mx.acme.example is under acme.example: one suffix test per internal domain
+            # (there are few) over the distinct domains.
+            for d in self.domains:
+                inside |= domain.str.endswith("." + d)
+        internal = ((inside | low.isin(self.addresses)) & (low != "")).to_numpy()
         codes = encoded.indices.to_numpy(zero_copy_only=False)
         return pd.Series(internal[codes] if len(codes) else np.zeros(0, bool), index=addrs.index)
 

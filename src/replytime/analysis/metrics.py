@@ -137,7 +137,9 @@ def leads_table(leads: pd.DataFrame, config: Config) -> pd.DataFrame:
     out["team"] = out["rep"].map(team)
     cols = ["thread_id", "lead_message_id", "lead_from", "lead_time_ms", "rep", "answered",
             "reply_message_id", "reply_time_ms", "response_s", "business_s", "kind",
-            "responder", "addressed_rep", "team"]
+            "responder", "addressed_rep", "team", "rule"]
+    if "rule" not in out:  # leads matched without a cache (match_leads alone)
+        out["rule"] = None
     return out[cols].reset_index(drop=True)
 
 

@@ -41,7 +41,8 @@ def email_lead_pairs(
     f = cfg.leads
     filtered = bool(f.to or f.exclude_from or f.labels)
     df = lead_pairs(cache, cfg.internal_domains, roster.addresses, since_ms, until_ms,
-                    as_of_ms, details=details or filtered, labels=details or bool(f.labels))
+                    as_of_ms, details=details or filtered, labels=details or bool(f.labels),
+                    subdomains=cfg.internal_subdomains)
     excluded = set(exclude_lead_ids)
     if excluded:
         df = df[~df["lead_id"].isin(excluded)]

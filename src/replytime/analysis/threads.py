@@ -7,22 +7,33 @@
    loops and duplicate ids cannot hurt it.
 3. Otherwise a thread whose first message carries no threading headers joins an earlier
    thread with the same normalised subject that shares an external participant and was
-   active within the last 14 days.
+   active within the last 14 days. Participants are people: the From, To, Cc and Reply-To
+   of non-automated messages only (docs/definitions.md). A bounce daemon, an auto-reply
+   robot or a list server appears in many unrelated threads and must never link them.
+
+``group_threads`` also says how each thread was grouped (``RULES``) and, for subject-rule
+joins, which thread each component was joined to through which address (for ``explain``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replytime.lists import arrow_strings, concat_chunks, split_lists
+from replytime.lists import arrow_strings, concat_chunks, split_lists, to_series
 
 SUBJECT_WINDOW_MS = 14 * 86400 * 1000
+#: How a thread was grouped, strongest first: a provider thread id on any member; the
+#: subject rule joined two or more reference components; Message-ID / In-Reply-To /
+#: References joined several messages; one message, nothing joined.
+RULES = ("provider", "subject", "headers", "single")
+LINK_COLUMNS = ["thread_id", "joined_key", "to_key", "address"]
 _PREFIX_RE = re.compile(
     r"^\s*(?:(?:re|fw|fwd|aw|sv|wg|vs|antw|rif|tr)\s*(?:\[\d+\])?\s*[:：]\s*|\[[^\]]*\]\s*)+",
     re.I,
@@ -117,22 +128,49 @@ def _heads(comp: np.ndarray, place: np.ndarray, order: np.ndarray) -> tuple[np.n
     return labels, order[least[labels]]
 
 
+@dataclass(frozen=True)
+class Threading:
+    """A thread assignment and how it came about.
+
+    ``thread_id``: thread id per message, indexed like ``df["id"]``. ``rule``: one of
+    ``RULES`` per thread, indexed by thread id. ``links``: one row per reference component
+    the subject rule joined to an earlier one (``LINK_COLUMNS``): the thread it ended in,
+    the key of the component's earliest message, the key of the earliest message of the
+    component it was joined to, and the participant address they share."""
+
+    thread_id: pd.Series
+    rule: pd.Series
+    links: pd.DataFrame
+
+
 def assign_threads(
     df: pd.DataFrame, is_internal: Callable[[pd.Series], pd.Series] | None = None
 ) -> pd.Series:
-    """Thread id per message (indexed like ``df["id"]``).
+    """Thread id per message (indexed like ``df["id"]``): ``group_threads(...).thread_id``."""
+    return group_threads(df, is_internal).thread_id
+
+
+def group_threads(
+    df: pd.DataFrame, is_internal: Callable[[pd.Series], pd.Series] | None = None
+) -> Threading:
+    """Threads of the messages of ``df``, with the rule that grouped each.
 
     ``df`` has columns id, msg_key, in_reply_to, refs, provider_thread_id,
-    subject, from_addr, to_addrs, cc_addrs, time_ms. ``is_internal`` maps a Series of
+    subject, from_addr, to_addrs, cc_addrs, time_ms, and optionally automated and reply_to
+    (absent: no message is automated, no Reply-To). ``is_internal`` maps a Series of
     addresses to booleans, each on its own (it is asked about the few addresses that matter
     only); it decides which participants count for the subject rule.
     """
     if df.empty:
-        return pd.Series([], dtype=object, index=pd.Index([], name="id"))
+        return Threading(
+            pd.Series([], dtype=object, index=pd.Index([], name="id")),
+            pd.Series([], dtype=object),
+            pd.DataFrame({c: pd.Series([], dtype="str") for c in LINK_COLUMNS}),
+        )
     n = len(df)
     has_provider = df["provider_thread_id"].notna().to_numpy()
     keys = arrow_strings(df["msg_key"])  # once: components, order and names all use it
-    comp = _reference_components(df, has_provider, keys)
+    ref_comp = _reference_components(df, has_provider, keys)
 
     # Every "earliest message" below is the least (time, key), time missing (NaN) last: each
     # row's place in that order, so a group's earliest row is its least place (an integer
@@ -145,17 +183,47 @@ def assign_threads(
     ).to_numpy()
     place = np.empty(n, dtype=np.int64)
     place[order] = np.arange(n)
-    comp = _merge_by_subject(df, comp, time_ms, place, order, has_provider, is_internal)
+    comp, joins = _merge_by_subject(
+        df, ref_comp, time_ms, place, order, has_provider, is_internal
+    )
 
     # Name each thread: the provider's id if it has one, else its earliest message's key.
     # ``name`` is indexed by component label.
     labels, heads = _heads(comp, place, order)
-    name = np.empty(int(comp.max()) + 1, dtype=object)
+    size = int(comp.max()) + 1
+    name = np.empty(size, dtype=object)
     name[labels] = pc.take(keys, pa.array(heads)).to_numpy(zero_copy_only=False)
+    provider = np.zeros(size, dtype=bool)
     if has_provider.any():
         provider_labels, provider_names = _provider_names(df, comp, has_provider)
         name[provider_labels] = provider_names
-    return pd.Series(name[comp], index=df["id"].to_numpy())
+        provider[provider_labels] = True
+    # Only subject-rule edges join reference components, so a thread holds two or more of
+    # them exactly when one of its components was joined.
+    subject = np.zeros(size, dtype=bool)
+    subject[comp[joins[0]]] = True
+    # An index into RULES per thread (strongest rule last written wins); small integers,
+    # not strings over every node: placeholders make the node count several times n.
+    code = np.full(len(labels), RULES.index("single"), dtype=np.int8)
+    code[np.bincount(comp, minlength=size)[labels] > 1] = RULES.index("headers")
+    code[subject[labels]] = RULES.index("subject")
+    code[provider[labels]] = RULES.index("provider")
+    rule = np.array(RULES, dtype=object)[code]
+    # Links as Arrow-backed strings: without a roster (everyone external) they can be
+    # tens of thousands, and a Python string per value would outweigh the rest.
+    links = pa.table({
+        "thread_id": pa.array(name[comp[joins[0]]], pa.large_string()),
+        "joined_key": pc.take(keys, pa.array(joins[0])),
+        "to_key": pc.take(keys, pa.array(joins[1])),
+        "address": joins[2],
+    })
+    links = links.take(pc.sort_indices(links, sort_keys=[("thread_id", "ascending"),
+                                                         ("joined_key", "ascending")]))
+    return Threading(
+        pd.Series(name[comp], index=df["id"].to_numpy()),
+        pd.Series(rule, index=name[labels]),
+        pd.DataFrame({c: to_series(links[c].combine_chunks()) for c in LINK_COLUMNS}),
+    )
 
 
 def _run_starts(values: np.ndarray) -> np.ndarray:
@@ -180,18 +248,29 @@ def _provider_names(
     return comp[rows][lead], pc.take(prov, pa.array(lead)).to_numpy(zero_copy_only=False)
 
 
+# The participant columns of the subject rule; Reply-To is optional in the input frame.
+_PARTICIPANT_LISTS = ("to_addrs", "cc_addrs", "reply_to")
+
+
 def _address_pairs(df: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, pa.Array]:
-    """(index into ``rows``, address) for every non-empty From, To and Cc address of
-    ``df``'s rows at positions ``rows``."""
+    """(index into ``rows``, address) for every non-empty From, To, Cc and Reply-To address
+    of ``df``'s rows at positions ``rows``."""
     positions = [np.arange(len(rows))]
     parts = [arrow_strings(df["from_addr"].iloc[rows])]  # one address: never split
-    for column in ("to_addrs", "cc_addrs"):
+    for column in _PARTICIPANT_LISTS:
+        if column not in df:
+            continue
         r, items = split_lists(df[column].iloc[rows])
         positions.append(r)
         parts.append(items)
     addrs = concat_chunks(parts, pa.large_string()).combine_chunks()
     keep = pc.fill_null(pc.not_equal(addrs, ""), False)  # a null or empty From
     return np.concatenate(positions)[keep.to_numpy(zero_copy_only=False)], addrs.filter(keep)
+
+
+#: (head row of each joined component, head row of the component it joined, address)
+Joins = tuple[np.ndarray, np.ndarray, pa.Array]
+_NO_JOINS: Joins = (np.zeros(0, np.int64), np.zeros(0, np.int64), pa.array([], pa.large_string()))
 
 
 def _merge_by_subject(
@@ -202,19 +281,24 @@ def _merge_by_subject(
     order: np.ndarray,
     has_provider: np.ndarray,
     is_internal: Callable[[pd.Series], pd.Series] | None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, Joins]:
     """Rule 3: a thread whose first message has no threading headers joins the previous
     thread with the same normalised subject and a shared external participant, when that
-    thread's last message is at most 14 days older. Vectorised: one candidate edge per
-    (subject, participant) neighbour pair, then connected components over threads.
+    thread's last human message is at most 14 days older. Vectorised: one candidate edge
+    per (subject, participant) neighbour pair, then connected components over threads.
+
+    Participants and activity come from non-automated messages only: a robot's message
+    (a bounce, an auto-reply, a list post) neither links two threads nor keeps one open,
+    so adding or removing robots' mail never regroups people's threads.
 
     Works on numpy arrays, narrowing to the candidate threads before touching addresses:
-    components are "threads" below, each with its head (earliest) row."""
+    components are "threads" below, each with its head (earliest) row. Returns the new
+    components and, per joined component, the edge kept to explain it."""
     labels, heads = _heads(comp, place, order)
     dated = ~np.isnan(time_ms[heads])  # a thread with no dated message has no head
     labels, heads = labels[dated], heads[dated]
     if not len(heads):
-        return comp
+        return comp, _NO_JOINS
     # Candidates: threads whose head's subject (not empty) is also some other head's, and
     # among those heads is at least one with no threading headers.
     subj, subjects = pd.factorize(normalise_subject(df["subject"].iloc[heads]).to_numpy())
@@ -228,19 +312,22 @@ def _merge_by_subject(
     wanted[subj[no_headers & shared[subj]]] = True
     cand = wanted[subj]
     if not cand.any():
-        return comp
+        return comp, _NO_JOINS
     labels, subj, no_headers = labels[cand], subj[cand], no_headers[cand]
-    start = time_ms[heads[cand]]
+    heads = heads[cand]
+    start = time_ms[heads]
 
     # Number the candidate threads in (subject, start, label) order: each subject's threads
     # are then a run of numbers in the order they follow each other within a (subject,
     # address) group, so sorting pairs by (address, number) lays out every group in order.
     by_subject = np.lexsort((labels, start, subj))
-    labels, subj = labels[by_subject], subj[by_subject]
+    labels, subj, heads = labels[by_subject], subj[by_subject], heads[by_subject]
     no_headers, start = no_headers[by_subject], start[by_subject]
     thread_of = np.full(int(comp.max()) + 1, -1, dtype=np.int64)
     thread_of[labels] = np.arange(len(labels))
     rows = np.flatnonzero(thread_of[comp] >= 0)  # the candidate threads' messages
+    if "automated" in df:
+        rows = rows[~df["automated"].to_numpy(dtype=bool)[rows]]  # people's messages only
     thread = thread_of[comp[rows]]
     last = np.full(len(labels), -np.inf)
     np.fmax.at(last, thread, time_ms[rows])  # latest dated message (fmax skips NaN)
@@ -257,14 +344,27 @@ def _merge_by_subject(
     t, prev, addr = thread[later], thread[later - 1], addr[later]
     ok = no_headers[t] & (start[t] - last[prev] <= SUBJECT_WINDOW_MS)
     t, prev, addr = t[ok], prev[ok], addr[ok]
-    if is_internal is not None and len(t):
+    if not len(t):
+        return comp, _NO_JOINS
+    asked = np.unique(addr)
+    asked_text = pc.take(encoded.dictionary, pa.array(asked))
+    if is_internal is not None:
         # Internal participants don't count: their groups' edges go. Only the few addresses
         # of edges found are asked about, not every address in play.
-        asked = np.unique(addr)
-        values = pc.take(encoded.dictionary, pa.array(asked)).to_numpy(zero_copy_only=False)
+        values = asked_text.to_numpy(zero_copy_only=False)
         internal = is_internal(pd.Series(values, dtype=object)).to_numpy(dtype=bool)
         external = ~internal[np.searchsorted(asked, addr)]
-        t, prev = t[external], prev[external]
-    if not len(t):
-        return comp
-    return connected(int(comp.max()) + 1, labels[t], labels[prev])[comp]
+        t, prev, addr = t[external], prev[external], addr[external]
+        if not len(t):
+            return comp, _NO_JOINS
+    # One edge per joined thread explains it: to the nearest earlier thread, through the
+    # least address in code-point order (Arrow orders UTF-8 bytes: the same), so every
+    # backend's frame gives the same. Integer sorts only.
+    at_asked = np.searchsorted(asked, addr)
+    text_rank = np.empty(len(asked), dtype=np.int64)
+    text_rank[pc.sort_indices(asked_text).to_numpy()] = np.arange(len(asked))
+    best = np.lexsort((text_rank[at_asked], -prev, t))
+    best = best[_run_starts(t[best])]
+    joins: Joins = (heads[t[best]], heads[prev[best]],
+                    pc.take(asked_text, pa.array(at_asked[best])))
+    return connected(int(comp.max()) + 1, labels[t], labels[prev])[comp], joins

@@ -89,7 +89,8 @@ THREADS_SCHEMA = pa.schema([
     ("start_time_ms", pa.int64()),
 ])
 
-# The columns of `replytime report leads --format csv`, in its order, typed; then raw ms.
+# The columns of `replytime report leads --format csv`, in its order, typed; then raw ms;
+# then columns added since (the CSV appends them too).
 LEADS_SCHEMA = pa.schema([
     ("thread_id", pa.string()),
     ("lead_message_id", pa.string()),
@@ -107,6 +108,7 @@ LEADS_SCHEMA = pa.schema([
     ("team", pa.string()),
     ("lead_time_ms", pa.int64()),
     ("reply_time_ms", pa.int64()),
+    ("rule", pa.string()),  # appended later: columns are only ever added at the end
 ])
 
 SCHEMAS = {"messages": MESSAGES_SCHEMA, "threads": THREADS_SCHEMA, "leads": LEADS_SCHEMA}

@@ -13,7 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:  # imported where frames are built: an import need not wait for pandas
     import pandas as pd
@@ -25,6 +25,14 @@ from replytime.model import (
     StoredMessage,
     stored_message,
 )
+
+
+class Grouping(Protocol):
+    """What a thread assignment gives the store (``analysis.threads.Threading``): the thread
+    id per message id, and the subject rule's joins (``THREAD_LINKS_SQL``'s columns)."""
+
+    thread_id: pd.Series
+    links: pd.DataFrame
 
 
 def upsert_sql(greatest: str) -> str:
@@ -76,18 +84,29 @@ ACCOUNT_SQL = (
     "state = CASE WHEN ? THEN excluded.state ELSE accounts.state END"
 )
 
-# Same statement in both dialects: per-thread span for period selection.
+# Same statement in both dialects: per-thread span for period selection, and the rule that
+# grouped the thread (threads.RULES), decided as threads.group_threads decides it: the
+# subject rule's threads are those thread_links names (written just before), and without a
+# provider id or a subject join several messages were joined by their headers. In SQL, from
+# the stored thread ids, so the table always describes the messages as they are.
 THREADS_SQL = (
-    "INSERT INTO threads (thread_id, start_ms, first_ms, last_ms, messages) "
+    "INSERT INTO threads (thread_id, start_ms, first_ms, last_ms, messages, rule) "
     "SELECT thread_id, min(CASE WHEN automated = 0 THEN time_ms END), "
-    "min(time_ms), max(time_ms), count(*) FROM messages "
+    "min(time_ms), max(time_ms), count(*), "
+    "CASE WHEN count(provider_thread_id) > 0 THEN 'provider' "
+    "WHEN thread_id IN (SELECT l.thread_id FROM thread_links l) THEN 'subject' "
+    "WHEN count(*) > 1 THEN 'headers' ELSE 'single' END FROM messages "
     "WHERE thread_id IS NOT NULL GROUP BY thread_id"
 )
+THREAD_LINKS_SQL = (
+    "INSERT INTO thread_links (thread_id, joined_key, to_key, address) VALUES (?, ?, ?, ?)"
+)
 
-# What threads.assign_threads reads: every message, in id order.
+# What threads.group_threads reads: every message, in id order. ``automated`` and
+# ``reply_to``: the subject rule's participants are people's From/To/Cc/Reply-To only.
 THREAD_INPUT_COLUMNS = (
     "id", "msg_key", "in_reply_to", "refs", "provider_thread_id", "subject",
-    "from_addr", "to_addrs", "cc_addrs", "time_ms", "thread_id",
+    "from_addr", "to_addrs", "cc_addrs", "reply_to", "automated", "time_ms", "thread_id",
 )
 THREAD_INPUTS_SQL = f"SELECT {', '.join(THREAD_INPUT_COLUMNS)} FROM messages ORDER BY id"
 
@@ -121,6 +140,9 @@ class CacheBase(ABC):
     #: SQL true when the domain of the (not null) address ``{a}`` is one in
     #: ``internal_domains(v)``; ``{a}`` is replaced by a column
     domain_in: ClassVar[str]
+    #: ``domain_in`` where a subdomain of an internal domain counts too
+    #: (``[team] internal_subdomains``): the domain is ``v`` or ends with ``'.' || v``
+    subdomain_in: ClassVar[str]
     #: a FROM item giving one row ``r.value`` per item of ``m.to_addrs`` and ``m.cc_addrs``
     #: split on commas (empty items included)
     recipient_items: ClassVar[str]
@@ -330,19 +352,53 @@ class CacheBase(ABC):
         q = "SELECT 1 FROM messages WHERE thread_id IS NULL LIMIT 1"
         return self._execute(q).fetchone() is not None
 
-    def rebuild_threads(self, assign: Callable[[pd.DataFrame], pd.Series], fingerprint: str) -> int:
-        """Re-assign every thread id and refill the threads table. Holds the cache-wide
-        threads lock (waiting for another process's rebuild to finish), so concurrent
-        writers of different accounts never interleave two rebuilds."""
+    def rebuild_threads(
+        self, assign: Callable[[pd.DataFrame], Grouping | pd.Series], fingerprint: str
+    ) -> int:
+        """Re-assign every thread id and refill the threads and thread_links tables.
+        ``assign`` gives a ``Grouping`` (``analysis.threads.Threading``), or only the thread
+        ids (no subject-rule links then). Holds the cache-wide threads lock (waiting for
+        another process's rebuild to finish), so concurrent writers of different accounts
+        never interleave two rebuilds."""
+        import pandas as pd  # not at import: `replytime import` starts without it
+
         with self._threads_lock():
             inputs = self.thread_inputs()
             current = inputs.set_index("id")["thread_id"]
-            changed = self.set_threads(assign(inputs), current)
+            found = assign(inputs)
+            ids = found if isinstance(found, pd.Series) else found.thread_id
+            links = [] if isinstance(found, pd.Series) else list(
+                found.links[["thread_id", "joined_key", "to_key", "address"]]
+                .itertuples(index=False, name=None))
+            changed = self.set_threads(ids, current)
             with self.transaction():
+                self._execute("DELETE FROM thread_links")
+                if links:  # few: the subject rule's joins only
+                    self._executemany(THREAD_LINKS_SQL, links)
                 self._execute("DELETE FROM threads")
                 self._execute(self.threads_sql)
                 self.set_meta("threads_fingerprint", fingerprint)
         return changed
+
+    def thread_rules(self, thread_ids: Sequence[str]) -> dict[str, str]:
+        """The rule (threads.RULES) that grouped each of these threads, as last rebuilt."""
+        if not len(thread_ids):
+            return {}
+        rows = self._execute(
+            f"SELECT thread_id, rule FROM threads WHERE thread_id IN ({self.json_values})",
+            (json.dumps([str(t) for t in thread_ids]),),
+        ).fetchall()
+        return {t: r for t, r in rows}
+
+    def thread_links(self, thread_id: str | None = None) -> list[tuple[str, str, str, str]]:
+        """(thread_id, joined_key, to_key, address) of the subject rule's joins, of one thread
+        or all: which component joined which earlier one, through which participant."""
+        where, params = ("WHERE thread_id = ?", (thread_id,)) if thread_id is not None else (
+            "", ())
+        rows = self._execute(
+            f"SELECT thread_id, joined_key, to_key, address FROM thread_links {where}", params
+        ).fetchall()
+        return sorted(tuple(r) for r in rows)  # code-point order, whatever the collation
 
     def message_count(self) -> int:
         return int(self._execute("SELECT count(*) FROM messages").fetchone()[0])

@@ -32,23 +32,25 @@ DETAIL_COLUMNS = ["lead_message_id", "lead_from", "to_addrs", "cc_addrs", "label
 _NO_START = -(2**62)
 _NO_END = 2**62
 
-def _internal(address: str, cache: CacheBase | type[CacheBase]) -> str:
+def _internal(address: str, cache: CacheBase | type[CacheBase], subdomains: bool) -> str:
     """SQL true when ``address`` (not null) is internal, as ``Roster.is_internal``: its
-    domain is an internal domain, or it is a listed address; never the empty address."""
-    domain_in = cache.domain_in.replace("{a}", address)
+    domain is an internal domain (or, with ``subdomains``, under one), or it is a listed
+    address; never the empty address."""
+    domain_in = (cache.subdomain_in if subdomains else cache.domain_in).replace("{a}", address)
     return (f"({address} <> '' AND ({domain_in} "
             f"OR {address} IN (SELECT v FROM internal_addresses)))")
 
 
 def pairs_sql(cache: CacheBase | type[CacheBase], details: bool = False,
-              labels_sql: str = "NULL") -> str:
+              labels_sql: str = "NULL", subdomains: bool = True) -> str:
     """The pairing statement in the dialect of ``cache`` (a cache or its class). Parameters,
     in order: internal domains (JSON array), internal addresses (JSON array), then the
-    bounds since, until, as_of, since, until, as_of, until, until, as_of."""
+    bounds since, until, as_of, since, until, as_of, until, until, as_of. ``subdomains``:
+    addresses under an internal domain are internal (``[team] internal_subdomains``)."""
     values, items = cache.json_values, cache.recipient_items
     time_index = cache.pair_time_index
-    from_internal = _internal("m.from_addr", cache)
-    item_internal = _internal("r.value", cache)
+    from_internal = _internal("m.from_addr", cache, subdomains)
+    item_internal = _internal("r.value", cache, subdomains)
     detail_sql = (
         ", lm.message_id AS lead_message_id, lm.from_addr AS lead_from, lm.to_addrs, "
         f"lm.cc_addrs, {labels_sql} AS labels, rm.message_id AS reply_message_id, "
@@ -135,11 +137,13 @@ def lead_pairs(
     *,
     details: bool = False,
     labels: bool = False,
+    subdomains: bool = True,
 ) -> pd.DataFrame:
     """Every email lead with lead time in [since_ms, until_ms) (None = open) as of
     ``as_of_ms`` and its first reply: columns ``PAIR_COLUMNS`` (reply columns null when
     unanswered), ordered by lead time and id; ``details`` adds ``DETAIL_COLUMNS`` (``labels``
-    filled only when asked for). No lead filter is applied here
+    filled only when asked for); ``subdomains``: addresses at subdomains of an internal
+    domain are internal (``[team] internal_subdomains``). No lead filter is applied here
     (``replytime.analysis.sql_leads`` does that)."""
     labels_sql = (
         f"(SELECT {cache.label_agg} FROM locations lo WHERE lo.msg_key = lm.msg_key)"
@@ -153,7 +157,8 @@ def lead_pairs(
     params = (json.dumps(domains), json.dumps(sorted(internal_addresses)),
               since, until, as_of, since, until, as_of, until, until, as_of)
     # The backend's own reader: dialect placeholders, chunked fetch, read_sql typing.
-    df = cache.analytic_frame(pairs_sql(cache, details, labels_sql), params)
+    sql = pairs_sql(cache, details, labels_sql, subdomains=subdomains)
+    df = cache.analytic_frame(sql, params)
     if df.empty:  # no rows to infer from: text columns typed as a read of some rows types them
         text = ["thread_id", *(c for c in DETAIL_COLUMNS if c in df)]
         df = df.astype(dict.fromkeys(text, "str"))

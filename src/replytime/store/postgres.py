@@ -99,6 +99,17 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX threads_start ON threads(start_ms);
     """,
+    """
+    ALTER TABLE threads ADD COLUMN rule TEXT;
+    CREATE TABLE thread_links (
+        thread_id TEXT NOT NULL,
+        joined_key TEXT NOT NULL,
+        to_key TEXT NOT NULL,
+        address TEXT NOT NULL,
+        PRIMARY KEY (thread_id, joined_key)
+    );
+    DELETE FROM meta WHERE key = 'threads_fingerprint';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -192,6 +203,10 @@ class PostgresCache(CacheBase):
     pair_time_index = ""  # planned from statistics
     json_values = "SELECT jsonb_array_elements_text(CAST(? AS jsonb))"
     domain_in = "reverse(split_part(reverse({a}), '@', 1)) IN (SELECT v FROM internal_domains)"
+    # The hashed IN as above, then a suffix test per domain (as SQLiteCache.subdomain_in).
+    subdomain_in = ("(reverse(split_part(reverse({a}), '@', 1)) IN (SELECT v FROM internal_domains)"
+                    " OR EXISTS (SELECT 1 FROM internal_domains"
+                    " WHERE right({a}, length(v) + 1) = '.' || v))")
     recipient_items = ("unnest(string_to_array(coalesce(m.to_addrs, '') || ',' "
                        "|| coalesce(m.cc_addrs, ''), ',')) AS r(value)")
 

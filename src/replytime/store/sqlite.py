@@ -155,6 +155,19 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX threads_start ON threads(start_ms);
     """,
+    # 4: how each thread was grouped (threads.RULES), and the subject rule's joins, so
+    # `explain` can say which thread a component was joined to and through which address.
+    """
+    ALTER TABLE threads ADD COLUMN rule TEXT;  -- provider | subject | headers | single
+    CREATE TABLE thread_links (
+        thread_id TEXT NOT NULL,           -- the thread the joined component ended in
+        joined_key TEXT NOT NULL,          -- msg_key of the joined component's first message
+        to_key TEXT NOT NULL,              -- msg_key of the first message it was joined to
+        address TEXT NOT NULL,             -- the participant both share
+        PRIMARY KEY (thread_id, joined_key)
+    ) WITHOUT ROWID;
+    DELETE FROM meta WHERE key = 'threads_fingerprint';  -- refill on next use
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -210,6 +223,10 @@ class SQLiteCache(CacheBase):
     # domain cost half what cutting the domain out with rtrim/replace did.
     domain_in = ("EXISTS (SELECT 1 FROM internal_domains WHERE {a} = v "
                  "OR substr({a}, -length(v) - 1) = '@' || v)")
+    # A suffix '.' || v holds no '@', so it lies within the part after the last '@': the
+    # domain is then a subdomain of v.
+    subdomain_in = ("EXISTS (SELECT 1 FROM internal_domains WHERE {a} = v "
+                    "OR substr({a}, -length(v) - 1) IN ('@' || v, '.' || v))")
     # json_quote escapes whatever a list holds (quotes, backslashes, control characters) and
     # never puts a comma in an escape, so splitting the quoted text on commas gives a valid
     # JSON array.
