@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -61,6 +62,17 @@ def test_help_teaches() -> None:
         assert cmd in r.stdout
     r = run("report", "--help")
     assert "--since" in r.stdout and "last-week" in r.stdout and "--business" in r.stdout
+
+
+def test_demo_runs_on_the_package_data(tmp_path: Path) -> None:
+    """`replytime demo` reads the example from the package (replytime/demo/), not from a
+    source checkout's examples/, so it works from an installed wheel; run from elsewhere."""
+    r = run("demo", "--db", str(tmp_path / "demo.sqlite"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Imported 898 example messages" in r.stdout
+    for rep in ("Alice Ng", "Marcus Reed", "Diego Alvarez", "Hannah Clarke", "Tom Okafor"):
+        assert rep in r.stdout
+    assert re.search(r"TOTAL +152 +88%", r.stdout)
 
 
 def test_reps_csv_exact(workspace: tuple[Path, Path]) -> None:
