@@ -100,6 +100,19 @@ def test_demo_runs_on_the_package_data(tmp_path: Path) -> None:
     assert re.search(r"TOTAL +152 +88%", r.stdout)
 
 
+def test_shell_completion() -> None:
+    """typer's completion options are on, and completion answers through our entry point."""
+    r = run("--help")
+    assert "--install-completion" in r.stdout and "--show-completion" in r.stdout
+    r = run(env={"_REPLYTIME_COMPLETE": "complete_bash", "COMP_WORDS": "replytime report ",
+                 "COMP_CWORD": "2"})
+    assert r.returncode == 0, r.stderr
+    assert {"reps", "leads", "unanswered", "weekly"} <= set(r.stdout.split())
+    r = run(env={"_REPLYTIME_COMPLETE": "complete_zsh",
+                 "_TYPER_COMPLETE_ARGS": "replytime report --fail-if-"})
+    assert "--fail-if-over" in r.stdout
+
+
 def test_reps_csv_exact(workspace: tuple[Path, Path]) -> None:
     r = report(workspace, "reps", "--format", "csv")
     assert r.returncode == 0, r.stderr

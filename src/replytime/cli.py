@@ -24,7 +24,6 @@ app = typer.Typer(
     "`replytime sync`, then `replytime report reps --since last-week`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
     rich_markup_mode=None,
 )
 auth_app = typer.Typer(help="Authorise access to a mail account.", no_args_is_help=True)
