@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from tests.mailbuilder import Mailbox, at
 
 SCRIPT = Path(sys.executable).with_name("replytime")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
@@ -61,6 +63,54 @@ def test_help_teaches() -> None:
         assert cmd in r.stdout
     r = run("report", "--help")
     assert "--since" in r.stdout and "last-week" in r.stdout and "--business" in r.stdout
+
+
+def test_version_is_single_sourced() -> None:
+    """`--version`, the built package's metadata (pyproject.toml reads it dynamically) and
+    the changelog all take the version from replytime.__version__."""
+    import replytime
+
+    r = run("--version")
+    assert (r.returncode, r.stdout) == (0, f"replytime {replytime.__version__}\n")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in project["project"]
+    assert project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "replytime.__version__"}
+    # The newest changelog entry is this version, or an Unreleased section that names it
+    # (in its opening lines) above the dated releases.
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    sections = re.split(r"(?m)^## ", changelog)[1:]
+    if sections[0].startswith("[Unreleased]"):
+        intro = sections[0].split("\n### ")[0]
+        assert f"`{replytime.__version__}`" in intro, intro
+        assert re.match(r"\[\d+\.\d+\.\d+\] - \d{4}-\d\d-\d\d", sections[1])
+    else:
+        assert sections[0].startswith(f"[{replytime.__version__}] - "), sections[0][:40]
+
+
+def test_demo_runs_on_the_package_data(tmp_path: Path) -> None:
+    """`replytime demo` reads the example from the package (replytime/demo/), not from a
+    source checkout's examples/, so it works from an installed wheel; run from elsewhere."""
+    r = run("demo", "--db", str(tmp_path / "demo.sqlite"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Imported 898 example messages" in r.stdout
+    for rep in ("Alice Ng", "Marcus Reed", "Diego Alvarez", "Hannah Clarke", "Tom Okafor"):
+        assert rep in r.stdout
+    assert re.search(r"TOTAL +152 +88%", r.stdout)
+
+
+def test_shell_completion() -> None:
+    """typer's completion options are on, and completion answers through our entry point."""
+    r = run("--help")
+    assert "--install-completion" in r.stdout and "--show-completion" in r.stdout
+    r = run(env={"_REPLYTIME_COMPLETE": "complete_bash", "COMP_WORDS": "replytime report ",
+                 "COMP_CWORD": "2"})
+    assert r.returncode == 0, r.stderr
+    assert {"reps", "leads", "unanswered", "weekly"} <= set(r.stdout.split())
+    r = run(env={"_REPLYTIME_COMPLETE": "complete_zsh",
+                 "_TYPER_COMPLETE_ARGS": "replytime report --fail-if-"})
+    assert "--fail-if-over" in r.stdout
 
 
 def test_reps_csv_exact(workspace: tuple[Path, Path]) -> None:

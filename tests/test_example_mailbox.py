@@ -207,3 +207,14 @@ def test_streams_other_sizes_and_formats(gen: ModuleType, tmp_path: Path) -> Non
     assert len(files) == 150 and all(parse_header_block(f.read_bytes()).message_id for f in files)
     other = [m.raw for m in gen.generate_messages(60, seed=4, max_messages=150)]
     assert other != [m.raw for m in msgs]
+
+
+def test_one_copy_shared_with_the_package() -> None:
+    """examples/mailbox.mbox and examples/replytime.toml are links to the package data that
+    `replytime demo` reads (src/replytime/demo/), so the two can never differ."""
+    from importlib.resources import files
+
+    package = files("replytime.demo")
+    for name in ("mailbox.mbox", "replytime.toml"):
+        assert (EXAMPLES / name).is_symlink(), name
+        assert (EXAMPLES / name).samefile(Path(str(package / name))), name

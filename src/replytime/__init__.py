@@ -12,7 +12,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
+# The version, read by pyproject.toml (dynamic) at build time; see CHANGELOG.md.
+__version__ = "0.2.0"
 
 # Loaded on first use, so `replytime --help` does not pay for pandas.
 _EXPORTS = {

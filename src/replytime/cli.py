@@ -24,7 +24,6 @@ app = typer.Typer(
     "`replytime sync`, then `replytime report reps --since last-week`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
     rich_markup_mode=None,
 )
 auth_app = typer.Typer(help="Authorise access to a mail account.", no_args_is_help=True)
@@ -180,20 +179,18 @@ def sync(
 
 
 # -- demo -----------------------------------------------------------------------------------
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
 @app.command()
 def demo(
     db: Annotated[Path | None, typer.Option(
         "--db", help="Keep the demo cache here (default: a temporary file)."
     )] = None,
 ) -> None:
-    """Import the bundled example mailbox (examples/) and print the per-rep report.
+    """Import the bundled example mailbox and print the per-rep report.
 
     No account or server needed; the commands it runs are printed so you can repeat them.
     """
     import tempfile
+    from importlib.resources import as_file, files
 
     from replytime.api import Analysis, refresh_threads
     from replytime.config import load_config
@@ -201,14 +198,15 @@ def demo(
     from replytime.sources.files import import_paths
     from replytime.store import open_cache
 
-    mailbox, cfg_path = EXAMPLES / "mailbox.mbox", EXAMPLES / "replytime.toml"
-    if not mailbox.exists():
-        raise UsageError(f"the example mailbox {mailbox} is missing (run from a source checkout)")
-    cfg = load_config(cfg_path)
-    target = db or Path(tempfile.mkdtemp(prefix="replytime-demo-")) / "cache.sqlite"
-    cache = open_cache(target)
-    with cache.lock_account("example"):
-        stats = import_paths(cache, [mailbox], account="example", keep=cfg.kept_headers())
+    # Package data (replytime/demo/), so an installed wheel has it too.
+    example = files("replytime.demo")
+    with as_file(example / "mailbox.mbox") as mailbox, \
+            as_file(example / "replytime.toml") as cfg_path:
+        cfg = load_config(cfg_path)
+        target = db or Path(tempfile.mkdtemp(prefix="replytime-demo-")) / "cache.sqlite"
+        cache = open_cache(target)
+        with cache.lock_account("example"):
+            stats = import_paths(cache, [mailbox], account="example", keep=cfg.kept_headers())
     refresh_threads(cache, cfg)
     latest = cache.latest_time_ms()
     as_of = datetime.fromtimestamp(latest / 1000 + 3600, UTC)
