@@ -29,6 +29,7 @@ _EXPORTS = {
     "match_leads": "replytime.analysis.matcher",
     "business_seconds": "replytime.analysis.hours",
     "export_parquet": "replytime.output.export",
+    "explain": "replytime.analysis.explain",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
