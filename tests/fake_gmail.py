@@ -2,7 +2,7 @@
 
 The real ``google-api-python-client`` talks to it (client option ``api_endpoint``), so the
 tests exercise real request building, batch encoding and response parsing. It implements
-the parts of the Gmail API replytime uses, with the per-user quota of the brief (section 5):
+the parts of the Gmail API replytime uses, with Gmail's per-user quota:
 
 - GET  /gmail/v1/users/{u}/profile                       1 unit
 - GET  /gmail/v1/users/{u}/threads        (q, labelIds)  10 units, paged

@@ -1,4 +1,4 @@
-"""Config parsing: the brief's example loads; every mistake is one line naming the key."""
+"""Config parsing: the documented example loads; every mistake is one line naming the key."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.paths import DATA
 
 
 def brief_config_text() -> str:
-    """The brief's documented example config (section 7), kept as a file of the tests."""
+    """The documented example config, kept as a file of the tests."""
     return (DATA / "spec_config.toml").read_text()
 
 

@@ -4,7 +4,7 @@ A generated mailbox (examples/generate.py) of 10,500 messages, as one mbox and a
 Maildir, is imported by ``replytime --db X import PATH`` processes that are SIGKILLed at
 seeded random points, interrupted with SIGINT / SIGTERM, or run two at a time on one cache.
 Whatever happens, a rerun must end with exactly the cache of one uninterrupted import, and
-SQLite must find the file intact (brief, section 6, "Reliability").
+SQLite must find the file intact (docs/architecture.md, "Sync state").
 """
 
 from __future__ import annotations

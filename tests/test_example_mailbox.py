@@ -2,7 +2,7 @@
 
 The ground truth (expected_leads.csv) is written by the generator from its own plan. Here
 it is checked a second way, from the mailbox bytes alone, with a small by-hand reading of
-the brief's definitions (sections 3 and 3b), so a mistake in either shows up.
+the definitions (docs/definitions.md), so a mistake in either shows up.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def test_ground_truth_is_consistent(expected: list[dict[str, str]]) -> None:
 
 
 def _by_hand(records: list[MessageRecord], config: Config) -> dict[str, dict[str, str]]:
-    """The brief's leads and first replies, read straight off the parsed headers."""
+    """The leads and first replies of docs/definitions.md, read straight off the parsed headers."""
     rep_of = config.rep_by_address()
     by_id = {r.message_id: r for r in records}
 

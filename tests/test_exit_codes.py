@@ -1,4 +1,4 @@
-"""Every exit code of the brief (section 4) through the real console script: 0 ok, 1 a check
+"""Every exit code (docs/commands.md) through the real console script: 0 ok, 1 a check
 failed or the cache is locked, 2 usage / config / path / cache errors, 3 authentication, 4 a
 source unreachable after retries. Each error is exactly one line on stderr, no traceback;
 with --debug the traceback comes first, then the same line."""

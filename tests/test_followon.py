@@ -1,4 +1,5 @@
-"""Section 3b follow-on metrics: overall reply time, stale leads, comparison (exact numbers)."""
+"""Follow-on metrics (docs/definitions.md): overall reply time, stale leads, comparison
+(exact numbers)."""
 
 from __future__ import annotations
 

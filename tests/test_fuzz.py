@@ -1,6 +1,5 @@
 """Fuzzing with hypothesis: header parsing, file import and threading never crash on bad input
-(brief, section 6: "Bad input ... never crashes an import: the message is kept or skipped and
-counted").
+(bad input never crashes an import: the message is kept or skipped and counted).
 
 Every test is derandomized (the same cases on every run, so CI is reproducible) and bounded by
 ``max_examples``; ``test_zz_fuzz_case_count`` reports how many cases ran in all.

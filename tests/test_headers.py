@@ -1,4 +1,4 @@
-"""Unit tests of headers.py: addresses, dates, automated markers (brief, section 3), ids,
+"""Unit tests of headers.py: addresses, dates, automated markers (docs/definitions.md), ids,
 encoded words, the fallback key, and the raw field splitter."""
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def test_time_sources() -> None:
     assert (rec.time_ms, rec.time_source, rec.problems) == (None, TIME_NONE, PROBLEM_NO_TIME)
 
 
-# -- automated markers (section 3), one by one --------------------------------------------------
+# -- automated markers (docs/definitions.md), one by one ------------------------------------
 @pytest.mark.parametrize(
     ("extra", "marker"),
     [

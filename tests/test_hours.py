@@ -1,4 +1,4 @@
-"""Business time (brief, section 3): exact seconds for the worked examples, DST, holidays,
+"""Business time (docs/definitions.md): exact seconds for the worked examples, DST, holidays,
 zones, and agreement with an independent minute-by-minute reference on random pairs."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def bs(schedule: Schedule | None, pairs: list[tuple[str, str]], tz: str) -> list
     return business_seconds(schedule, start, end).tolist()
 
 
-# -- the brief's worked examples ------------------------------------------------------
+# -- the worked examples of docs/definitions.md ----------------------------------------------
 # 2026-11-02 is a Monday (after every 2026 DST change in these zones); 11-06 a Friday.
 WORKED = [
     # lead, reply, calendar s, business s

@@ -1,4 +1,4 @@
-"""One small hand-built thread per rule of the brief's section 3, with exact seconds."""
+"""One small hand-built thread per rule of docs/definitions.md, with exact seconds."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def test_further_lead_messages_do_not_restart_the_clock(mb: Mailbox) -> None:
 
 def test_reply_stamped_before_the_lead_makes_the_thread_outbound(mb: Mailbox) -> None:
     # Clock skew: the rep's message is stamped before the prospect's. By the letter of
-    # section 3 the earliest non-automated message is internal, so this is no lead at all.
+    # the definitions the earliest non-automated message is internal, so this is no lead at all.
     lead = mb.send(PROSPECT, "sales@acme.example", at(0, 9))
     mb.send("alice@acme.example", "pat@client.example", at(0, 8, 59), parent=lead)
     assert mb.analysis().all_leads.empty

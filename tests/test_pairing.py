@@ -1,6 +1,6 @@
 """Email leads and first replies computed in the database (cache.pairing) give exactly the
 pandas matcher's email leads, on both backends: the bundled example over several periods
-and as-of times, and one small hand-built thread per rule of the brief's section 3."""
+and as-of times, and one small hand-built thread per rule of docs/definitions.md."""
 
 from __future__ import annotations
 

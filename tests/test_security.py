@@ -1,4 +1,4 @@
-"""Security properties of the brief (section 6): SQL only with bound parameters, CSV cells
+"""Security properties (README, docs/configuration.md): SQL only with bound parameters, CSV cells
 safe in a spreadsheet unless --raw-csv, ~ and $VARS in config, token and password paths, and
 no secret on a command line or in what a failing command prints (even with --debug)."""
 

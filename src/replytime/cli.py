@@ -660,7 +660,7 @@ def run() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: one-line errors with the exit codes of the brief, section 4.
+    """Console entry point: one-line errors with the exit codes of docs/commands.md.
 
     Ctrl-C and SIGTERM stop at the next Python instruction; whole batches are committed
     (each is one transaction), so the message says the work so far is saved."""

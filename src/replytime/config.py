@@ -1,4 +1,4 @@
-"""The TOML config (brief, section 7): team, reps, schedules, lead filters, SLA, accounts.
+"""The TOML config (docs/configuration.md): team, reps, schedules, lead filters, SLA, accounts.
 
 Every mistake becomes a ConfigError naming the key ("config: reps[2].emails: ...").
 """

@@ -1,4 +1,4 @@
-"""Exceptions that carry the exit code a user or a cron job sees (brief, section 4)."""
+"""Exceptions that carry the exit code a user or a cron job sees (docs/commands.md, exit codes)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-# Where a message's time came from, best first (brief, section 3, "message time").
+# Where a message's time came from, best first (docs/definitions.md, "Message time").
 TIME_SERVER = 3  # Gmail internalDate, IMAP INTERNALDATE
 TIME_DATE = 2  # the Date header
 TIME_RECEIVED = 1  # the newest Received header

@@ -1,4 +1,4 @@
-"""Follow-on metrics (brief, section 3b): overall reply time, stale leads, comparison.
+"""Follow-on metrics (docs/definitions.md): overall reply time, stale leads, comparison.
 
 Pure functions over the frames the matcher and metrics produce: messages frame (prepared by
 ``matcher.prepare``) and leads frame (``matcher.match_leads`` plus ``business_s``), in UTC
@@ -39,7 +39,7 @@ BLOCK_COLUMNS = [
     "thread_id",
     "lead_id",
     "lead_message_id",
-    "rep",  # the lead's attribution (section 3), for filtering blocks like leads
+    "rep",  # the lead's attribution (docs/definitions.md), for filtering blocks like leads
     "block",  # 1-based; block 1 is the lead itself
     "block_start_ms",
     "block_message_id",
@@ -62,7 +62,7 @@ def reply_blocks(
     messages: pd.DataFrame, leads: pd.DataFrame, config: Config, as_of_ms: int
 ) -> pd.DataFrame:
     """One row per block of consecutive external non-automated messages in a lead's
-    conversation, with the internal reply that ends it (section 3b, "Overall reply time").
+    conversation, with the internal reply that ends it (docs/definitions.md, "Overall reply time").
 
     A block ends at the next non-automated message from an internal address with an external
     recipient, at or after the block's first message and no later than ``as_of``; internal
@@ -169,7 +169,8 @@ def _blocks(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _business(blocks: pd.DataFrame, config: Config) -> np.ndarray:
-    """Business seconds of answered blocks on the responder's schedule (section 3)."""
+    """Business seconds of answered blocks on the responder's schedule
+    (docs/definitions.md, "Business time")."""
     calendar = blocks["response_s"].to_numpy(dtype="float64")
     answered = blocks["answered"].to_numpy()
     if not config.has_schedule or not answered.any():

@@ -1,4 +1,5 @@
-"""Business time (brief, section 3): overlap of [lead, reply] with a schedule's working hours.
+"""Business time (docs/definitions.md, "Business time"): overlap of [lead, reply] with a
+schedule's working hours.
 
 The method is a cumulative-time lookup rather than stepping through time: a schedule is
 expanded once into sorted, disjoint working intervals in UTC (one Python loop over the

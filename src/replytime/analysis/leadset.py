@@ -214,7 +214,8 @@ class LeadSet:
 
     @cached_property
     def all_blocks(self) -> pd.DataFrame:
-        """Every block of consecutive external messages in lead threads (section 3b)."""
+        """Every block of consecutive external messages in lead threads
+        (docs/definitions.md, "Overall reply time")."""
         from replytime.analysis.followon import reply_blocks
 
         leads = self.all_leads  # built part by part, it brings the blocks along
@@ -223,7 +224,7 @@ class LeadSet:
         return reply_blocks(self.messages, leads, self.config, self.as_of_ms)
 
     def basis(self, basis: Basis | None = None) -> Basis:
-        """Business time by default when a schedule exists (section 3, "Statistics")."""
+        """Business time by default when a schedule exists (docs/definitions.md, "Statistics")."""
         if basis is not None:
             return basis
         return "business" if self.config.has_schedule else "calendar"
@@ -242,7 +243,8 @@ class LeadSet:
         reps = (rep,) if isinstance(rep, str) else tuple(rep or ())
         known = {x.name.lower() for x in self.config.reps}
         for r in reps:
-            # Internal addresses outside the roster are reps of their own (section 3).
+            # Internal addresses outside the roster are reps of their own
+            # (docs/definitions.md, "Rep").
             if r.lower() not in known and "@" not in r and r != UNASSIGNED:
                 names = ", ".join(x.name for x in self.config.reps) or "none in the config"
                 raise UsageError(f"--rep: unknown rep {r!r} (reps: {names})")

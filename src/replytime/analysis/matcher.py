@@ -1,4 +1,4 @@
-"""Find leads and their first replies (brief, sections 3 and 3b), vectorised with pandas.
+"""Find leads and their first replies (docs/definitions.md), vectorised with pandas.
 
 Input is the messages frame from the cache (one row per message); output is one row per
 lead. Every rule below cites the definition it implements.
@@ -71,7 +71,7 @@ class Roster:
         return pd.Series(internal[codes] if len(codes) else np.zeros(0, bool), index=addrs.index)
 
     def rep_name(self, addrs: pd.Series) -> pd.Series:
-        """Roster name, else the address itself (section 3, "Rep")."""
+        """Roster name, else the address itself (docs/definitions.md, "Rep")."""
         return addrs.map(self.rep_of).fillna(addrs)
 
 
@@ -99,7 +99,8 @@ def prepare(messages: pd.DataFrame, roster: Roster) -> pd.DataFrame:
 
 
 def addressed_rep(lead_msgs: pd.DataFrame, roster: Roster) -> pd.Series:
-    """Section 3, "Attribution": the rep a lead was addressed to (To before Cc, first match)."""
+    """docs/definitions.md, "Attribution": the rep a lead was addressed to (To before Cc,
+    first match)."""
     rcpt = _explode_recipients(lead_msgs, ("to_addrs", "cc_addrs"))
     rcpt["rep"] = rcpt["addr"].map(roster.rep_of)
     hit = rcpt.dropna(subset=["rep"]).sort_values(["id", "rank", "pos"])
@@ -107,7 +108,7 @@ def addressed_rep(lead_msgs: pd.DataFrame, roster: Roster) -> pd.Series:
 
 
 def _email_leads(m: pd.DataFrame, roster: Roster) -> pd.DataFrame:
-    """Section 3, "Lead": threads whose earliest non-automated message is external."""
+    """docs/definitions.md, "Lead": threads whose earliest non-automated message is external."""
     # Sorted on three columns only: reordering every column of a million rows cost seconds.
     cand = m.loc[m["timed"] & ~m["automated"] & m["thread_id"].notna(),
                  ["thread_id", "time_ms", "id"]]
@@ -232,7 +233,7 @@ def form_history_start(
 
 
 def _form_leads(m: pd.DataFrame, roster: Roster, config: Config, as_of_ms: int) -> pd.DataFrame:
-    """Section 3b, "Form leads": notifications whose lead address is in Reply-To (or a
+    """docs/definitions.md, "Form leads": notifications whose lead address is in Reply-To (or a
     header); the first reply is found in any thread by the lead address in To/Cc."""
     notes = form_notifications(m, roster, config, as_of_ms)
     if notes.empty:
@@ -320,7 +321,7 @@ def match_leads(messages: pd.DataFrame, config: Config, as_of_ms: int) -> pd.Dat
 def lead_table(found: pd.DataFrame, lead_messages: pd.DataFrame, roster: Roster
                ) -> pd.DataFrame:
     """LEAD_COLUMNS from the leads and first replies found (here in pandas, or in the
-    database by ``cache.pairing``): attribution (section 3, "Attribution") and the
+    database by ``store.pairing``): attribution (docs/definitions.md, "Attribution") and the
     response time. ``found`` has thread_id, kind, lead_id, lead_message_id, lead_from,
     lead_time_ms and the reply's id, message_id, from and time (null when unanswered);
     ``lead_messages`` the lead messages' id, to_addrs and cc_addrs."""

@@ -1,4 +1,4 @@
-"""Report tables computed from the leads and messages frames (brief, sections 3 and 7).
+"""Report tables computed from the leads and messages frames (docs/definitions.md).
 
 Pure functions: frames in, frames out. Times stay UTC epoch milliseconds and durations
 float seconds here; ``render`` turns them into ISO strings and whole seconds.
@@ -46,7 +46,7 @@ def duration_column(basis: str) -> str:
 
 
 def stats(durations: pd.Series) -> dict[str, float]:
-    """Section 3, "Statistics": count, mean, median, p90 (linear), min, max."""
+    """docs/definitions.md, "Statistics": count, mean, median, p90 (linear), min, max."""
     d = durations.dropna().astype("float64")
     if d.empty:
         return {"count": 0, "mean_s": np.nan, "median_s": np.nan, "p90_s": np.nan,
@@ -82,7 +82,8 @@ def _group_stats(leads: pd.DataFrame, by: str, basis: str, sla_target_s: int) ->
 def reps_table(
     leads: pd.DataFrame, config: Config, basis: str, *, include_total: bool = False
 ) -> pd.DataFrame:
-    """Per-rep table (section 7 columns), roster reps with no leads included as zeros."""
+    """Per-rep table (the columns of docs/definitions.md), roster reps with no leads
+    included as zeros."""
     names = [r.name for r in config.reps]
     table = _group_stats(leads, "rep", basis, config.sla_target_s)
     index = list(dict.fromkeys(names + sorted(table.index, key=_rep_sort_key)))

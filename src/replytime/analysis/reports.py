@@ -31,7 +31,7 @@ class Analysis(LeadSet):
         leads = self.select(sel, with_messages=True)  # for the reply blocks
         b = self.basis(basis)
         table = metrics.reps_table(leads, self.config, b, include_total=include_total)
-        # Overall reply time (section 3b) is counted by responder.
+        # Overall reply time (docs/definitions.md) is counted by responder.
         blocks = self._blocks_of(leads)
         overall = followon.overall_by_rep(blocks, b)
         if include_total:

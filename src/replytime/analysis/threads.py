@@ -1,4 +1,4 @@
-"""Group cached messages into threads (brief, section 2, "Threads").
+"""Group cached messages into threads (docs/definitions.md, "Threads").
 
 1. The provider's thread id where there is one (Gmail threadId, IMAP/Takeout X-GM-THRID).
 2. Otherwise Message-ID / In-Reply-To / References, JWZ-style: a referenced message that is

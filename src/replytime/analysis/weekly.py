@@ -1,8 +1,8 @@
-"""The weekly summary (brief, section 4): per-rep response times for one period next to the
-previous period of the same length, the oldest unanswered leads, when leads arrive, and
-the daily flow of leads and first replies. Frames in, one dataclass out; ``render_weekly_*``
-draw it for a terminal (``replytime.output.weekly``) or as a self-contained HTML page
-(``replytime.output.html``).
+"""The weekly summary (docs/definitions.md, "Weekly"): per-rep response times for one
+period next to the previous period of the same length, the oldest unanswered leads, when
+leads arrive, and the daily flow of leads and first replies. Frames in, one dataclass out;
+``render_weekly_*`` draw it for a terminal (``replytime.output.weekly``) or as a
+self-contained HTML page (``replytime.output.html``).
 """
 
 from __future__ import annotations
@@ -180,8 +180,8 @@ def weekly_report(
 
 
 def handoffs(leads: pd.DataFrame) -> pd.DataFrame:
-    """Answered leads addressed to one rep and first answered by another (section 3b),
-    counted per (addressed rep, responder), most first."""
+    """Answered leads addressed to one rep and first answered by another
+    (docs/definitions.md, "Handoff"), counted per (addressed rep, responder), most first."""
     h = leads[leads["answered"] & leads["addressed_rep"].notna()
               & (leads["addressed_rep"] != leads["responder"])]
     out = h.groupby(["addressed_rep", "responder"]).size().rename("leads").reset_index()
@@ -190,7 +190,7 @@ def handoffs(leads: pd.DataFrame) -> pd.DataFrame:
 
 
 def _reps(analysis: LeadSet, sel: Selection, basis: Basis) -> pd.DataFrame:
-    """Per-rep table with a TOTAL row, like ``Analysis.reps`` but without the section 3b
+    """Per-rep table with a TOTAL row, like ``Analysis.reps`` but without the follow-on
     extras (reply blocks need a pass over every thread: too slow for a 2 s report)."""
     leads = analysis.select(sel)
     table = metrics.reps_table(leads, analysis.config, basis, include_total=True)

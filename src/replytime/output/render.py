@@ -1,5 +1,6 @@
-"""Output: machine formats (csv, json, jsonl, parquet) with the stable columns of section 7,
-and human ones (terminal table, markdown). Nothing here fetches or computes metrics."""
+"""Output: machine formats (csv, json, jsonl, parquet) with the stable columns of
+docs/definitions.md, and human ones (terminal table, markdown). Nothing here fetches or
+computes metrics."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 Every connector ends here: files hand over the raw header bytes, IMAP the bytes of
 ``BODY.PEEK[HEADER.FIELDS (...)]``, Gmail a list of (name, value) pairs. The parser
-keeps only the fields the metrics need (brief, section 2) and decides whether a
-message is automated (section 3).
+keeps only the fields the metrics need and decides whether a message is automated
+(docs/definitions.md, "Automated message").
 """
 
 from __future__ import annotations

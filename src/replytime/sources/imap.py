@@ -1,6 +1,6 @@
 """IMAP connector: headers of the configured folders into the cache, incremental and resumable.
 
-How a sync goes (brief, sections 2, 6 and issue 5):
+How a sync goes:
 
 - Connect with implicit TLS (``ssl``), ``starttls`` or, to a loopback address only, plaintext
   (``none``). Certificates are verified; ``ca_file`` trusts a private CA. The password comes
