@@ -7,6 +7,8 @@ committed files can be checked against a fresh run and the benchmarks can reuse 
     python examples/generate.py --messages 1000000 --format maildir --out /tmp/big
     python examples/generate.py --messages 100000 --reps 200 --out /tmp/team.mbox \
         --config-out /tmp/replytime.toml     # a team of 200 reps and its config
+    python examples/generate.py --threads 3000 --robots 0.6 --same-subject 0.4 \
+        --out /tmp/r.mbox --expected /tmp/r.csv   # bounces, robots, same-subject enquiries
 
 While it writes messages it also records, for every thread it means as a lead, what the
 brief's definitions (sections 3 and 3b) say the answer is: lead message, first
@@ -279,6 +281,12 @@ CHAT = person("Acme Chat", "noreply@chat-widget.example", "UTC")
 PRIYA = person("Priya Shah", "priya.shah@acme.example", "America/New_York")
 SAM = person("Sam Patel", "sam.patel@acme.example", "America/New_York")
 DAEMON = person("Mail Delivery System", "MAILER-DAEMON@mail.acme.example", "UTC")
+# Robots of --robots (issue 15): our MX's bounce daemon (a subdomain of the internal domain),
+# a calendar service and a list server. Each answers mail of a lead's thread, threaded to it.
+MX_DAEMON = person("Mail Delivery System", "MAILER-DAEMON@mx.acme.example", "UTC")
+CALENDAR = person("Calendar", "calendar-notification@calendar.example", "UTC")
+LISTSERV = person("Community list", "listserv@lists.example", "UTC")
+_DAEMONS = (DAEMON, MX_DAEMON)
 
 # (display name, ASCII local-part stem): a few need RFC 2047 in From.
 _FIRST = [
@@ -626,8 +634,15 @@ def _render(m: _Msg) -> bytes:
 # -- planning threads --------------------------------------------------------------------------
 class _Planner:
     def __init__(self, seed: int, start: datetime, days: float,
-                 roster: Roster = EXAMPLE_ROSTER, prospect_base: int = 0) -> None:
+                 roster: Roster = EXAMPLE_ROSTER, prospect_base: int = 0,
+                 robots: float = 0.0, same_subject: float = 0.0) -> None:
         self.rng = random.Random(seed)
+        # --robots / --same-subject draw from their own generator, and only when asked for:
+        # with both at 0 the mailbox is byte for byte the one without them.
+        self.robots = robots
+        self.same_subject = same_subject
+        self.xrng = random.Random(f"{seed}/robots")
+        self.forced_subject: str | None = None  # a same-subject twin's enquiry
         self.roster = roster
         self.start = int(start.timestamp())
         self.cutoff = self.start + int(days * 86400)
@@ -686,6 +701,8 @@ class _Planner:
         return person(f"{first} {last}", addr, zone_name), company
 
     def subject(self, company: str) -> str:
+        if self.forced_subject is not None:
+            return self.forced_subject
         rng = self.rng
         pool = _SUBJECTS_INTL if rng.random() < 0.08 else _SUBJECTS
         text = rng.choice(pool).format(n=rng.choice([5, 12, 25, 40, 80, 150]),
@@ -857,11 +874,64 @@ class _Planner:
             intended = self.msg(thread, t, who, [p], re_subject, last, cc=cc,
                                 body="Thanks for reaching out - happy to help.")
             msgs.append(intended)
-            self.conversation(thread, msgs, intended, p, rep, re_subject, [])
+            if not (self.robots and self.xrng.random() < self.robots
+                    and self.robot_mail(thread, msgs, intended, p, re_subject)):
+                self.conversation(thread, msgs, intended, p, rep, re_subject, [])
         elif rng.random() < 0.5:
             msgs.append(self.msg(thread, ts + rng.randint(2, 4) * 86400 + rng.randint(0, 9000),
                                  p, to, re_subject, lead, body="Is anyone there?"))
         return self.finish(msgs, lead, p.key, "email", intended)
+
+    def robot_mail(self, thread: str, msgs: list[_Msg], answer: _Msg, p: Person,
+                   re_subject: str) -> bool:
+        """--robots: automated mail answering a rep's first reply, threaded to it (In-Reply-To
+        and References), as bounces, auto-replies and robots' notices are. None of it is a
+        lead or a reply. True when the answer bounced (the conversation ends there)."""
+        x = self.xrng
+        k = x.random()
+        rep_person = answer.sender
+        at = answer.ts + x.randint(5, 120)
+        if k < 0.4:  # the prospect's server rejects the answer: our MX reports it
+            boundary = f"{answer.mid[:12]}/mx.acme.example"
+            msgs.append(self.msg(
+                thread, at, MX_DAEMON, [rep_person], "Undelivered Mail Returned to Sender",
+                answer, automated=True,
+                content_type='multipart/report; report-type=delivery-status;\n'
+                             f' boundary="{boundary}"',
+                body=f"--{boundary}\nContent-Type: text/plain\n\n"
+                     f"Delivery to {p.addr} failed: mailbox unavailable.\n--{boundary}--"))
+            return True
+        if k < 0.65:  # the prospect is away: an auto-reply or an out-of-office notice
+            if x.random() < 0.5:
+                subject, extra = "Automatic reply: " + re_subject.removeprefix("Re: "), [
+                    "Auto-Submitted: auto-replied", "X-Autoreply: yes"]
+            else:
+                subject, extra = "Out of Office: " + re_subject, ["X-Auto-Response-Suppress: All"]
+            msgs.append(self.msg(thread, at, p, [rep_person], subject, answer, extra=extra,
+                                 automated=True, body="I am out of the office this week."))
+        elif k < 0.85:  # the calendar service confirms the call the answer proposed
+            msgs.append(self.msg(thread, at, CALENDAR, [rep_person], re_subject, answer,
+                                 cc=[p], extra=["Auto-Submitted: auto-generated"],
+                                 automated=True, body="Invitation accepted."))
+        else:  # the answer was copied to a list, whose server acknowledges it
+            msgs.append(self.msg(thread, at, LISTSERV, [rep_person], re_subject, answer,
+                                 extra=["List-Id: Acme community <community.lists.example>",
+                                        "Precedence: list"],
+                                 automated=True, body="Your post was received."))
+        return False
+
+    def plan_twin(self, label: str, msgs: list[_Msg], expected: ExpectedLead) -> Planned | None:
+        """--same-subject: another prospect's enquiry with the lead's subject a few minutes
+        later, in a new thread without threading headers (its own lead)."""
+        lead = next(m for m in msgs if m.mid == expected.lead_message_id)
+        ts = lead.ts + self.xrng.randint(60, 15 * 60)
+        if ts >= self.cutoff:
+            return None
+        self.forced_subject = lead.subject
+        try:
+            return self.plan_lead(label, ts, self.prospect())
+        finally:
+            self.forced_subject = None
 
     def plan_form(self, thread: str, ts: int, who: Prospect | None) -> Planned:
         """A web-form (WordPress) or chat-widget notification; the prospect is in a header."""
@@ -1066,6 +1136,8 @@ def generate_messages(
     max_messages: int | None = None,
     roster: Roster | None = None,
     prospect_base: int = 0,
+    robots: float = 0.0,
+    same_subject: float = 0.0,
 ) -> Iterator[GeneratedMessage]:
     """Yield a sales team's mailbox, message by message in time order.
 
@@ -1076,8 +1148,14 @@ def generate_messages(
     (default: the example's five reps; ``build_roster(200)`` for a big one).
     ``prospect_base``: where prospect addresses start (mailboxes meant to be merged use
     distinct bases, e.g. ``k * 10_000_000``, so they share no prospect).
+    ``robots``: the share of answered email leads whose first reply draws robot mail
+    (a bounce from MAILER-DAEMON@mx.acme.example, the prospect's auto-reply or out-of-office,
+    a calendar or list server notice; ``_Planner.robot_mail``). ``same_subject``: the share
+    of email leads followed minutes later by another prospect's enquiry with the same
+    subject in a new thread (``_Planner.plan_twin``). Both 0: the mailbox without them.
     """
-    planner = _Planner(seed, start, days, roster or EXAMPLE_ROSTER, prospect_base)
+    planner = _Planner(seed, start, days, roster or EXAMPLE_ROSTER, prospect_base, robots,
+                       same_subject)
     rng = planner.rng
     first_day = start.date()
     n_days = max(1, int(days + 0.999))
@@ -1110,14 +1188,21 @@ def generate_messages(
         for ts, kind, who in starts:
             done += 1
             label = f"{kind}-{done:06d}"
-            msgs, expected = planner.plan(kind, label, ts, who)
-            lead_id = expected.lead_message_id if expected else None
-            for m in msgs:
-                gm = GeneratedMessage(_render(m), m.mid, m.ts,
-                                      m.sender.key if m.sender is not DAEMON else "MAILER-DAEMON",
-                                      m.thread, kind, expected if m.mid == lead_id else None)
-                seq += 1
-                heapq.heappush(heap, (m.ts, seq, gm))
+            planned = [planner.plan(kind, label, ts, who)]
+            if (kind == "lead" and same_subject and planned[0][1] is not None
+                    and planner.xrng.random() < same_subject):
+                twin = planner.plan_twin(label + "s", *planned[0])  # type: ignore[arg-type]
+                if twin is not None:
+                    planned.append(twin)
+            for msgs, expected in planned:
+                lead_id = expected.lead_message_id if expected else None
+                for m in msgs:
+                    gm = GeneratedMessage(
+                        _render(m), m.mid, m.ts,
+                        m.sender.key if m.sender not in _DAEMONS else "MAILER-DAEMON",
+                        m.thread, kind, expected if m.mid == lead_id else None)
+                    seq += 1
+                    heapq.heappush(heap, (m.ts, seq, gm))
         # Threads of later days start no earlier than local midnight east of UTC (+14h).
         watermark = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) + (
             86400 - 14 * 3600)
@@ -1161,11 +1246,25 @@ def write_maildir(path: str | os.PathLike[str], messages: Iterable[GeneratedMess
 def collect_leads(
     messages: Iterable[GeneratedMessage], into: list[ExpectedLead]
 ) -> Iterator[GeneratedMessage]:
-    """Pass messages through, keeping the ground truth of every lead they carry."""
+    """Pass messages through, keeping the ground truth of every lead they carry.
+
+    A mailbox cut short (``max_messages``) ends at its last message: a lead whose planned
+    first reply was not written by then is unanswered (its rep the addressed one, as for
+    any unanswered lead). A mailbox that is not cut short has every planned reply.
+    """
+    pending: dict[str, ExpectedLead] = {}  # reply id -> its lead, until the reply passes
     for m in messages:
         if m.lead is not None:
             into.append(m.lead)
+            if m.lead.answered:
+                pending[m.lead.reply_message_id] = m.lead
+        elif pending:
+            pending.pop(m.message_id, None)
         yield m
+    for lead in pending.values():
+        lead.rep = lead.addressed_rep or "(unassigned)"
+        lead.answered, lead.reply_message_id = False, ""
+        lead.reply_time = lead.response_s = None
 
 
 def write_expected(path: str | os.PathLike[str], leads: Iterable[ExpectedLead]) -> None:
@@ -1194,6 +1293,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="write a matching replytime.toml here (useful with --reps)")
     ap.add_argument("--prospect-base", type=int, default=0,
                     help="first prospect number (distinct bases: mailboxes share no prospect)")
+    ap.add_argument("--robots", type=float, default=0.0, metavar="RATE",
+                    help="share of answered email leads whose answer draws robot mail: a "
+                         "bounce from MAILER-DAEMON@mx.acme.example, an auto-reply or "
+                         "out-of-office, a calendar or list server notice (default 0)")
+    ap.add_argument("--same-subject", type=float, default=0.0, metavar="RATE",
+                    help="share of email leads followed minutes later by another prospect's "
+                         "enquiry with the same subject, a new thread (default 0)")
     args = ap.parse_args(argv)
     roster = build_roster(args.reps) if args.reps else EXAMPLE_ROSTER
     if args.config_out is not None:
@@ -1208,7 +1314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     leads: list[ExpectedLead] = []
     began = time.perf_counter()
     msgs = generate_messages(threads, args.seed, start, args.days, args.messages, roster,
-                             args.prospect_base)
+                             args.prospect_base, args.robots, args.same_subject)
     if expected is not None:
         msgs = collect_leads(msgs, leads)
     writer = write_mbox if args.format == "mbox" else write_maildir

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import itertools
 import re
 import sys
 from datetime import datetime
@@ -218,3 +219,42 @@ def test_one_copy_shared_with_the_package() -> None:
     for name in ("mailbox.mbox", "replytime.toml"):
         assert (EXAMPLES / name).is_symlink(), name
         assert (EXAMPLES / name).samefile(Path(str(package / name))), name
+
+
+@pytest.mark.parametrize("args", [
+    ["--threads", "400", "--robots", "0.6", "--same-subject", "0.4"],
+    ["--threads", "400", "--messages", "700", "--robots", "0.3", "--same-subject", "0.2"],
+])
+def test_robots_and_same_subject_keep_the_ground_truth(
+    gen: ModuleType, tmp_path: Path, config: Config, args: list[str]
+) -> None:
+    """--robots and --same-subject (the mail of issue 15) record their leads' ground truth
+    as the mailbox bytes say it, also when --messages cuts the mailbox short (a reply not
+    yet written is no reply)."""
+    mbox, csv_path = tmp_path / "m.mbox", tmp_path / "e.csv"
+    assert gen.main(["--out", str(mbox), "--expected", str(csv_path), *args]) == 0
+    records = [parse_header_block(m, keep=("X-Lead-Email",))
+               for m in mbox_messages(mbox.read_bytes())]
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        expected = list(csv.DictReader(f))
+    test_ground_truth_is_consistent(expected)
+    found = _by_hand(records, config)
+    assert set(found) == {e["lead_message_id"] for e in expected}
+    for e in expected:
+        assert {k: e[k] for k in found[e["lead_message_id"]]} == found[e["lead_message_id"]]
+    if "--messages" in args:
+        assert len(records) == 700
+        return
+    # The pattern: bounces of reps' answers from our MX, threaded to them ...
+    bounces = [r for r in records if r.from_addr == "mailer-daemon@mx.acme.example"]
+    assert len(bounces) >= 20 and all(r.content_type == "multipart/report" and r.automated
+                                      and r.in_reply_to for r in bounces)
+    robots = {r.from_addr for r in records if r.automated and r.in_reply_to}
+    assert {"calendar-notification@calendar.example", "listserv@lists.example"} <= robots
+    # ... and enquiries from two prospects with one subject minutes apart, no threading headers.
+    heads = sorted((r for r in records if r.message_id in found and not r.references
+                    and found[r.message_id]["kind"] == "email"), key=lambda r: r.time_ms or 0)
+    twins = [(a, b) for a, b in itertools.combinations(heads, 2)
+             if a.subject == b.subject and a.from_addr != b.from_addr
+             and 0 < (b.time_ms or 0) - (a.time_ms or 0) <= 15 * 60 * 1000]
+    assert len(twins) >= 20
