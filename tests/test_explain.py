@@ -215,3 +215,18 @@ def test_cli_table_names_the_thread_rule_and_verdict(example: Path) -> None:
     assert "LEAD (email)" in lines
     assert f"  first reply {row['reply_message_id']} at " in r.stdout
     assert f"({round(row['response_s'])} s) calendar" in r.stdout
+
+
+def test_same_explanation_on_both_backends(backend: str, tmp_path: Path) -> None:
+    """SQLite file and PostgreSQL server: the same thread, verdict and seconds."""
+    folder = write_emls(tmp_path / "mail", issue_15_mailbox())
+    cfg = parse_config(config_data())
+    import_files([folder], db=backend, config=cfg)
+    e = explain(open_cache(backend), cfg, "re-2@acme.example", as_of=at(7))
+    got = e.to_dict()
+    assert (got["thread_id"], got["lead"], got["first_reply"], got["rep"]) == (
+        "sq-2@contoso.example", True, "re-2@acme.example", "Bob")
+    assert (got["response_s"], got["business_s"], got["rule"]) == (88620, 30000, "headers")
+    assert [m["message_id"] for m in got["messages"]] == [
+        "sq-2@contoso.example", "re-2@acme.example", "dsn-2@mx.acme.example"]
+    assert [m["automated"] for m in got["messages"]] == [False, False, True]
