@@ -42,3 +42,16 @@ def test_no_file_names_a_path_outside_the_repository() -> None:
         hits += [f"{name}:{i}" for i, line in enumerate(text.splitlines(), 1)
                  if outside.search(line)]
     assert not hits, hits
+
+
+def test_every_cited_section_of_the_docs_exists() -> None:
+    """Code and tests cite a section of the docs by its heading, in double quotes after the
+    file name: every such heading is there, so a reader who follows a comment finds it."""
+    cited = re.compile(r'docs/(\w+)\.md, "([^"]+)"')
+    missing = []
+    for path in [*(ROOT / "src").rglob("*.py"), *(ROOT / "tests").glob("*.py")]:
+        for doc, heading in cited.findall(path.read_text()):
+            text = (ROOT / "docs" / f"{doc}.md").read_text()
+            if not re.search(rf"^#+ {re.escape(heading)}\s*$", text, re.M):
+                missing.append(f"{path.name}: docs/{doc}.md, {heading!r}")
+    assert not missing, missing

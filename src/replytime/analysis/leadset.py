@@ -244,7 +244,7 @@ class LeadSet:
         known = {x.name.lower() for x in self.config.reps}
         for r in reps:
             # Internal addresses outside the roster are reps of their own
-            # (docs/definitions.md, "Rep").
+            # (docs/definitions.md, "Reps and attribution").
             if r.lower() not in known and "@" not in r and r != UNASSIGNED:
                 names = ", ".join(x.name for x in self.config.reps) or "none in the config"
                 raise UsageError(f"--rep: unknown rep {r!r} (reps: {names})")

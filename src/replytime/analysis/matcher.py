@@ -71,7 +71,7 @@ class Roster:
         return pd.Series(internal[codes] if len(codes) else np.zeros(0, bool), index=addrs.index)
 
     def rep_name(self, addrs: pd.Series) -> pd.Series:
-        """Roster name, else the address itself (docs/definitions.md, "Rep")."""
+        """Roster name, else the address itself (docs/definitions.md, "Reps and attribution")."""
         return addrs.map(self.rep_of).fillna(addrs)
 
 
@@ -99,7 +99,7 @@ def prepare(messages: pd.DataFrame, roster: Roster) -> pd.DataFrame:
 
 
 def addressed_rep(lead_msgs: pd.DataFrame, roster: Roster) -> pd.Series:
-    """docs/definitions.md, "Attribution": the rep a lead was addressed to (To before Cc,
+    """docs/definitions.md, "Reps and attribution": the rep a lead was addressed to (To before Cc,
     first match)."""
     rcpt = _explode_recipients(lead_msgs, ("to_addrs", "cc_addrs"))
     rcpt["rep"] = rcpt["addr"].map(roster.rep_of)
@@ -321,10 +321,11 @@ def match_leads(messages: pd.DataFrame, config: Config, as_of_ms: int) -> pd.Dat
 def lead_table(found: pd.DataFrame, lead_messages: pd.DataFrame, roster: Roster
                ) -> pd.DataFrame:
     """LEAD_COLUMNS from the leads and first replies found (here in pandas, or in the
-    database by ``store.pairing``): attribution (docs/definitions.md, "Attribution") and the
-    response time. ``found`` has thread_id, kind, lead_id, lead_message_id, lead_from,
-    lead_time_ms and the reply's id, message_id, from and time (null when unanswered);
-    ``lead_messages`` the lead messages' id, to_addrs and cc_addrs."""
+    database by ``store.pairing``): attribution and the response time
+    (docs/definitions.md, "Reps and attribution", "Response time"). ``found`` has
+    thread_id, kind, lead_id, lead_message_id, lead_from, lead_time_ms and the reply's id,
+    message_id, from and time (null when unanswered); ``lead_messages`` the lead messages'
+    id, to_addrs and cc_addrs."""
     out = found.copy()
     out["lead_id"] = out["lead_id"].astype("int64")
     out["lead_time_ms"] = out["lead_time_ms"].astype("int64")

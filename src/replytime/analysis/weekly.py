@@ -1,4 +1,4 @@
-"""The weekly summary (docs/definitions.md, "Weekly"): per-rep response times for one
+"""The weekly summary (docs/definitions.md, "Weekly report"): per-rep response times for one
 period next to the previous period of the same length, the oldest unanswered leads, when
 leads arrive, and the daily flow of leads and first replies. Frames in, one dataclass out;
 ``render_weekly_*`` draw it for a terminal (``replytime.output.weekly``) or as a
@@ -181,7 +181,7 @@ def weekly_report(
 
 def handoffs(leads: pd.DataFrame) -> pd.DataFrame:
     """Answered leads addressed to one rep and first answered by another
-    (docs/definitions.md, "Handoff"), counted per (addressed rep, responder), most first."""
+    (docs/definitions.md, "Handoffs"), counted per (addressed rep, responder), most first."""
     h = leads[leads["answered"] & leads["addressed_rep"].notna()
               & (leads["addressed_rep"] != leads["responder"])]
     out = h.groupby(["addressed_rep", "responder"]).size().rename("leads").reset_index()
