@@ -6,8 +6,9 @@
 Each example runs the installed `replytime` code in a fresh process, in a scratch directory
 holding a copy of examples/replytime.toml and a cache made from examples/mailbox.mbox, with
 "now" pinned by --as-of to the example's export time. Only what changes from run to run is
-normalised: elapsed times and import rates (``in 0.1s (9,876 msg/s)`` becomes ``in 0.1s``)
-and the scratch directory's path. tests/test_docs.py runs --check.
+normalised: elapsed times and import rates (``in 0.1s (9,876 msg/s)`` becomes
+``in (time)``), the time of the last import in ``status``, and the scratch directory's
+path. tests/test_docs.py runs --check.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +91,9 @@ SECTIONS: list[tuple[str, str, list[list[str]], list[list[str]]]] = [
 ]
 
 _RATE = re.compile(r" in \d+(?:\.\d+)?s(?: \([\d,]+ msg/s\))?")
+# `status` shows when each source was last imported: the moment the docs were built.
+_TODAY = re.compile(datetime.now(UTC).strftime("%Y-%m-%d") + r"T\d\d:\d\d:\d\d\+00:00")
+_WHEN = "(time of the last import)"  # as wide as the timestamp, so tables keep their shape
 
 
 def _run(args: list[str], cwd: Path) -> str:
@@ -102,7 +107,7 @@ def _run(args: list[str], cwd: Path) -> str:
     text = p.stdout + p.stderr
     if p.returncode not in (0, 1) or "internal error" in text:
         raise RuntimeError(f"replytime {' '.join(args)} exited {p.returncode}: {text}")
-    text = _RATE.sub(" in (time)", text).replace(str(cwd), ".")
+    text = _TODAY.sub(_WHEN, _RATE.sub(" in (time)", text)).replace(str(cwd), ".")
     return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n")
 
 
