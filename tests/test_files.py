@@ -3,13 +3,16 @@ input: exact counts, stable locations, idempotent re-imports, flat streaming of 
 
 from __future__ import annotations
 
+import builtins
 import io
 import mailbox
 import os
 import re
 import shutil
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,6 +56,38 @@ def counts(cache: SQLiteCache) -> tuple[int, int, int, int]:
         q("SELECT count(*) FROM skipped").fetchone()[0],
         q("SELECT count(*) FROM messages WHERE time_ms IS NULL").fetchone()[0],
     )
+
+
+def settle(root: Path, age: float = 10.0) -> None:
+    """Date ``root`` and every file under it ``age`` seconds back: a file modified just
+    before an import is read again by the next one (files.RACY_NS), as a user's mail files
+    are not. Only for files not imported yet: a new mtime is a change."""
+    when = time.time() - age
+    for p in [root, *(root.rglob("*") if root.is_dir() else ())]:
+        os.utime(p, (when, when), follow_symlinks=False)
+
+
+def count_opens(monkeypatch: pytest.MonkeyPatch, under: Path) -> list[str]:
+    """The files under ``under`` opened from now on in this process (imports with
+    ``workers=1`` read in this process): works as root too, where chmod 000 would not."""
+    opened: list[str] = []
+    real_open, real_os_open = builtins.open, os.open
+
+    def note(path: object) -> None:
+        if isinstance(path, str | Path) and str(path).startswith(str(under)):
+            opened.append(str(path))
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        note(file)
+        return real_open(file, *args, **kwargs)
+
+    def counting_os_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        note(path)
+        return real_os_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(os, "open", counting_os_open)
+    return opened
 
 
 @pytest.fixture
@@ -140,8 +175,8 @@ def test_reimport_is_idempotent(cache: SQLiteCache) -> None:
     import_paths(cache, [CORPORA / "default", CORPORA / "duplicate"])
     before = dump(cache)
     stats = import_paths(cache, [CORPORA / "default", CORPORA / "duplicate"])
-    # 43 files in Maildir cur/ and new/ folders are passed over; the 19 others are read.
-    assert (stats.fetched, stats.extra["unchanged"], stats.extra["new"]) == (19, 43, 0)
+    # All 62 files are passed over unchanged (43 in Maildir cur/ and new/, 19 others).
+    assert (stats.fetched, stats.extra["unchanged"], stats.extra["new"]) == (0, 62, 0)
     assert dump(cache) == before
 
 
@@ -183,16 +218,17 @@ def test_maildir_flag_change_is_not_a_new_place(cache: SQLiteCache, tmp_path: Pa
     import_paths(cache, [md])
     assert dump(cache) == before
     assert before["locations"] == [
-        ("import", str(md / "cur" / "1700000000.M1P1.host"), "a@x.example", "")
+        ("import", str(md / "1700000000.M1P1.host"), "a@x.example", "")
     ]
     assert before["skipped"] == []  # tmp/, .notmuch, index files: not mail, not skipped either
 
 
-def test_maildir_files_imported_before_are_not_read_again(cache: SQLiteCache, tmp_path: Path
-                                                          ) -> None:
-    """A Maildir file never changes, so one this account imported before is passed over
-    (here: emptied after the first import; read again, it would be skipped as empty). New
-    files, mbox files, another account and other kept headers are read."""
+def test_maildir_files_imported_before_are_not_read_again(
+    cache: SQLiteCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files this account imported before and unchanged since are not opened again, even
+    renamed for a flag; new and changed files, another account and other kept headers are
+    read."""
     md = tmp_path / "Mail"
     for sub in ("cur", "new", "tmp"):
         (md / sub).mkdir(parents=True)
@@ -200,25 +236,33 @@ def test_maildir_files_imported_before_are_not_read_again(cache: SQLiteCache, tm
         (md / "cur" / f"170000000{i}.M1P1.host:2,").write_bytes(msg(f"{i}@x.example"))
     box = tmp_path / "box.mbox"
     box.write_bytes(b"From x Tue Nov 03 08:15:00 2026\n" + msg("m@x.example"))
+    settle(tmp_path)
     first = import_paths(cache, [md, box])
     assert (first.fetched, first.extra["unchanged"]) == (6, 0)
     before = dump(cache)
-    for f in (md / "cur").iterdir():
-        f.write_bytes(b"")
     os.rename(md / "cur" / "1700000000.M1P1.host:2,", md / "cur" / "1700000000.M1P1.host:2,S")
     (md / "new" / "1700000009.M1P1.host").write_bytes(msg("9@x.example"))
-    again = import_paths(cache, [md, box])
-    assert (again.fetched, again.skipped, again.extra["unchanged"]) == (2, 0, 5)
+    settle(md / "new")
+    opened = count_opens(monkeypatch, tmp_path)
+    again = import_paths(cache, [md, box], workers=1)
+    assert opened == [str(md / "new" / "1700000009.M1P1.host")]
+    assert (again.fetched, again.skipped, again.extra["unchanged"]) == (1, 0, 6)
     assert again.extra["new"] == 1 and counts(cache) == (7, 7, 0, 0)
     assert dump(cache)["messages"][:6] == before["messages"]
+    monkeypatch.undo()
 
-    nothing_new = import_paths(cache, [md])  # no error: all of it is in the cache already
-    assert (nothing_new.fetched, nothing_new.extra["unchanged"]) == (0, 6)
-    other = import_paths(cache, [md], account="other")
-    assert (other.fetched, other.skipped) == (1, 5)  # the emptied files, read as they are now
-    keep = import_paths(cache, [md], keep=("X-Lead-Email",))
-    assert (keep.fetched, keep.skipped, keep.extra["unchanged"]) == (1, 5, 0)
-    assert import_paths(cache, [md], keep=("x-lead-email",)).extra["unchanged"] == 6
+    nothing_new = import_paths(cache, [md, box])  # no error: all of it is in the cache already
+    assert (nothing_new.fetched, nothing_new.extra["unchanged"]) == (0, 7)
+    emptied = md / "cur" / "1700000001.M1P1.host:2,"
+    emptied.write_bytes(b"")  # changed: read again
+    settle(emptied)
+    changed = import_paths(cache, [md, box])
+    assert (changed.fetched, changed.skipped, changed.extra["unchanged"]) == (0, 1, 6)
+    other = import_paths(cache, [md, box], account="other")
+    assert (other.fetched, other.skipped) == (6, 1)  # everything, as it is now
+    keep = import_paths(cache, [md, box], keep=("X-Lead-Email",))
+    assert (keep.fetched, keep.skipped, keep.extra["unchanged"]) == (6, 1, 0)
+    assert import_paths(cache, [md, box], keep=("x-lead-email",)).extra["unchanged"] == 7
 
 
 def test_maildir_plus_plus_subfolders(cache: SQLiteCache, tmp_path: Path) -> None:
@@ -493,10 +537,14 @@ def test_unknown_fields_only(tmp_path: Path) -> None:
 
 
 def test_location_strips_maildir_flags_only_from_the_name() -> None:
-    assert maildir_location("/m/cur/123.M1P2.host:2,FRS") == "/m/cur/123.M1P2.host"
-    assert maildir_location("/m/cur/123.host!2,S") == "/m/cur/123.host"
+    # A Maildir message's place: its folder and unique name, without cur/ or new/.
+    assert maildir_location("/m/cur/123.M1P2.host:2,FRS") == "/m/123.M1P2.host"
+    assert maildir_location("/m/cur/123.host!2,S") == "/m/123.host"
     assert maildir_location("/odd:2,dir/msg") == "/odd:2,dir/msg"
-    assert maildir_location("/m/new/123.host") == "/m/new/123.host"
+    assert maildir_location("/m/new/123.host") == "/m/123.host"
+    assert maildir_location("/m/recur/1:2,S") == "/m/recur/1"
+    assert maildir_location("/m/cur/sub/1") == "/m/cur/sub/1"
+    assert maildir_location("/m/x.eml") == "/m/x.eml"
 
 
 def test_cache_file_is_a_real_sqlite_database(cache: SQLiteCache) -> None:

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import errors as pg_errors
 
-from replytime.cache.base import CacheBase
+from replytime.cache.base import FILES_TABLE, CacheBase, maildir_places_sql
 from replytime.errors import CacheError, LockedError
 
 if TYPE_CHECKING:
@@ -99,6 +99,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX threads_start ON threads(start_ms);
     """,
+    FILES_TABLE.replace("INTEGER", "BIGINT").replace(") WITHOUT ROWID", ")")
+    + maildir_places_sql(
+        dir_of="rtrim({col}, replace({col}, '/', ''))", last5="right({d}, 5)",
+        has_hash="strpos(substr({col}, length({d}) + 1), '#') > 0",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

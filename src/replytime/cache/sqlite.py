@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-from replytime.cache.base import THREAD_INPUT_COLUMNS, THREADS_SQL, CacheBase
+from replytime.cache.base import (
+    FILES_TABLE,
+    THREAD_INPUT_COLUMNS,
+    THREADS_SQL,
+    CacheBase,
+    maildir_places_sql,
+)
 from replytime.errors import CacheError, LockedError
 from replytime.model import MESSAGE_COLUMNS
 
@@ -155,6 +161,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX threads_start ON threads(start_ms);
     """,
+    # 4: the files an import read (connectors/files.py), so unchanged ones are not read
+    # again and a grown mbox is read from where it ended; and Maildir places without cur/
+    # or new/, so a message moving from new/ to cur/ stays in its place.
+    FILES_TABLE + maildir_places_sql(
+        dir_of="rtrim({col}, replace({col}, '/', ''))", last5="substr({d}, -5)",
+        has_hash="instr(substr({col}, length({d}) + 1), '#') > 0",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
