@@ -67,6 +67,13 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({"values", "items", "item_internal", "time_index", "human_columns",
                "detail_sql", "detail_join"}),
     frozenset({"cache.label_agg"}),
+    # the files table: its constant column list and "?" placeholders
+    frozenset({"', '.join('?' * 8)", "', '.join(FILE_COLUMNS)"}),
+    frozenset({"', '.join(FILE_COLUMNS[1:])"}),
+    # migration 4 (maildir_places_sql): constant table names and the dialect's expressions
+    frozenset({"table", "has_hash.format(col=col, d=d)"}),
+    frozenset({"new", "table", "same", "last5.format(d=d)", "maildir"}),
+    frozenset({"new", "sub", "table", "last5.format(d=d)", "maildir"}),
 }
 
 
