@@ -4,6 +4,7 @@ input: exact counts, stable locations, idempotent re-imports, flat streaming of 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import io
 import mailbox
 import os
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from replytime.cache import open_cache
 from replytime.cache.sqlite import SQLiteCache
 from replytime.connectors import files
 from replytime.connectors.files import (
@@ -565,3 +567,241 @@ def test_kept_headers_and_progress(cache: SQLiteCache, tmp_path: Path) -> None:
     assert (stats.fetched, stats.skipped, progress.done) == (7, 1, 8)
     extras = [r[0] for r in cache.conn.execute("SELECT extra FROM messages ORDER BY id")]
     assert extras == [f'{{"x-lead-email": "p{i}@client.example"}}' for i in range(7)]
+
+
+# -- unchanged files are not read again (files table), on both cache backends ----------------
+def lead(i: int, takeout: bool = False) -> bytes:
+    """One mbox message (envelope line, headers, body, blank line)."""
+    extra = (f"X-GM-THRID: {1000 + i}\nX-Gmail-Labels: Inbox,Leads\n" if takeout else "")
+    return (f"From {i}@xxx Tue Nov 03 08:15:00 2026\n{extra}".encode()
+            + msg(f"{i}@lead.example", f"Lead {i}") + b"\n")
+
+
+def mailboxes(root: Path) -> dict[str, Path]:
+    """A Maildir (cur/ and new/), an mbox, a folder of .eml files and a Takeout mbox."""
+    md = root / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True)
+    for i in range(4):
+        (md / "cur" / f"17000000{i:02}.M{i}P1.host:2,S").write_bytes(msg(f"md{i}@x.example"))
+    (md / "new" / "1700000099.M9P1.host").write_bytes(msg("md9@x.example"))
+    box = root / "box.mbox"
+    box.write_bytes(b"".join(lead(i) for i in range(10)))
+    eml = root / "eml"
+    eml.mkdir()
+    for i in range(3):
+        (eml / f"m{i}.eml").write_bytes(msg(f"eml{i}@x.example"))
+    takeout = root / "Takeout" / "Mail" / "All mail Including Spam and Trash.mbox"
+    takeout.parent.mkdir(parents=True)
+    takeout.write_bytes(b"".join(lead(100 + i, takeout=True) for i in range(6)))
+    settle(root)
+    return {"maildir": md, "mbox": box, "eml": eml, "takeout": root / "Takeout"}
+
+
+def rows(c: Any, sql: str) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in c.conn.execute(sql).fetchall()]
+
+
+def places(c: Any) -> list[tuple[Any, ...]]:
+    return rows(c, "SELECT account, location, msg_key, labels FROM locations "
+                   "ORDER BY account, location")
+
+
+@pytest.mark.parametrize("kind", ["maildir", "mbox", "eml", "takeout"])
+def test_unchanged_files_are_not_opened_again(backend: str, tmp_path: Path, kind: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    path = mailboxes(tmp_path / "mail")[kind]
+    c = open_cache(backend)
+    first = import_paths(c, [path], workers=1)
+    expected_files = {"maildir": 5, "mbox": 1, "eml": 3, "takeout": 1}[kind]
+    assert first.fetched == {"maildir": 5, "mbox": 10, "eml": 3, "takeout": 6}[kind]
+    before = (places(c), c.status()["messages"])
+    assert rows(c, "SELECT count(*) FROM files") == [(expected_files,)]
+    if kind == "takeout":  # the labels came from X-Gmail-Labels
+        assert {p[3] for p in before[0]} == {"Inbox,Leads"}
+    opened = count_opens(monkeypatch, tmp_path / "mail")
+    again = import_paths(c, [path], workers=1)
+    assert opened == []
+    assert (again.fetched, again.skipped, again.extra["unchanged"]) == (0, 0, expected_files)
+    assert (places(c), c.status()["messages"]) == before
+    c.close()
+
+
+def test_appended_mbox_parses_only_the_new_messages(backend: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    box = mailboxes(tmp_path)["mbox"]
+    c = open_cache(backend)
+    assert import_paths(c, [box]).fetched == 10
+    [(end, size)] = rows(c, "SELECT mbox_end, size FROM files")
+    assert end == size == box.stat().st_size  # a clean end: the last message is complete
+    ino = box.stat().st_ino
+    with open(box, "ab") as f:  # as a mail delivery agent appends
+        f.write(b"".join(lead(i) for i in range(10, 15)))
+    settle(box)
+    grown = import_paths(c, [box], workers=1)
+    assert box.stat().st_ino == ino
+    assert (grown.fetched, grown.extra["grown"], grown.extra["new"]) == (5, 1, 5)
+    assert rows(c, "SELECT count(*) FROM messages") == [(15,)]
+    assert rows(c, "SELECT count(*) FROM locations") == [(15,)]
+    # ... and then nothing new: not opened.
+    opened = count_opens(monkeypatch, tmp_path)
+    assert import_paths(c, [box], workers=1).extra["unchanged"] == 1 and opened == []
+    c.close()
+
+
+def test_rewritten_shrunk_or_replaced_mbox_is_read_whole(backend: str, tmp_path: Path) -> None:
+    box = mailboxes(tmp_path)["mbox"]
+    c = open_cache(backend)
+    import_paths(c, [box])
+    data = box.read_bytes()
+    # A byte changed before the old end (same inode, grown): the digest differs.
+    with open(box, "r+b") as f:
+        f.seek(data.index(b"Lead 3"))
+        f.write(b"LEAD 3")
+        f.seek(0, 2)
+        f.write(lead(10))
+    settle(box)
+    s = import_paths(c, [box])
+    assert (s.fetched, s.extra["grown"]) == (11, 0)
+    # Shrunk: read whole.
+    box.write_bytes(data[: data.index(b"From 5@")])
+    settle(box)
+    assert import_paths(c, [box]).fetched == 5
+    # Replaced by a bigger file (another inode), as an editor saves: read whole.
+    tmp = tmp_path / "box.new"
+    tmp.write_bytes(data + lead(20))
+    settle(tmp)
+    os.replace(tmp, box)
+    s = import_paths(c, [box])
+    assert (s.fetched, s.extra["grown"]) == (11, 0)
+    assert rows(c, "SELECT count(*) FROM messages") == [(12,)]
+    c.close()
+
+
+def test_mbox_message_being_written_is_read_again_once_whole(backend: str, tmp_path: Path
+                                                              ) -> None:
+    box = tmp_path / "box.mbox"
+    whole = lead(0) + lead(1)
+    cut = lead(2)[: lead(2).index(b"Subject")]  # its envelope line and part of its headers
+    box.write_bytes(whole + cut[:-1])  # cut mid-line, as a writer still at work leaves it
+    settle(box)
+    c = open_cache(backend)
+    assert import_paths(c, [box]).fetched == 3  # stored as read (flagged), as before
+    assert rows(c, "SELECT mbox_end FROM files") == [(len(whole),)]  # its From line
+    with open(box, "ab") as f:
+        f.write(lead(2)[len(cut) - 1 :] + lead(3))
+    settle(box)
+    s = import_paths(c, [box])
+    assert (s.fetched, s.extra["grown"]) == (2, 1)  # the finished message and the next one
+    subjects = {r[0] for r in rows(c, "SELECT subject FROM messages WHERE message_id = "
+                                       "'2@lead.example'")}
+    assert subjects == {"Lead 2"}
+    assert rows(c, "SELECT mbox_end FROM files") == [(box.stat().st_size,)]
+    c.close()
+
+
+def test_maildir_move_and_flag_change_keep_one_place(backend: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    md = mailboxes(tmp_path)["maildir"]
+    c = open_cache(backend)
+    import_paths(c, [md])
+    before = (places(c), c.status(), rows(c, "SELECT count(*) FROM files"))
+    # A mail reader moves the new message to cur/ and flags two others.
+    os.rename(md / "new" / "1700000099.M9P1.host", md / "cur" / "1700000099.M9P1.host:2,")
+    os.rename(md / "cur" / "1700000000.M0P1.host:2,S", md / "cur" / "1700000000.M0P1.host:2,RS")
+    os.rename(md / "cur" / "1700000001.M1P1.host:2,S", md / "cur" / "1700000001.M1P1.host:2,")
+    opened = count_opens(monkeypatch, tmp_path)
+    s = import_paths(c, [md], workers=1)
+    assert opened == []
+    assert (s.fetched, s.extra["unchanged"]) == (0, 5)
+    after = (places(c), c.status(), rows(c, "SELECT count(*) FROM files"))
+    assert [a["last_sync"] for a in after[1]["accounts"]]  # written: the new names
+    for state in (before[1], after[1]):
+        for a in state["accounts"]:
+            a.pop("last_sync")
+    assert after == before
+    assert str(md / "1700000099.M9P1.host") in {p[1] for p in after[0]}
+    names = {r[0] for r in rows(c, "SELECT name FROM files")}
+    assert names == {str(p) for p in (md / "cur").iterdir()}
+    c.close()
+
+
+def test_a_failed_import_records_only_files_whose_messages_are_stored(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = mailboxes(tmp_path)
+    c = open_cache(backend)
+    real = type(c).write_rows
+    calls = []
+
+    def failing(self: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(c), "write_rows", failing)
+    with pytest.raises(OSError):
+        import_paths(c, [paths["eml"], paths["maildir"], paths["mbox"]], batch_size=2,
+                     unit_files=2, workers=1)
+    monkeypatch.undo()
+    # Every recorded file has all its messages stored.
+    stored = {r[0] for r in rows(c, "SELECT location FROM locations")}
+    for place, end in rows(c, "SELECT place, mbox_end FROM files"):
+        assert end is None and place in stored
+    recorded = rows(c, "SELECT count(*) FROM files")[0][0]
+    assert 0 < recorded < 9
+    s = import_paths(c, [paths["eml"], paths["maildir"], paths["mbox"]])
+    assert s.extra["unchanged"] == recorded
+    assert rows(c, "SELECT count(*) FROM messages") == [(18,)]
+    assert rows(c, "SELECT count(*) FROM files") == [(9,)]
+    c.close()
+
+
+def test_migration_from_schema_3(backend: str, tmp_path: Path) -> None:
+    """A cache of the previous schema gets the files table, and its Maildir places lose
+    cur/ and new/: a message imported from both (moved between two imports) keeps one."""
+    md = mailboxes(tmp_path)["maildir"]
+    # What schema 3 stored: the flags stripped, cur/ and new/ kept; the new message twice.
+    key = str(md / "1700000099.M9P1.host")
+    legacy = [("import", str(md / "cur" / f"17000000{i:02}.M{i}P1.host"), f"md{i}@x.example")
+              for i in range(4)]
+    legacy += [("import", str(md / "new" / "1700000099.M9P1.host"), "md9@x.example"),
+               ("import", str(md / "cur" / "1700000099.M9P1.host"), "md9@x.example"),
+               ("import", str(tmp_path / "box.mbox") + "#0", "0@lead.example"),
+               ("imap", "INBOX/cur/7", "imap@x.example")]
+    accounts = "INSERT INTO accounts (name, type) VALUES ('import', 'files'), ('imap', 'imap')"
+    if backend.startswith("postgresql"):
+        import psycopg
+
+        from replytime.cache.postgres import MIGRATIONS as PG
+
+        with psycopg.connect(backend, autocommit=True) as conn:
+            conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            for m in PG[:3]:
+                conn.execute(m)
+            conn.execute("INSERT INTO schema_version VALUES (3)")
+            conn.execute(accounts)
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO locations (account, location, msg_key) "
+                                "VALUES (%s, %s, %s)", legacy)
+    else:
+        from replytime.cache.sqlite import MIGRATIONS as LITE
+
+        with contextlib.closing(sqlite3.connect(backend)) as conn:
+            conn.executescript("CREATE TABLE schema_version (version INTEGER NOT NULL);"
+                               + "".join(LITE[:3]) + "INSERT INTO schema_version VALUES (3);")
+            conn.execute(accounts)
+            conn.executemany("INSERT INTO locations (account, location, msg_key) "
+                             "VALUES (?, ?, ?)", legacy)
+            conn.commit()
+    c = open_cache(backend)
+    assert c.schema_version == 4
+    got = {(a, loc) for a, loc, _, _ in places(c)}
+    assert got == {("import", str(md / f"17000000{i:02}.M{i}P1.host")) for i in range(4)} | {
+        ("import", key), ("import", str(tmp_path / "box.mbox") + "#0"),
+        ("imap", "INBOX/cur/7")}
+    # The next import finds every place where it is: nothing added.
+    import_paths(c, [md])
+    assert len(places(c)) == len(got)
+    c.close()

@@ -301,13 +301,18 @@ class CacheBase(ABC):
         skipped: Sequence[tuple[str, str]] = (),
         removed: Sequence[str] = (),
         files: Sequence[Sequence[Any]] = (),
+        forget_files: bool = False,
     ) -> None:
         """``write_stored`` for rows already bound: values of ``MESSAGE_COLUMNS`` and
         (account, location, msg_key, labels) in the same order. The file importer's worker
         processes build these, so the single writer does not. ``files`` are rows of
         ``FILE_COLUMNS`` for files whose messages are all in this transaction or committed
-        before it: a crash never records a file whose messages are not stored."""
+        before it: a crash never records a file whose messages are not stored.
+        ``forget_files`` first drops the files recorded for ``account`` before (read with
+        other kept headers)."""
         with self.transaction():
+            if forget_files:
+                self._execute("DELETE FROM files WHERE account = ?", (account,))
             self._executemany(upsert_sql(self.greatest), rows)
             self._executemany(LOCATION_SQL, locations)
             if skipped:

@@ -800,8 +800,13 @@ def import_paths(
 
     def flush() -> None:
         nonlocal size, commits
+        # The first batch read with other kept headers than the files recorded before: those
+        # are forgotten and the new headers noted with it, so a rerun after a crash passes
+        # over what this import recorded, and only that.
+        renew = not same_keep and not commits
         cache.write_rows(account, rows, locations, account_type="files", skipped=skipped,
-                         files=files)
+                         files=files, forget_files=renew,
+                         state={**state, "kept_headers": kept} if renew else None)
         if progress is not None:
             progress.advance(len(rows) + len(skipped))
         rows.clear()
