@@ -805,3 +805,19 @@ def test_migration_from_schema_3(backend: str, tmp_path: Path) -> None:
     import_paths(c, [md])
     assert len(places(c)) == len(got)
     c.close()
+
+
+def test_cli_summary_says_how_many_files_were_unchanged(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    paths = mailboxes(tmp_path / "mail")
+    script = Path(sys.executable).with_name("replytime")
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    cmd = [str(script), "--db", str(tmp_path / "c.sqlite"), "import", str(paths["eml"])]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0 and first.stderr.startswith("imported 3 messages (0 skipped) ")
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.startswith(
+        "imported 0 messages (0 skipped, 3 files unchanged) from 1 path(s) in "), again.stderr
