@@ -3,13 +3,17 @@ input: exact counts, stable locations, idempotent re-imports, flat streaming of 
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import io
 import mailbox
 import os
 import re
 import shutil
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +28,7 @@ from replytime.sources.files import (
     maildir_location,
     scan_mbox,
 )
+from replytime.store import SCHEMA_VERSION, open_cache
 from replytime.store.sqlite import SQLiteCache
 from tests.paths import CORPORA
 
@@ -52,6 +57,38 @@ def counts(cache: SQLiteCache) -> tuple[int, int, int, int]:
         q("SELECT count(*) FROM skipped").fetchone()[0],
         q("SELECT count(*) FROM messages WHERE time_ms IS NULL").fetchone()[0],
     )
+
+
+def settle(root: Path, age: float = 10.0) -> None:
+    """Date ``root`` and every file under it ``age`` seconds back: a file modified just
+    before an import is read again by the next one (files.RACY_NS), as a user's mail files
+    are not. Only for files not imported yet: a new mtime is a change."""
+    when = time.time() - age
+    for p in [root, *(root.rglob("*") if root.is_dir() else ())]:
+        os.utime(p, (when, when), follow_symlinks=False)
+
+
+def count_opens(monkeypatch: pytest.MonkeyPatch, under: Path) -> list[str]:
+    """The files under ``under`` opened from now on in this process (imports with
+    ``workers=1`` read in this process): works as root too, where chmod 000 would not."""
+    opened: list[str] = []
+    real_open, real_os_open = builtins.open, os.open
+
+    def note(path: object) -> None:
+        if isinstance(path, str | Path) and str(path).startswith(str(under)):
+            opened.append(str(path))
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        note(file)
+        return real_open(file, *args, **kwargs)
+
+    def counting_os_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        note(path)
+        return real_os_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(os, "open", counting_os_open)
+    return opened
 
 
 @pytest.fixture
@@ -139,8 +176,8 @@ def test_reimport_is_idempotent(cache: SQLiteCache) -> None:
     import_paths(cache, [CORPORA / "default", CORPORA / "duplicate"])
     before = dump(cache)
     stats = import_paths(cache, [CORPORA / "default", CORPORA / "duplicate"])
-    # 43 files in Maildir cur/ and new/ folders are passed over; the 19 others are read.
-    assert (stats.fetched, stats.extra["unchanged"], stats.extra["new"]) == (19, 43, 0)
+    # All 62 files are passed over unchanged (43 in Maildir cur/ and new/, 19 others).
+    assert (stats.fetched, stats.extra["unchanged"], stats.extra["new"]) == (0, 62, 0)
     assert dump(cache) == before
 
 
@@ -182,16 +219,17 @@ def test_maildir_flag_change_is_not_a_new_place(cache: SQLiteCache, tmp_path: Pa
     import_paths(cache, [md])
     assert dump(cache) == before
     assert before["locations"] == [
-        ("import", str(md / "cur" / "1700000000.M1P1.host"), "a@x.example", "")
+        ("import", str(md / "1700000000.M1P1.host"), "a@x.example", "")
     ]
     assert before["skipped"] == []  # tmp/, .notmuch, index files: not mail, not skipped either
 
 
-def test_maildir_files_imported_before_are_not_read_again(cache: SQLiteCache, tmp_path: Path
-                                                          ) -> None:
-    """A Maildir file never changes, so one this account imported before is passed over
-    (here: emptied after the first import; read again, it would be skipped as empty). New
-    files, mbox files, another account and other kept headers are read."""
+def test_maildir_files_imported_before_are_not_read_again(
+    cache: SQLiteCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files this account imported before and unchanged since are not opened again, even
+    renamed for a flag; new and changed files, another account and other kept headers are
+    read."""
     md = tmp_path / "Mail"
     for sub in ("cur", "new", "tmp"):
         (md / sub).mkdir(parents=True)
@@ -199,25 +237,33 @@ def test_maildir_files_imported_before_are_not_read_again(cache: SQLiteCache, tm
         (md / "cur" / f"170000000{i}.M1P1.host:2,").write_bytes(msg(f"{i}@x.example"))
     box = tmp_path / "box.mbox"
     box.write_bytes(b"From x Tue Nov 03 08:15:00 2026\n" + msg("m@x.example"))
+    settle(tmp_path)
     first = import_paths(cache, [md, box])
     assert (first.fetched, first.extra["unchanged"]) == (6, 0)
     before = dump(cache)
-    for f in (md / "cur").iterdir():
-        f.write_bytes(b"")
     os.rename(md / "cur" / "1700000000.M1P1.host:2,", md / "cur" / "1700000000.M1P1.host:2,S")
     (md / "new" / "1700000009.M1P1.host").write_bytes(msg("9@x.example"))
-    again = import_paths(cache, [md, box])
-    assert (again.fetched, again.skipped, again.extra["unchanged"]) == (2, 0, 5)
+    settle(md / "new")
+    opened = count_opens(monkeypatch, tmp_path)
+    again = import_paths(cache, [md, box], workers=1)
+    assert opened == [str(md / "new" / "1700000009.M1P1.host")]
+    assert (again.fetched, again.skipped, again.extra["unchanged"]) == (1, 0, 6)
     assert again.extra["new"] == 1 and counts(cache) == (7, 7, 0, 0)
     assert dump(cache)["messages"][:6] == before["messages"]
+    monkeypatch.undo()
 
-    nothing_new = import_paths(cache, [md])  # no error: all of it is in the cache already
-    assert (nothing_new.fetched, nothing_new.extra["unchanged"]) == (0, 6)
-    other = import_paths(cache, [md], account="other")
-    assert (other.fetched, other.skipped) == (1, 5)  # the emptied files, read as they are now
-    keep = import_paths(cache, [md], keep=("X-Lead-Email",))
-    assert (keep.fetched, keep.skipped, keep.extra["unchanged"]) == (1, 5, 0)
-    assert import_paths(cache, [md], keep=("x-lead-email",)).extra["unchanged"] == 6
+    nothing_new = import_paths(cache, [md, box])  # no error: all of it is in the cache already
+    assert (nothing_new.fetched, nothing_new.extra["unchanged"]) == (0, 7)
+    emptied = md / "cur" / "1700000001.M1P1.host:2,"
+    emptied.write_bytes(b"")  # changed: read again
+    settle(emptied)
+    changed = import_paths(cache, [md, box])
+    assert (changed.fetched, changed.skipped, changed.extra["unchanged"]) == (0, 1, 6)
+    other = import_paths(cache, [md, box], account="other")
+    assert (other.fetched, other.skipped) == (6, 1)  # everything, as it is now
+    keep = import_paths(cache, [md, box], keep=("X-Lead-Email",))
+    assert (keep.fetched, keep.skipped, keep.extra["unchanged"]) == (6, 1, 0)
+    assert import_paths(cache, [md, box], keep=("x-lead-email",)).extra["unchanged"] == 7
 
 
 def test_maildir_plus_plus_subfolders(cache: SQLiteCache, tmp_path: Path) -> None:
@@ -492,10 +538,14 @@ def test_unknown_fields_only(tmp_path: Path) -> None:
 
 
 def test_location_strips_maildir_flags_only_from_the_name() -> None:
-    assert maildir_location("/m/cur/123.M1P2.host:2,FRS") == "/m/cur/123.M1P2.host"
-    assert maildir_location("/m/cur/123.host!2,S") == "/m/cur/123.host"
+    # A Maildir message's place: its folder and unique name, without cur/ or new/.
+    assert maildir_location("/m/cur/123.M1P2.host:2,FRS") == "/m/123.M1P2.host"
+    assert maildir_location("/m/cur/123.host!2,S") == "/m/123.host"
     assert maildir_location("/odd:2,dir/msg") == "/odd:2,dir/msg"
-    assert maildir_location("/m/new/123.host") == "/m/new/123.host"
+    assert maildir_location("/m/new/123.host") == "/m/123.host"
+    assert maildir_location("/m/recur/1:2,S") == "/m/recur/1"
+    assert maildir_location("/m/cur/sub/1") == "/m/cur/sub/1"
+    assert maildir_location("/m/x.eml") == "/m/x.eml"
 
 
 def test_cache_file_is_a_real_sqlite_database(cache: SQLiteCache) -> None:
@@ -516,3 +566,257 @@ def test_kept_headers_and_progress(cache: SQLiteCache, tmp_path: Path) -> None:
     assert (stats.fetched, stats.skipped, progress.done) == (7, 1, 8)
     extras = [r[0] for r in cache.conn.execute("SELECT extra FROM messages ORDER BY id")]
     assert extras == [f'{{"x-lead-email": "p{i}@client.example"}}' for i in range(7)]
+
+
+# -- unchanged files are not read again (files table), on both cache backends ----------------
+def lead(i: int, takeout: bool = False) -> bytes:
+    """One mbox message (envelope line, headers, body, blank line)."""
+    extra = (f"X-GM-THRID: {1000 + i}\nX-Gmail-Labels: Inbox,Leads\n" if takeout else "")
+    return (f"From {i}@xxx Tue Nov 03 08:15:00 2026\n{extra}".encode()
+            + msg(f"{i}@lead.example", f"Lead {i}") + b"\n")
+
+
+def mailboxes(root: Path) -> dict[str, Path]:
+    """A Maildir (cur/ and new/), an mbox, a folder of .eml files and a Takeout mbox."""
+    md = root / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (md / sub).mkdir(parents=True)
+    for i in range(4):
+        (md / "cur" / f"17000000{i:02}.M{i}P1.host:2,S").write_bytes(msg(f"md{i}@x.example"))
+    (md / "new" / "1700000099.M9P1.host").write_bytes(msg("md9@x.example"))
+    box = root / "box.mbox"
+    box.write_bytes(b"".join(lead(i) for i in range(10)))
+    eml = root / "eml"
+    eml.mkdir()
+    for i in range(3):
+        (eml / f"m{i}.eml").write_bytes(msg(f"eml{i}@x.example"))
+    takeout = root / "Takeout" / "Mail" / "All mail Including Spam and Trash.mbox"
+    takeout.parent.mkdir(parents=True)
+    takeout.write_bytes(b"".join(lead(100 + i, takeout=True) for i in range(6)))
+    settle(root)
+    return {"maildir": md, "mbox": box, "eml": eml, "takeout": root / "Takeout"}
+
+
+def rows(c: Any, sql: str) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in c.conn.execute(sql).fetchall()]
+
+
+def places(c: Any) -> list[tuple[Any, ...]]:
+    return rows(c, "SELECT account, location, msg_key, labels FROM locations "
+                   "ORDER BY account, location")
+
+
+@pytest.mark.parametrize("kind", ["maildir", "mbox", "eml", "takeout"])
+def test_unchanged_files_are_not_opened_again(backend: str, tmp_path: Path, kind: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    path = mailboxes(tmp_path / "mail")[kind]
+    c = open_cache(backend)
+    first = import_paths(c, [path], workers=1)
+    expected_files = {"maildir": 5, "mbox": 1, "eml": 3, "takeout": 1}[kind]
+    assert first.fetched == {"maildir": 5, "mbox": 10, "eml": 3, "takeout": 6}[kind]
+    before = (places(c), c.status()["messages"])
+    assert rows(c, "SELECT count(*) FROM files") == [(expected_files,)]
+    if kind == "takeout":  # the labels came from X-Gmail-Labels
+        assert {p[3] for p in before[0]} == {"Inbox,Leads"}
+    opened = count_opens(monkeypatch, tmp_path / "mail")
+    again = import_paths(c, [path], workers=1)
+    assert opened == []
+    assert (again.fetched, again.skipped, again.extra["unchanged"]) == (0, 0, expected_files)
+    assert (places(c), c.status()["messages"]) == before
+    c.close()
+
+
+def test_appended_mbox_parses_only_the_new_messages(backend: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    box = mailboxes(tmp_path)["mbox"]
+    c = open_cache(backend)
+    assert import_paths(c, [box]).fetched == 10
+    [(end, size)] = rows(c, "SELECT mbox_end, size FROM files")
+    assert end == size == box.stat().st_size  # a clean end: the last message is complete
+    ino = box.stat().st_ino
+    with open(box, "ab") as f:  # as a mail delivery agent appends
+        f.write(b"".join(lead(i) for i in range(10, 15)))
+    settle(box)
+    grown = import_paths(c, [box], workers=1)
+    assert box.stat().st_ino == ino
+    assert (grown.fetched, grown.extra["grown"], grown.extra["new"]) == (5, 1, 5)
+    assert rows(c, "SELECT count(*) FROM messages") == [(15,)]
+    assert rows(c, "SELECT count(*) FROM locations") == [(15,)]
+    # ... and then nothing new: not opened.
+    opened = count_opens(monkeypatch, tmp_path)
+    assert import_paths(c, [box], workers=1).extra["unchanged"] == 1 and opened == []
+    c.close()
+
+
+def test_rewritten_shrunk_or_replaced_mbox_is_read_whole(backend: str, tmp_path: Path) -> None:
+    box = mailboxes(tmp_path)["mbox"]
+    c = open_cache(backend)
+    import_paths(c, [box])
+    data = box.read_bytes()
+    # A byte changed before the old end (same inode, grown): the digest differs.
+    with open(box, "r+b") as f:
+        f.seek(data.index(b"Lead 3"))
+        f.write(b"LEAD 3")
+        f.seek(0, 2)
+        f.write(lead(10))
+    settle(box)
+    s = import_paths(c, [box])
+    assert (s.fetched, s.extra["grown"]) == (11, 0)
+    # Shrunk: read whole.
+    box.write_bytes(data[: data.index(b"From 5@")])
+    settle(box)
+    assert import_paths(c, [box]).fetched == 5
+    # Replaced by a bigger file (another inode), as an editor saves: read whole.
+    tmp = tmp_path / "box.new"
+    tmp.write_bytes(data + lead(20))
+    settle(tmp)
+    os.replace(tmp, box)
+    s = import_paths(c, [box])
+    assert (s.fetched, s.extra["grown"]) == (11, 0)
+    assert rows(c, "SELECT count(*) FROM messages") == [(12,)]
+    c.close()
+
+
+def test_mbox_message_being_written_is_read_again_once_whole(backend: str, tmp_path: Path
+                                                              ) -> None:
+    box = tmp_path / "box.mbox"
+    whole = lead(0) + lead(1)
+    cut = lead(2)[: lead(2).index(b"Subject")]  # its envelope line and part of its headers
+    box.write_bytes(whole + cut[:-1])  # cut mid-line, as a writer still at work leaves it
+    settle(box)
+    c = open_cache(backend)
+    assert import_paths(c, [box]).fetched == 3  # stored as read (flagged), as before
+    assert rows(c, "SELECT mbox_end FROM files") == [(len(whole),)]  # its From line
+    with open(box, "ab") as f:
+        f.write(lead(2)[len(cut) - 1 :] + lead(3))
+    settle(box)
+    s = import_paths(c, [box])
+    assert (s.fetched, s.extra["grown"]) == (2, 1)  # the finished message and the next one
+    subjects = {r[0] for r in rows(c, "SELECT subject FROM messages WHERE message_id = "
+                                       "'2@lead.example'")}
+    assert subjects == {"Lead 2"}
+    assert rows(c, "SELECT mbox_end FROM files") == [(box.stat().st_size,)]
+    c.close()
+
+
+def test_maildir_move_and_flag_change_keep_one_place(backend: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    md = mailboxes(tmp_path)["maildir"]
+    c = open_cache(backend)
+    import_paths(c, [md])
+    before = (places(c), c.status(), rows(c, "SELECT count(*) FROM files"))
+    # A mail reader moves the new message to cur/ and flags two others.
+    os.rename(md / "new" / "1700000099.M9P1.host", md / "cur" / "1700000099.M9P1.host:2,")
+    os.rename(md / "cur" / "1700000000.M0P1.host:2,S", md / "cur" / "1700000000.M0P1.host:2,RS")
+    os.rename(md / "cur" / "1700000001.M1P1.host:2,S", md / "cur" / "1700000001.M1P1.host:2,")
+    opened = count_opens(monkeypatch, tmp_path)
+    s = import_paths(c, [md], workers=1)
+    assert opened == []
+    assert (s.fetched, s.extra["unchanged"]) == (0, 5)
+    after = (places(c), c.status(), rows(c, "SELECT count(*) FROM files"))
+    assert [a["last_sync"] for a in after[1]["accounts"]]  # written: the new names
+    for state in (before[1], after[1]):
+        for a in state["accounts"]:
+            a.pop("last_sync")
+    assert after == before
+    assert str(md / "1700000099.M9P1.host") in {p[1] for p in after[0]}
+    names = {r[0] for r in rows(c, "SELECT name FROM files")}
+    assert names == {str(p) for p in (md / "cur").iterdir()}
+    c.close()
+
+
+def test_a_failed_import_records_only_files_whose_messages_are_stored(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = mailboxes(tmp_path)
+    c = open_cache(backend)
+    real = type(c).write_rows
+    calls = []
+
+    def failing(self: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(c), "write_rows", failing)
+    with pytest.raises(OSError):
+        import_paths(c, [paths["eml"], paths["maildir"], paths["mbox"]], batch_size=2,
+                     unit_files=2, workers=1)
+    monkeypatch.undo()
+    # Every recorded file has all its messages stored.
+    stored = {r[0] for r in rows(c, "SELECT location FROM locations")}
+    for place, end in rows(c, "SELECT place, mbox_end FROM files"):
+        assert end is None and place in stored
+    recorded = rows(c, "SELECT count(*) FROM files")[0][0]
+    assert 0 < recorded < 9
+    s = import_paths(c, [paths["eml"], paths["maildir"], paths["mbox"]])
+    assert s.extra["unchanged"] == recorded
+    assert rows(c, "SELECT count(*) FROM messages") == [(18,)]
+    assert rows(c, "SELECT count(*) FROM files") == [(9,)]
+    c.close()
+
+
+def test_migration_from_schema_3(backend: str, tmp_path: Path) -> None:
+    """A cache of the previous schema gets the files table, and its Maildir places lose
+    cur/ and new/: a message imported from both (moved between two imports) keeps one."""
+    md = mailboxes(tmp_path)["maildir"]
+    # What schema 3 stored: the flags stripped, cur/ and new/ kept; the new message twice.
+    key = str(md / "1700000099.M9P1.host")
+    legacy = [("import", str(md / "cur" / f"17000000{i:02}.M{i}P1.host"), f"md{i}@x.example")
+              for i in range(4)]
+    legacy += [("import", str(md / "new" / "1700000099.M9P1.host"), "md9@x.example"),
+               ("import", str(md / "cur" / "1700000099.M9P1.host"), "md9@x.example"),
+               ("import", str(tmp_path / "box.mbox") + "#0", "0@lead.example"),
+               ("imap", "INBOX/cur/7", "imap@x.example")]
+    accounts = "INSERT INTO accounts (name, type) VALUES ('import', 'files'), ('imap', 'imap')"
+    if backend.startswith("postgresql"):
+        import psycopg
+
+        from replytime.store.postgres import MIGRATIONS as PG
+
+        with psycopg.connect(backend, autocommit=True) as conn:
+            conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            for m in PG[:3]:
+                conn.execute(m)
+            conn.execute("INSERT INTO schema_version VALUES (3)")
+            conn.execute(accounts)
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO locations (account, location, msg_key) "
+                                "VALUES (%s, %s, %s)", legacy)
+    else:
+        from replytime.store.sqlite import MIGRATIONS as LITE
+
+        with contextlib.closing(sqlite3.connect(backend)) as conn:
+            conn.executescript("CREATE TABLE schema_version (version INTEGER NOT NULL);"
+                               + "".join(LITE[:3]) + "INSERT INTO schema_version VALUES (3);")
+            conn.execute(accounts)
+            conn.executemany("INSERT INTO locations (account, location, msg_key) "
+                             "VALUES (?, ?, ?)", legacy)
+            conn.commit()
+    c = open_cache(backend)
+    assert c.schema_version == SCHEMA_VERSION
+    got = {(a, loc) for a, loc, _, _ in places(c)}
+    assert got == {("import", str(md / f"17000000{i:02}.M{i}P1.host")) for i in range(4)} | {
+        ("import", key), ("import", str(tmp_path / "box.mbox") + "#0"),
+        ("imap", "INBOX/cur/7")}
+    # The next import finds every place where it is: nothing added.
+    import_paths(c, [md])
+    assert len(places(c)) == len(got)
+    c.close()
+
+
+def test_cli_summary_says_how_many_files_were_unchanged(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    paths = mailboxes(tmp_path / "mail")
+    script = Path(sys.executable).with_name("replytime")
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    cmd = [str(script), "--db", str(tmp_path / "c.sqlite"), "import", str(paths["eml"])]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0 and first.stderr.startswith("imported 3 messages (0 skipped) ")
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.startswith(
+        "imported 0 messages (0 skipped, 3 files unchanged) from 1 path(s) in "), again.stderr

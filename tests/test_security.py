@@ -69,6 +69,13 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({"cache.label_agg"}),
     # thread_rules: the backend's constant reader of a JSON array; the thread ids are bound
     frozenset({"self.json_values"}),
+    # the files table: its constant column list and "?" placeholders
+    frozenset({"', '.join('?' * 8)", "', '.join(FILE_COLUMNS)"}),
+    frozenset({"', '.join(FILE_COLUMNS[1:])"}),
+    # migration 5 (maildir_places_sql): constant table names and the dialect's expressions
+    frozenset({"table", "has_hash.format(col=col, d=d)"}),
+    frozenset({"new", "table", "same", "last5.format(d=d)", "maildir"}),
+    frozenset({"new", "sub", "table", "last5.format(d=d)", "maildir"}),
 }
 
 

@@ -149,7 +149,7 @@ def import_(
     seconds = stats.seconds + time.monotonic() - threading_started
     rate = stats.fetched / seconds if seconds else 0
     unchanged = stats.extra.get("unchanged", 0)
-    known = f", {unchanged} already imported" if unchanged else ""
+    known = f", {unchanged} file{'' if unchanged == 1 else 's'} unchanged" if unchanged else ""
     _summary(
         f"imported {stats.fetched} messages ({stats.skipped} skipped{known}) from "
         f"{len(paths)} path(s) in {seconds:.1f}s" + (f" ({rate:,.0f} msg/s)" if rate else "")

@@ -7,8 +7,14 @@ message's header block only, so memory stays flat whatever the mailbox size. Bro
 never fatal: a place that is not a usable message is reported as skipped with a reason.
 
 Locations are stable across re-imports: the absolute path with any Maildir flags suffix
-(``:2,S``) stripped, so marking a message read is not a new place; for mbox the absolute path,
-``#`` and the byte offset of the message's ``From`` line.
+(``:2,S``) stripped and, in a Maildir, without its ``cur/`` or ``new/`` (``<folder>/<unique
+name>``), so marking a message read or moving it from new/ to cur/ is not a new place; for
+mbox the absolute path, ``#`` and the byte offset of the message's ``From`` line.
+
+Files are not read again when unchanged: the cache keeps, per account, each file's size,
+mtime, inode (``files`` table; ``FileStates``), and a file found the same is passed over
+from a stat alone. An mbox that only grew is read from where its last complete message
+ended (``Boundary``), after checking that what was read before is still there.
 
 Folder and file names do not become labels. Export folder names are arbitrary (``cur``/``new``,
 notmuch nesting, whatever a user named the unpacked archive), so a label taken from them would
@@ -19,13 +25,14 @@ make the same message's labels depend on where the export was unpacked; Takeout'
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import heapq
 import itertools
 import os
 import re
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -60,12 +67,17 @@ REASON_NOT_FILE = "not a regular file"
 
 
 def maildir_location(path: str) -> str:
-    """The stable place of a Maildir or .eml file: the path without the flags suffix."""
+    """The stable place of a Maildir or .eml file: the path without the flags suffix, and a
+    Maildir message's without its cur/ or new/ folder (the unique name is the message: a
+    mail reader moves it from new/ to cur/ and renames it for each flag)."""
     slash = path.rfind("/")
     for sep in (":2,", "!2,"):  # "!" is what some tools use where ":" is not allowed
         i = path.rfind(sep)
         if i > slash:
-            return path[:i]
+            path = path[:i]
+            break
+    if path.endswith(("/cur", "/new"), 0, slash):
+        return path[: slash - 3] + path[slash + 1 :]
     return path
 
 
@@ -85,11 +97,14 @@ def _reason(exc: OSError) -> str:
 
 
 # -- reading one message file -----------------------------------------------------------------
-def _read_head(path: str) -> tuple[bytes, bool]:
+def _read_head(path: str, seen: list[Stat] | None = None) -> tuple[bytes, bool]:
     """The start of a file, up to the end of its header block (or MAX_HEADER), and whether
-    that is the whole file."""
+    that is the whole file. Appends the file's ``Stat`` to ``seen``, taken before reading:
+    whatever changes the file after that also changes its stat."""
     fd = os.open(path, os.O_RDONLY)
     try:
+        if seen is not None:
+            seen.append(_stat(os.fstat(fd)))
         data = os.read(fd, FIRST_READ)
         if len(data) < FIRST_READ:
             return data, True
@@ -149,33 +164,62 @@ def _parse_file(path: str, data: bytes, at_eof: bool, keep: Sequence[str]) -> Fo
     return location, record, None
 
 
-def _iter_file(path: str, keep: Sequence[str]) -> Iterator[Found]:
-    """Messages in one file: an mbox if it starts with an envelope line, else one message."""
+def _iter_file(path: str, keep: Sequence[str], states: list[FileRow] | None = None
+               ) -> Iterator[Found]:
+    """Messages in one file: an mbox if it starts with an envelope line, else one message.
+    Once all of them are yielded, the file's row for the ``files`` table (without the
+    account) is appended to ``states``; none for a file that could not be read."""
+    seen: list[Stat] = []
     try:
-        data, at_eof = _read_head(path)
+        data, at_eof = _read_head(path, seen if states is not None else None)
     except OSError as exc:
         yield maildir_location(path), None, _reason(exc)
         return
     if data.startswith(b"From "):
-        yield from _iter_mbox(path, keep)
+        boundary = Boundary() if states is not None else None
+        ok = yield from _iter_mbox(path, keep, boundary=boundary)
+        if ok and states is not None and boundary is not None:
+            states.append(_file_row(path, seen[0], boundary))
         return
     try:
         yield _parse_file(path, data, at_eof, keep)
     except Exception as exc:  # a parser bug must cost one message, never the import
         yield maildir_location(path), None, f"could not parse: {exc.__class__.__name__}"
+    if states is not None:
+        states.append(_file_row(path, seen[0]))
 
 
 # -- mbox -------------------------------------------------------------------------------------
+class Boundary:
+    """Where the last complete message of an mbox scan ends: the next scan of the file, once
+    it has grown, starts there. A message is complete when the next ``From`` line follows
+    it, or the end of the file after a whole header block and a final newline. A last
+    message cut inside its envelope line or header block, or mid-line, may be one still
+    being written: it is stored as read, but the boundary stays at its ``From`` line, so
+    it is read again, whole, once the file has grown."""
+
+    __slots__ = ("offset", "digest")
+
+    def __init__(self, offset: int = 0) -> None:
+        self.offset = offset
+        self.digest = ""
+
+
 def scan_mbox(
-    f: BinaryIO, start: int = 0, end: int | None = None, chunk: int = MBOX_CHUNK
+    f: BinaryIO, start: int = 0, end: int | None = None, chunk: int = MBOX_CHUNK,
+    boundary: Boundary | None = None,
 ) -> Iterator[tuple[int, bytes, int]]:
     """(offset of the From line, header block, problem bits) for each message of an mbox
     whose From line starts in [start, end).
 
     Messages start at "From " lines at line starts (mboxo/mboxrd quote such lines in bodies
     as ">From "); a body is skipped with ``bytes.find`` without being kept. The buffer holds
-    at most one chunk plus one header block, so memory stays flat.
+    at most one chunk plus one header block, so memory stays flat. ``boundary`` (for a scan
+    to the end of the file) is left where the last complete message ends.
     """
+    if boundary is None:
+        boundary = Boundary()
+    boundary.offset = start
     base = max(start - 1, 0)  # file offset of buf[0]; from start - 1 to see a preceding \n
     if base:
         f.seek(base)
@@ -212,6 +256,7 @@ def scan_mbox(
         pass
     if (start > 0 or not buf.startswith(b"From ")) and not skip(0):
         return
+    boundary.offset = base + pos
     while pos < len(buf):
         if end is not None and base + pos >= end:
             return  # the next range's first message
@@ -254,23 +299,80 @@ def scan_mbox(
         if nxt >= body_from:  # already found while looking for the header end
             pos = nxt + 1
         elif not skip(body_from):
+            # The end of the file: the last message is complete if it ends a line.
+            if buf.endswith(b"\n"):
+                boundary.offset = base + len(buf)
             return
+        boundary.offset = base + pos
 
 
-def _iter_mbox(path: str, keep: Sequence[str], start: int = 0, end: int | None = None
-               ) -> Iterator[Found]:
+def _iter_mbox(path: str, keep: Sequence[str], start: int = 0, end: int | None = None,
+               boundary: Boundary | None = None) -> Generator[Found, None, bool]:
+    """The messages of an mbox whose From line is in [start, end); returns whether it was
+    read to the end without error. With ``boundary`` (a scan to the end of the file), also
+    sets its offset and the digest of what lies before it (``mbox_digest``)."""
     prefix = path + "#"
     try:
         with open(path, "rb", buffering=0) as f:
-            for offset, block, problems in scan_mbox(f, start, end):
+            for offset, block, problems in scan_mbox(f, start, end, boundary=boundary):
                 location = prefix + str(offset)
                 record = parse_header_block(block, keep=keep, problems=problems, find_end=False)
                 if _usable(record):
                     yield location, record, None
                 else:
                     yield location, None, REASON_NO_HEADERS
+            if boundary is not None:
+                boundary.digest = mbox_digest(f, boundary.offset)
     except OSError as exc:
         yield path if start == 0 else f"{prefix}{start}", None, _reason(exc)
+        return False
+    return True
+
+
+# -- what a file was when read ----------------------------------------------------------------
+# (size, mtime_ns, inode, when the stat was taken in ns)
+Stat = tuple[int, int, int, int]
+# A row of the files table without its account: (place, name, size, mtime_ns, inode,
+# mbox_end, mbox_digest); see cache.base.FILES_TABLE.
+FileRow = tuple[str, str, int, int, int, int | None, str | None]
+# A file modified this close to when its stat was taken may change again within the same
+# mtime tick (a second on some file systems, two on FAT), unseen: its mtime is not recorded
+# (-1), so the next import reads it again instead of trusting it (git's "racy clean" case).
+RACY_NS = 2_000_000_000
+DIGEST_HEAD = 4096  # an mbox's first bytes ...
+DIGEST_TAIL = 64 * 1024  # ... and those before the end of its last complete message
+
+
+def _key(st: os.stat_result) -> tuple[int, int, int]:
+    """(size, mtime_ns, inode); inode numbers are unsigned 64-bit, the cache's signed."""
+    ino = st.st_ino - (1 << 64) if st.st_ino >= 1 << 63 else st.st_ino
+    return st.st_size, st.st_mtime_ns, ino
+
+
+def _stat(st: os.stat_result) -> Stat:
+    return (*_key(st), time.time_ns())
+
+
+def _file_row(path: str, st: Stat, boundary: Boundary | None = None) -> FileRow:
+    size, mtime_ns, ino, taken = st
+    if mtime_ns > taken - RACY_NS:
+        mtime_ns = -1
+    if boundary is None:
+        return maildir_location(path), path, size, mtime_ns, ino, None, None
+    return path, path, size, mtime_ns, ino, boundary.offset, boundary.digest
+
+
+def mbox_digest(f: BinaryIO, end: int) -> str:
+    """A digest of an mbox's first DIGEST_HEAD bytes and the DIGEST_TAIL bytes before
+    ``end``: when they are the same in a grown file, what was read before is taken to be
+    unchanged (a rewritten mbox differs there; an appended one does not)."""
+    h = hashlib.blake2b(digest_size=16)
+    f.seek(0)
+    h.update(f.read(min(DIGEST_HEAD, end)))
+    tail = max(end - DIGEST_TAIL, 0)
+    f.seek(tail)
+    h.update(f.read(end - tail))
+    return h.hexdigest()
 
 
 # -- walking and work units -------------------------------------------------------------------
@@ -370,30 +472,92 @@ def _big_mbox(path: str, mbox_range: int) -> int:
         return 0  # reported when the file is read
 
 
-class KnownPlaces:
-    """The places of an account already in the cache, to pass over Maildir message files
-    found there before: a Maildir file's content never changes (a new flag renames it, and
-    its place drops the flags), so reading it again would store nothing new. mbox and .eml
-    files can change, and are always read. Loaded at the first Maildir folder met."""
+class FileStates:
+    """The files an account imported before (``cache.file_states``, loaded at the first
+    file met), to pass over those still as they were: the same size, mtime and inode, from
+    a stat, without opening them. A Maildir message is known by its place (folder and
+    unique name), so one moved from new/ to cur/ or renamed for a flag is the same file:
+    its new name is recorded (``renamed``), nothing is read. An mbox that only grew, its
+    start and the bytes before its last complete message unchanged, is read from there."""
 
-    def __init__(self, load: Callable[[], set[str]]) -> None:
+    def __init__(self, load: Callable[[], dict[str, tuple[Any, ...]]]) -> None:
         self._load = load
-        self._places: set[str] | None = None
-        self.count = 0  # files passed over
+        self._known: dict[str, tuple[Any, ...]] | None = None
+        self.unchanged = 0  # files passed over
+        self.grown = 0  # mbox files read from where their last import ended
+        self.renamed: list[FileRow] = []
 
-    def new_only(self, paths: list[str]) -> list[str]:
-        if self._places is None:
-            self._places = self._load()
-        fresh = [p for p in paths if maildir_location(p) not in self._places]
-        self.count += len(paths) - len(fresh)
+    def known(self) -> dict[str, tuple[Any, ...]]:
+        if self._known is None:
+            self._known = self._load()
+        return self._known
+
+    def _same(self, place: str, path: str, state: tuple[Any, ...], st: os.stat_result) -> bool:
+        _, size, mtime_ns, ino, _, _ = state
+        if (size, mtime_ns, ino) != _key(st):
+            return False
+        self.unchanged += 1
+        if state[0] != path:
+            self.renamed.append((place, path, *state[1:]))
+        return True
+
+    def maildir_new(self, paths: list[str]) -> list[str]:
+        """Of a cur/ or new/ folder's files, those to read. Only files whose place is known
+        are stat'ed: a first import stats none here (the reader does, on the open file)."""
+        known = self.known()
+        if not known:
+            return paths
+        fresh = []
+        for path in paths:
+            place = maildir_location(path)
+            state = known.get(place)
+            if state is not None:
+                try:
+                    if self._same(place, path, state, os.stat(path)):
+                        continue
+                except OSError:
+                    pass  # reading it will say what is wrong
+            fresh.append(path)
         return fresh
+
+    def start(self, path: str, st: os.stat_result) -> int | None:
+        """Where to read a file found outside cur/ and new/: None when it is unchanged, the
+        boundary of an mbox that only grew, else 0 (all of it)."""
+        place = maildir_location(path)
+        state = self.known().get(place)
+        if state is None:
+            return 0
+        if self._same(place, path, state, st):
+            return None
+        _, size, _, ino, end, digest = state
+        if end is None or ino != _key(st)[2] or st.st_size <= size or st.st_size < end:
+            return 0  # a message file, or shrunk, rewritten (new inode), or not grown
+        try:
+            with open(path, "rb", buffering=0) as f:
+                same = mbox_digest(f, end) == digest
+        except OSError:
+            return 0
+        if not same:
+            return 0
+        self.grown += 1
+        return end
+
+
+def _mbox_units(path: str, start: int, size: int, mbox_range: int, st: Stat) -> Iterator[Unit]:
+    """A big or grown mbox from ``start`` as byte ranges that workers scan side by side. The
+    last one scans on to the end of the file and records it (``st``: its stat before any
+    range was read)."""
+    cuts = list(range(start, size, mbox_range)) or [start]
+    for i, a in enumerate(cuts):
+        last = i == len(cuts) - 1
+        yield ("mbox", path, a, None if last else a + mbox_range, st if last else None)
 
 
 def _units(
     paths: Sequence[Path],
     unit_files: int = UNIT_FILES,
     mbox_range: int = MBOX_RANGE,
-    known: KnownPlaces | None = None,
+    states: FileStates | None = None,
 ) -> Iterator[Unit]:
     seen: set[tuple[int, int]] = set()
     files: list[str] = []
@@ -420,37 +584,63 @@ def _units(
                 continue
             run, check = item  # type: ignore[misc]
             if not check:  # Maildir messages: units straight from the run
-                files.extend(run if known is None else known.new_only(run))
+                files.extend(run if states is None else states.maildir_new(run))
                 while len(files) >= unit_files:
                     yield ("files", files[:unit_files])
                     del files[:unit_files]
-                continue
-            for file in run:
-                size = _big_mbox(file, mbox_range)
-                if not size:
-                    files.append(file)
-                    if len(files) >= unit_files:
+            else:
+                for file in run:
+                    start: int | None = 0
+                    st = None
+                    if states is not None:
+                        try:
+                            st = os.stat(file)
+                        except OSError:
+                            pass  # reading it will say what is wrong
+                        else:
+                            start = states.start(file, st)
+                    if start is None:
+                        continue  # unchanged
+                    size = st.st_size if start and st is not None else _big_mbox(file, mbox_range)
+                    if not size:
+                        files.append(file)
+                        if len(files) >= unit_files:
+                            yield ("files", files)
+                            files = []
+                        continue
+                    if files:
                         yield ("files", files)
                         files = []
-                    continue
-                if files:
-                    yield ("files", files)
-                    files = []
-                # A big mbox is cut into byte ranges that workers can scan side by side.
-                for start in range(0, size, mbox_range):
-                    yield ("mbox", file, start, start + mbox_range)
+                    try:
+                        taken = _stat(st if st is not None else os.stat(file))
+                    except OSError:
+                        taken = None  # gone: the ranges say so; nothing is recorded
+                    yield from _mbox_units(file, start, size, mbox_range, taken)  # type: ignore
+            if states is not None and len(states.renamed) >= unit_files:
+                yield ("state", states.renamed)
+                states.renamed = []
     if files:
         yield ("files", files)
+    if states is not None and states.renamed:
+        yield ("state", states.renamed)
+        states.renamed = []
 
 
-def _run(unit: Unit, keep: Sequence[str]) -> Iterator[Found]:
+def _run(unit: Unit, keep: Sequence[str], states: list[FileRow] | None = None
+         ) -> Iterator[Found]:
+    """The places of one unit; with ``states``, the rows of the files it read whole (or
+    to their end) are appended there."""
     kind = unit[0]
     if kind == "files":
         for path in unit[1]:
-            yield from _iter_file(path, keep)
+            yield from _iter_file(path, keep, states)
     elif kind == "mbox":
-        yield from _iter_mbox(unit[1], keep, unit[2], unit[3])
-    else:
+        _, path, start, end, st = unit
+        boundary = Boundary() if st is not None and states is not None else None
+        ok = yield from _iter_mbox(path, keep, start, end, boundary)
+        if ok and boundary is not None and states is not None:
+            states.append(_file_row(path, st, boundary))
+    elif kind == "found":
         yield unit[1]
 
 
@@ -458,10 +648,14 @@ def _run(unit: Unit, keep: Sequence[str]) -> Iterator[Found]:
 # their location rows in order, and the skipped places with their index among the unit's
 # places (so batches are cut where they would be place by place). Built in the worker that
 # parsed them: the single writer only unpickles and binds.
-UnitRows = tuple[list[tuple[Any, ...]], list[tuple[str, str, str, str]], list[tuple[int, str, str]]]
+# Last, the rows of the files table for the files the unit read.
+UnitRows = tuple[list[tuple[Any, ...]], list[tuple[str, str, str, str]], list[tuple[int, str, str]],
+                 list[tuple[Any, ...]]]
 
 
-def _rows(found: Iterable[Found], account: str) -> UnitRows:
+def _rows(found: Iterable[Found], account: str
+          ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str, str, str]],
+                     list[tuple[int, str, str]]]:
     rows: list[tuple[Any, ...]] = []
     locations: list[tuple[str, str, str, str]] = []
     skipped: list[tuple[int, str, str]] = []
@@ -476,7 +670,11 @@ def _rows(found: Iterable[Found], account: str) -> UnitRows:
 
 
 def _work(unit: Unit, keep: Sequence[str], account: str) -> UnitRows:
-    return _rows(_run(unit, keep), account)
+    if unit[0] == "state":  # names of files passed over: nothing to read
+        return [], [], [], [(account, *row) for row in unit[1]]
+    states: list[FileRow] = []
+    rows, locations, skipped = _rows(_run(unit, keep, states), account)
+    return rows, locations, skipped, [(account, *row) for row in states]
 
 
 def _found(units: Iterator[Unit], keep: Sequence[str], account: str, workers: int,
@@ -497,8 +695,8 @@ def _found(units: Iterator[Unit], keep: Sequence[str], account: str, workers: in
             yield _work(unit, keep, account)
         return
     # A place already known to be skipped needs no worker; it keeps its place in the order.
-    jobs = (Done(_rows([unit[1]], account)) if unit[0] == "found" else (unit, keep, account)
-            for unit in rest)
+    jobs = (Done(_work(unit, keep, account)) if unit[0] in ("found", "state")
+            else (unit, keep, account) for unit in rest)
     # A deep window: while the writer commits a big batch (~0.3 s), the workers keep parsing
     # the next units instead of idling (12 units of 1,000 files: ~15 MB of results).
     window = WINDOW_PER_WORKER * workers
@@ -569,9 +767,12 @@ def import_paths(
 
     Idempotent: places are keyed by location and messages by Message-ID (or the fallback
     key), so importing the same files again, or the same message from two places, adds
-    nothing; Maildir files already imported for ``account`` are not even read again
-    (``KnownPlaces``; their number is ``stats.extra["unchanged"]``). Raises UsageError for a
-    missing or unreadable path, or when there is no mail.
+    nothing; files ``account`` imported before and unchanged since are not even opened
+    (``FileStates``; their number is ``stats.extra["unchanged"]``), and an mbox that only
+    grew is read from where its last complete message ended (``stats.extra["grown"]``
+    files). A file is recorded in the same transaction as its last messages, or after:
+    an import killed midway loses nothing. Raises UsageError for a missing or unreadable
+    path, or when there is no mail.
 
     ``workers`` parser processes (default: ``file_workers()``) feed this process, the
     single SQLite writer, once there is more than one unit of work (``unit_files`` files, or
@@ -583,27 +784,35 @@ def import_paths(
     roots = check_paths(paths)
     stats = SyncStats(account=account)
     before = cache.message_count()
-    # Maildir files this account imported before are passed over, unless the headers kept
-    # for rules (``keep``) changed since: a file read again fills those in (the upsert).
+    # Files this account imported before are passed over when unchanged, unless the headers
+    # kept for rules (``keep``) changed since: a file read again fills those in (the upsert).
     kept = sorted({k.lower() for k in keep})
     state = cache.account_state(account)
     same_keep = state.get("kept_headers") == kept
-    known = KnownPlaces(lambda: cache.known_locations(account)) if same_keep else None
+    states = FileStates(lambda: cache.file_states(account)) if same_keep else None
     rows: list[tuple[Any, ...]] = []
     locations: list[tuple[str, str, str, str]] = []
     skipped: list[tuple[str, str]] = []
+    files: list[tuple[Any, ...]] = []  # rows of files whose messages are all in rows or stored
     reasons: dict[str, int] = {}
 
     size, commits = batch_size, 0
 
     def flush() -> None:
         nonlocal size, commits
-        cache.write_rows(account, rows, locations, account_type="files", skipped=skipped)
+        # The first batch read with other kept headers than the files recorded before: those
+        # are forgotten and the new headers noted with it, so a rerun after a crash passes
+        # over what this import recorded, and only that.
+        renew = not same_keep and not commits
+        cache.write_rows(account, rows, locations, account_type="files", skipped=skipped,
+                         files=files, forget_files=renew,
+                         state={**state, "kept_headers": kept} if renew else None)
         if progress is not None:
             progress.advance(len(rows) + len(skipped))
         rows.clear()
         locations.clear()
         skipped.clear()
+        files.clear()
         commits += 1
         size = _grow(batch_size, commits)
 
@@ -614,12 +823,12 @@ def import_paths(
 
     if workers is None:
         workers = file_workers()
-    found = _found(_units(roots, unit_files, mbox_range, known), tuple(keep), account,
+    found = _found(_units(roots, unit_files, mbox_range, states), tuple(keep), account,
                    workers, on_wait)
     # The deferred indexes: see SQLiteCache.bulk_write. Closing ``found`` stops the worker
     # pool at once if writing failed.
     with cache.bulk_write(), contextlib.closing(found):
-        for unit_rows, unit_locations, unit_skipped in found:
+        for unit_rows, unit_locations, unit_skipped, unit_files in found:
             if unit_skipped:
                 # Rare: place by place, messages and skipped places in their order.
                 nxt = 0
@@ -635,6 +844,8 @@ def import_paths(
                     # Nothing is written before the first message: "no mail" leaves no trace.
                     if stats.fetched and len(rows) + len(skipped) >= size:
                         flush()
+                # After the unit's last places: written with them, or after them.
+                files += unit_files
                 continue
             # Messages only: whole slices, cut where the place-by-place loop above would cut.
             i, n = 0, len(unit_rows)
@@ -646,16 +857,20 @@ def import_paths(
                 i = j
                 if len(rows) + len(skipped) >= size:
                     flush()
-        unchanged = known.count if known is not None else 0
-        if not stats.fetched and not unchanged:
+            files += unit_files
+        unchanged = states.unchanged if states is not None else 0
+        grown = states.grown if states is not None else 0
+        # A grown mbox may hold no new message yet (one still being written): not an error.
+        if not stats.fetched and not unchanged and not grown:
             where = ", ".join(str(p) for p in roots)
             detail = "; ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
             raise UsageError(f"no mail found in {where}" + (f" ({detail})" if detail else ""))
-        if rows or skipped:
+        if rows or skipped or files:
             flush()
         if not same_keep:  # every file was read with these
             cache.set_state(account, {**state, "kept_headers": kept}, account_type="files")
     after = cache.message_count()
     stats.seconds = time.monotonic() - started
-    stats.extra = {"new": after - before, "unchanged": unchanged, "skip_reasons": reasons}
+    stats.extra = {"new": after - before, "unchanged": unchanged, "grown": grown,
+                   "skip_reasons": reasons}
     return stats

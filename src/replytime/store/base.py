@@ -73,6 +73,64 @@ SET msg_key = excluded.msg_key, labels = excluded.labels
 WHERE locations.msg_key <> excluded.msg_key OR locations.labels <> excluded.labels
 """
 
+# The files an import read, per account (schema 4): what a file was when it was read, so a
+# file still the same is passed over without being opened, and where an mbox's last complete
+# message ended, so one that only grew is read from there (connectors/files.py).
+FILES_TABLE = """
+    CREATE TABLE files (
+        account TEXT NOT NULL,
+        place TEXT NOT NULL,          -- a message file's location, an mbox's path
+        name TEXT NOT NULL,           -- its path when last seen (a Maildir flag renames it)
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,    -- -1 when modified just before it was read: not trusted
+        inode INTEGER NOT NULL,
+        mbox_end INTEGER,             -- an mbox: where its last complete message ends
+        mbox_digest TEXT,             -- an mbox: digest of the bytes around its start and end
+        PRIMARY KEY (account, place)
+    ) WITHOUT ROWID;
+"""
+
+FILE_COLUMNS = ("account", "place", "name", "size", "mtime_ns", "inode", "mbox_end",
+                "mbox_digest")
+FILE_SQL = (
+    f"INSERT INTO files ({', '.join(FILE_COLUMNS)}) VALUES ({', '.join('?' * 8)}) "
+    "ON CONFLICT (account, place) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in FILE_COLUMNS[2:])
+)
+
+
+def maildir_places_sql(dir_of: str, last5: str, has_hash: str) -> str:
+    """The statements moving a files account's Maildir places (locations and skipped) from
+    ``<folder>/cur/<name>`` or ``<folder>/new/<name>`` to ``<folder>/<name>``, as
+    ``files.maildir_location`` now gives them. The dialect's pieces: ``dir_of`` the text up
+    to the last '/' of ``{col}``, ``last5`` the last 5 characters of ``{d}``, ``has_hash``
+    whether the name after ``{d}`` holds a '#' (an mbox message, which keeps its place).
+
+    cur/ first, then new/: a message imported from both (moved between two imports) keeps
+    one place, its cur/ one; the new/ row goes when it names the same message (the same
+    place of a skipped file), and otherwise stays as it was."""
+    out = []
+    for table in ("locations", "skipped"):
+        col = f"{table}.location"
+        d = dir_of.format(col=col)
+        new = f"substr({d}, 1, length({d}) - 4) || substr({col}, length({d}) + 1)"
+        maildir = (f"{table}.account IN (SELECT name FROM accounts WHERE type = 'files') "
+                   f"AND NOT {has_hash.format(col=col, d=d)}")
+        same = "" if table == "skipped" else f" AND t.msg_key = {table}.msg_key"
+        for sub in ("cur", "new"):
+            out.append(
+                f"UPDATE {table} SET location = {new} WHERE {maildir} "
+                f"AND {last5.format(d=d)} = '/{sub}/' AND NOT EXISTS (SELECT 1 FROM {table} t "
+                f"WHERE t.account = {table}.account AND t.location = {new});"
+            )
+        out.append(
+            f"DELETE FROM {table} WHERE {maildir} AND {last5.format(d=d)} IN ('/cur/', '/new/') "
+            f"AND EXISTS (SELECT 1 FROM {table} t WHERE t.account = {table}.account "
+            f"AND t.location = {new}{same});"
+        )
+    return "\n".join(out) + "\n"
+
+
 SKIPPED_SQL = (
     "INSERT INTO skipped (account, location, reason) VALUES (?, ?, ?) "
     "ON CONFLICT (account, location) DO NOTHING"
@@ -264,15 +322,25 @@ class CacheBase(ABC):
         state: dict[str, Any] | None = None,
         skipped: Sequence[tuple[str, str]] = (),
         removed: Sequence[str] = (),
+        files: Sequence[Sequence[Any]] = (),
+        forget_files: bool = False,
     ) -> None:
         """``write_stored`` for rows already bound: values of ``MESSAGE_COLUMNS`` and
         (account, location, msg_key, labels) in the same order. The file importer's worker
-        processes build these, so the single writer does not."""
+        processes build these, so the single writer does not. ``files`` are rows of
+        ``FILE_COLUMNS`` for files whose messages are all in this transaction or committed
+        before it: a crash never records a file whose messages are not stored.
+        ``forget_files`` first drops the files recorded for ``account`` before (read with
+        other kept headers)."""
         with self.transaction():
+            if forget_files:
+                self._execute("DELETE FROM files WHERE account = ?", (account,))
             self._executemany(upsert_sql(self.greatest), rows)
             self._executemany(LOCATION_SQL, locations)
             if skipped:
                 self._executemany(SKIPPED_SQL, [(account, loc, why) for loc, why in skipped])
+            if files:
+                self._executemany(FILE_SQL, files)
             if removed:
                 self._remove(account, removed)
             self._touch_account(account, account_type, state)
@@ -317,6 +385,14 @@ class CacheBase(ABC):
             (account, len(prefix), prefix),
         ).fetchall()
         return {r[0] for r in rows}
+
+    def file_states(self, account: str) -> dict[str, tuple[Any, ...]]:
+        """The files ``account`` imported, in one query: place -> (name, size, mtime_ns,
+        inode, mbox_end, mbox_digest)."""
+        rows = self._execute(
+            f"SELECT {', '.join(FILE_COLUMNS[1:])} FROM files WHERE account = ?", (account,)
+        ).fetchall()
+        return {r[0]: tuple(r[1:]) for r in rows}
 
     def get_meta(self, key: str) -> str | None:
         row = self._execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

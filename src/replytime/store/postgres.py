@@ -28,7 +28,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from replytime.errors import CacheError, LockedError
-from replytime.store.base import CacheBase
+from replytime.store.base import FILES_TABLE, CacheBase, maildir_places_sql
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,6 +110,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     DELETE FROM meta WHERE key = 'threads_fingerprint';
     """,
+    FILES_TABLE.replace("INTEGER", "BIGINT").replace(") WITHOUT ROWID", ")")
+    + maildir_places_sql(
+        dir_of="rtrim({col}, replace({col}, '/', ''))", last5="right({d}, 5)",
+        has_hash="strpos(substr({col}, length({d}) + 1), '#') > 0",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -24,7 +24,13 @@ if TYPE_CHECKING:
 
 from replytime.errors import CacheError, LockedError
 from replytime.model import MESSAGE_COLUMNS
-from replytime.store.base import THREAD_INPUT_COLUMNS, THREADS_SQL, CacheBase
+from replytime.store.base import (
+    FILES_TABLE,
+    THREAD_INPUT_COLUMNS,
+    THREADS_SQL,
+    CacheBase,
+    maildir_places_sql,
+)
 
 # The index on thread ids (as the first migration creates it), and from how many updated
 # thread ids on it is dropped and built again instead of updated row by row.
@@ -168,6 +174,13 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     DELETE FROM meta WHERE key = 'threads_fingerprint';  -- refill on next use
     """,
+    # 5: the files an import read (sources/files.py), so unchanged ones are not read
+    # again and a grown mbox is read from where it ended; and Maildir places without cur/
+    # or new/, so a message moving from new/ to cur/ stays in its place.
+    FILES_TABLE + maildir_places_sql(
+        dir_of="rtrim({col}, replace({col}, '/', ''))", last5="substr({d}, -5)",
+        has_hash="instr(substr({col}, length({d}) + 1), '#') > 0",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

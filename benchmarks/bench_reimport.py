@@ -1,0 +1,136 @@
+"""Benchmark: importing the same files again (nothing new, or an mbox that grew).
+
+Times `replytime import` as a user runs it (the whole CLI process, median of 3):
+
+- a 100,000-message Maildir: first import (fresh cache each run), then again with nothing
+  new, beside `notmuch new` with nothing new on the same Maildir;
+- a ~1 GB mbox (the same generator's messages, bodies padded; bodies are never stored):
+  again with nothing new (target: under 0.5 s), and after growing by 1,000 messages.
+
+    .venv/bin/python benchmarks/bench_reimport.py --workdir /tmp/br
+    .venv/bin/python benchmarks/bench_reimport.py --baseline-src /path/to/old/src  # before
+
+``--baseline-src`` also times the first Maildir import with another checkout's package
+(PYTHONPATH), to compare the first-import rate before and after a change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_import import cli_command, fresh, generate, local_maildir, run, warm  # noqa: E402
+
+TARGET_MBOX_AGAIN = 0.5  # seconds
+FROM_LINE = b"From MAILER-DAEMON Thu Jan  1 00:00:00 2026\n"
+
+
+def write_mbox(path: Path, n: int, seed: int, pad: int, start: int = 0) -> None:
+    """Append n messages (seeded, ids from ``start`` on) to the mbox at ``path``, each body
+    padded to about ``pad`` bytes."""
+    filler = (b"x" * 75 + b"\n") * (pad // 76)
+    with open(path, "ab") as f:
+        for msg in generate(n, seed):
+            if start:  # other Message-IDs than the first batch's
+                msg = msg.replace(b"Message-ID: <", b"Message-ID: <g%d." % start, 1)
+            f.write(FROM_LINE + msg + filler + b"\n")
+
+
+def median(cmd: list[str], env: dict[str, str] | None = None, runs: int = 3,
+           before: object = None) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(runs):
+        if callable(before):
+            before()
+        times.append(run(cmd, env)[0])
+    return statistics.median(times), times
+
+
+def show(label: str, result: tuple[float, list[float]], extra: str = "") -> None:
+    med, times = result
+    print(f"{label:44s} median {med:6.2f}s  ({', '.join(f'{t:.2f}' for t in times)}){extra}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--messages", type=int, default=100_000)
+    ap.add_argument("--mbox-messages", type=int, default=100_000)
+    ap.add_argument("--pad", type=int, default=10_000, help="body bytes per mbox message")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workdir", type=Path, help="keep generated data here (reused if present)")
+    ap.add_argument("--baseline-src", type=Path, help="another checkout's src/ to compare")
+    args = ap.parse_args()
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.mkdtemp(prefix="replytime-reimport-")
+        work = Path(tmp)
+    else:
+        work = args.workdir
+        work.mkdir(parents=True, exist_ok=True)
+    try:
+        maildir = work / f"maildir-{args.messages}-{args.seed}"
+        mbox = work / f"big-{args.mbox_messages}-{args.pad}.mbox"
+        made = not maildir.exists() or not mbox.exists()
+        if not maildir.exists():
+            local_maildir(maildir, args.messages, args.seed)
+        if not mbox.exists():
+            write_mbox(mbox, args.mbox_messages, args.seed, args.pad)
+        if made:  # a file modified within 2 s of its import is read again next time
+            time.sleep(2.1)
+        print(f"{args.messages:,}-message Maildir; mbox of {args.mbox_messages:,} messages, "
+              f"{mbox.stat().st_size / 1e9:.2f} GB")
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+        warm(maildir)
+        db = work / "maildir.sqlite"
+        env = dict(os.environ)
+        if args.baseline_src is not None:
+            base_env = dict(env, PYTHONPATH=str(args.baseline_src))
+            show("first import, Maildir (baseline src)", median(
+                cli_command(maildir, db), base_env, before=lambda: fresh(db)))
+        show("first import, Maildir", median(cli_command(maildir, db), env,
+                                             before=lambda: fresh(db)))
+        show("again, Maildir, nothing new", median(cli_command(maildir, db), env))
+
+        if shutil.which("notmuch"):
+            nm = work / "notmuch"
+            config = nm / "config"
+            if not (nm / "db").exists():
+                (nm / "db").mkdir(parents=True)
+                config.write_text(
+                    f"[database]\npath={nm / 'db'}\nmail_root={maildir}\n"
+                    "[new]\ntags=unread;inbox\n[maildir]\nsynchronize_flags=false\n")
+            nm_env = dict(env, NOTMUCH_CONFIG=str(config))
+            start = time.perf_counter()
+            run(["notmuch", "new", "--quiet"], nm_env)  # the first index (or a no-op)
+            print(f"{'notmuch new, first (untimed median)':44s} {time.perf_counter() - start:.1f}s")
+            show("notmuch new, Maildir, nothing new", median(["notmuch", "new", "--quiet"],
+                                                             nm_env))
+        else:
+            print("notmuch not installed: no comparison")
+
+        warm(mbox)
+        db = fresh(work / "mbox.sqlite")
+        first = run(cli_command(mbox, db), env)[0]
+        print(f"{'first import, mbox (once)':44s}        {first:6.2f}s")
+        again = median(cli_command(mbox, db), env)
+        ok = "ok" if again[0] < TARGET_MBOX_AGAIN else "ABOVE TARGET"
+        show("again, mbox, nothing new", again, f"  [{ok}: < {TARGET_MBOX_AGAIN}s]")
+        grown = iter(range(1, 4))
+        show("again, mbox grown by 1,000 messages", median(
+            cli_command(mbox, db), env,
+            before=lambda: write_mbox(mbox, 1000, args.seed + 7, args.pad, next(grown))))
+        print("command: " + " ".join(cli_command(mbox, db)))
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
