@@ -13,6 +13,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -61,6 +62,21 @@ def _drop_inherited_locks() -> None:
 
 
 os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
+def _set_wal(conn: sqlite3.Connection, wait_s: float = 30.0) -> None:
+    """Switch to WAL. Two processes opening a brand-new file at once (two cron imports of
+    different accounts) race for the exclusive lock this needs, and SQLite answers "database
+    is locked" at once rather than through the busy timeout: try again until ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 @contextmanager
@@ -284,7 +300,7 @@ class SQLiteCache(CacheBase):
         # own): a quarter of the pages to write and checkpoint, 6% off a first import of
         # 100,000 messages; the weekly report at 1M messages is as fast or faster.
         conn.execute("PRAGMA page_size=16384")
-        conn.execute("PRAGMA journal_mode=WAL")
+        _set_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         # 64 MB of page cache (default 2 MB): the msg_key and location indexes take inserts
         # in random order, and outgrow a small cache at a few 100k messages.
