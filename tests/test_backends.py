@@ -17,7 +17,7 @@ import pytest
 
 from replytime.api import Analysis
 from replytime.config import load_config
-from replytime.store import open_cache
+from replytime.store import SCHEMA_VERSION, open_cache
 from replytime.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from replytime.store.postgres import glob_regex, redact
 from replytime.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
@@ -67,8 +67,8 @@ def test_migrations_are_numbered_alike() -> None:
 def test_same_tables_columns_and_indexes(tmp_path: Path, pg_server: PostgresServer) -> None:
     lite = open_cache(tmp_path / "c.sqlite")
     pg = open_cache(pg_server.create_database())
-    tables = ["accounts", "locations", "messages", "meta", "schema_version", "skipped",
-              "threads"]
+    tables = ["accounts", "leads", "locations", "messages", "meta", "schema_version",
+              "skipped", "threads"]
     lite_tables = sorted(r[0] for r in lite.conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'"))
     pg_tables = sorted(r[0] for r in pg.conn.execute(
@@ -87,7 +87,8 @@ def test_same_tables_columns_and_indexes(tmp_path: Path, pg_server: PostgresServ
         "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' "
         "AND indexname NOT LIKE '%%_pkey' AND indexname NOT LIKE '%%_key'")}
     assert lite_idx == pg_idx == {"messages_time", "messages_thread", "locations_msg",
-                                  "threads_span", "threads_start"}
+                                  "threads_span", "threads_start", "leads_time",
+                                  "leads_reply_time", "leads_thread"}
 
 
 def test_example_mailbox_gives_identical_reports(tmp_path: Path,
@@ -162,7 +163,7 @@ def test_url_password_is_never_shown(tmp_path: Path, pg_server: PostgresServer) 
     r = run("--config", str(CONFIG), "--db", secret, "import", str(small))
     assert r.returncode == 0, r.stderr
     r = run("--config", str(CONFIG), "--db", secret, "status")
-    assert r.returncode == 0 and f"cache        {url} (schema 3)" in r.stdout
+    assert r.returncode == 0 and f"cache        {url} (schema {SCHEMA_VERSION})" in r.stdout
     assert "hunter" not in r.stdout + r.stderr
     closed = f"postgresql://replytime:hunter2@127.0.0.1:{free_port()}/x"
     r = run("--config", str(CONFIG), "--db", closed, "status")

@@ -29,6 +29,7 @@ from psycopg import errors as pg_errors
 
 from replytime.errors import CacheError, LockedError
 from replytime.store.base import CacheBase
+from replytime.store.leads import LEADS_TABLE_SQL, KeptLeads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,6 +100,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX threads_start ON threads(start_ms);
     """,
+    LEADS_TABLE_SQL.replace(" INTEGER", " BIGINT").replace(" REAL", " DOUBLE PRECISION"),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -182,7 +184,7 @@ def _reason(exc: BaseException) -> str:
     return text.removeprefix("connection failed: ")
 
 
-class PostgresCache(CacheBase):
+class PostgresCache(KeptLeads, CacheBase):
     """A replytime cache in a PostgreSQL database."""
 
     backend = "postgresql"
@@ -349,6 +351,9 @@ class PostgresCache(CacheBase):
 
     def _threads_lock(self) -> Iterator[None]:  # type: ignore[override]
         return self._advisory(lock_key("threads"), None)  # type: ignore[return-value]
+
+    def leads_lock(self) -> Iterator[None]:  # type: ignore[override]
+        return self._advisory(lock_key("leads"), None)  # type: ignore[return-value]
 
     def close(self) -> None:
         self.conn.close()

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 from replytime.errors import CacheError, LockedError
 from replytime.model import MESSAGE_COLUMNS
 from replytime.store.base import THREAD_INPUT_COLUMNS, THREADS_SQL, CacheBase
+from replytime.store.leads import LEADS_TABLE_SQL, KeptLeads
 
 # The index on thread ids (as the first migration creates it), and from how many updated
 # thread ids on it is dropped and built again instead of updated row by row.
@@ -155,6 +156,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX threads_start ON threads(start_ms);
     """,
+    # 4: the kept lead table (store.leads): every email lead as of everything cached, so a
+    # report selects its period's leads instead of pairing its messages again.
+    LEADS_TABLE_SQL,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -192,7 +196,7 @@ class _Written:
         return pd.DataFrame(dict(zip(THREAD_INPUT_COLUMNS, values, strict=True)))
 
 
-class SQLiteCache(CacheBase):
+class SQLiteCache(KeptLeads, CacheBase):
     """A replytime cache in one SQLite file."""
 
     backend = "sqlite"
@@ -499,6 +503,11 @@ class SQLiteCache(CacheBase):
     @contextmanager
     def _threads_lock(self) -> Iterator[None]:
         with self._flock(self._lock_dir() / "threads.lock", None):
+            yield
+
+    @contextmanager
+    def leads_lock(self) -> Iterator[None]:
+        with self._flock(self._lock_dir() / "leads.lock", None):
             yield
 
     def close(self) -> None:
