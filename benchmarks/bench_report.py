@@ -16,7 +16,9 @@ week), `report reps/leads/unanswered/volume/threads/sla` for that week and for a
 `status`, each the best of --repeat runs (warm page cache). Last, on a copy of the cache,
 the import of the extra messages followed by `report weekly` (once: the import changes the
 cache). ``--src DIR`` runs the code under DIR (PYTHONPATH) instead of the installed package,
-to compare commits on the same files; ``--keep-cache`` reuses an imported cache.
+to compare commits on the same files; ``--keep-cache`` reuses an imported cache;
+``--config`` another config (the example's without its form rules reads the kept lead table:
+with form rules the reports pair messages as before).
 """
 
 from __future__ import annotations
@@ -101,7 +103,10 @@ def main() -> None:
     ap.add_argument("--src", type=Path, default=None, help="run the package from this dir")
     ap.add_argument("--keep-cache", action="store_true", help="reuse an imported cache")
     ap.add_argument("--label", default="", help="suffix of the cache file name")
+    ap.add_argument("--config", type=Path, default=CONFIG,
+                    help="replytime.toml (default: the example's, which has form rules)")
     opts = ap.parse_args()
+    globals()["CONFIG"] = opts.config.resolve()
     work = opts.workdir or Path(tempfile.mkdtemp(prefix="replytime-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     days = opts.days or max(56, int(730 * opts.messages / 1_000_000))
