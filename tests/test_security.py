@@ -67,6 +67,14 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({"values", "items", "item_internal", "time_index", "human_columns",
                "detail_sql", "detail_join"}),
     frozenset({"cache.label_agg"}),
+    # store/leads.py: the kept table's constant column list and "?" placeholders, its
+    # constant SELECT and ORDER BY, "?" filters joined by AND, the dialect's JSON-array
+    # subquery (thread ids bound as one "?" JSON parameter), "?" marks for a few ids
+    frozenset({"', '.join('?' for _ in KEPT_COLUMNS)", "', '.join(KEPT_COLUMNS)"}),
+    frozenset({"', '.join(KEPT_COLUMNS)"}),
+    frozenset({"_ORDER", "' AND '.join(where)", "_SELECT"}),
+    frozenset({"self.json_values"}),
+    frozenset({"marks"}),
 }
 
 
