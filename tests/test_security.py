@@ -76,6 +76,13 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({"table", "has_hash.format(col=col, d=d)"}),
     frozenset({"new", "table", "same", "last5.format(d=d)", "maildir"}),
     frozenset({"new", "sub", "table", "last5.format(d=d)", "maildir"}),
+    # store/leads.py: the kept table's constant column list and "?" placeholders, its
+    # constant SELECT and ORDER BY, "?" filters joined by AND, the dialect's JSON-array
+    # subquery (thread ids bound as one "?" JSON parameter), "?" marks for a few ids
+    frozenset({"', '.join('?' for _ in KEPT_COLUMNS)", "', '.join(KEPT_COLUMNS)"}),
+    frozenset({"', '.join(KEPT_COLUMNS)"}),
+    frozenset({"_ORDER", "' AND '.join(where)", "_SELECT"}),
+    frozenset({"marks"}),
 }
 
 

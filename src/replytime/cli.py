@@ -244,12 +244,12 @@ def status(
     cfg = _config()
     cache = open_cache(G.db, create=False)
     analysis = Analysis(cache, cfg)
-    leads = analysis.all_leads
+    leads, unanswered, clamped = analysis.lead_counts()
     info = cache.status()
     info["threads"] = cache.thread_count()
-    info["leads"] = int(len(leads))
-    info["unanswered"] = int((~leads["answered"]).sum())
-    info["clamped_negative"] = int(leads["clamped"].sum())
+    info["leads"] = leads
+    info["unanswered"] = unanswered
+    info["clamped_negative"] = clamped
     info["cache"] = str(cache.where)
     info["schema_version"] = cache.schema_version
     if fmt == "json":

@@ -132,6 +132,37 @@ class Config:
             domain.endswith("." + d) for d in self.internal_domains
         )
 
+    def leads_fingerprint(self) -> str:
+        """What the kept lead table depends on besides the messages (docs/definitions.md,
+        "Lead", "First reply", "Attribution", "Business time"): the thread fingerprint,
+        who is internal, the reps with their addresses, teams and schedules, every schedule
+        (holiday calendars with the version of the holidays data), the lead filters and
+        form rules. Not the SLA or the report zone: no kept number depends on them."""
+        import hashlib
+
+        holidays_data = ""
+        if any(s.holidays for s in self.schedules.values()):
+            from importlib.metadata import version
+
+            holidays_data = version("holidays")  # another release may move a holiday
+        parts = (
+            "leads-v1",  # the kept table's layout: bump when what is kept changes
+            self.fingerprint(),
+            sorted(self.shared_inboxes),
+            sorted((r.name, sorted(r.emails), r.team, r.schedule) for r in self.reps),
+            sorted(self.teams.items()),
+            sorted(
+                (s.name, s.timezone, sorted(s.days.items()), sorted(s.holidays),
+                 sorted(d.isoformat() for d in s.dates_off))
+                for s in self.schedules.values()
+            ),
+            holidays_data,
+            (sorted(self.leads.to), sorted(self.leads.exclude_from), sorted(self.leads.labels)),
+            [(f.from_glob, f.subject.pattern if f.subject else None, f.lead_address,
+              f.reply_window_s) for f in self.leads.forms],
+        )
+        return hashlib.sha256(repr(parts).encode()).hexdigest()
+
     def is_internal(self, address: str) -> bool:
         """As ``matcher.Roster.is_internal``, for one address. The domain is the part after
         the last '@' (the whole address without one)."""

@@ -96,6 +96,23 @@ class LeadSet:
 
     # -- frames ---------------------------------------------------------------------------
     @cached_property
+    def kept(self) -> bool:
+        """Whether the leads come from the cache's kept lead table (``analysis.kept``): when
+        it is exact for this config, which it is after ``refresh_threads`` unless form
+        rules or label filters are configured."""
+        from replytime.analysis import kept
+
+        refresh_threads(self.cache, self.config)
+        return kept.usable(self.cache, self.config)
+
+    def _kept_leads(self, since_ms: int | None, until_ms: int | None, *,
+                    replied: bool = False) -> pd.DataFrame:
+        from replytime.analysis import kept
+
+        rows = self.cache.kept_leads(since_ms, until_ms, self.as_of_ms, replied=replied)
+        return kept.as_of(rows, self.config, self.as_of_ms)
+
+    @cached_property
     def messages(self) -> pd.DataFrame:
         refresh_threads(self.cache, self.config)
         roster = Roster(self.config)
@@ -131,6 +148,15 @@ class LeadSet:
                 return start
             lookback *= 4
 
+    def lead_counts(self) -> tuple[int, int, int]:
+        """(leads, unanswered, clamped) as of ``as_of`` over all time (``status``): counted
+        in the database from the kept table when it is exact, else from ``all_leads``."""
+        if self.scope is None and self.kept:
+            return self.cache.kept_lead_counts(self.as_of_ms)
+        leads = self.all_leads
+        return (int(len(leads)), int((~leads["answered"]).sum()),
+                int(leads["clamped"].sum()))
+
     def _parts(self) -> list[Period]:
         """For an all-time analysis of a big cache: consecutive periods of about
         ``PART_MESSAGES`` messages each, from the first message to ``as_of``. Leads and
@@ -164,7 +190,12 @@ class LeadSet:
 
     @cached_property
     def all_leads(self) -> pd.DataFrame:
-        """Every lead as of ``as_of``, with business times."""
+        """Every lead as of ``as_of``, with business times. Limited to a period (and read
+        from the kept table): the leads of the period and those first answered in it, all
+        that any report of the period reads of them."""
+        if self.kept:
+            scope = self.scope or Period(None, None)
+            return self._kept_leads(scope.since_ms, scope.until_ms, replied=True)
         parts = self._parts()
         return self._leads_by_part(parts) if parts else self._whole_leads()
 
@@ -267,6 +298,9 @@ class LeadSet:
         key = (period.since_ms, period.until_ms)
         if key in self._sql_leads:
             return self._sql_leads[key]
+        if self.kept:  # the period's rows, selected by lead time in the database
+            self._sql_leads[key] = self._kept_leads(period.since_ms, period.until_ms)
+            return self._sql_leads[key]
         sql = (self.scope is not None and period.since_ms is not None
                and not self.config.leads.forms and not with_messages
                and "messages" not in self.__dict__ and "all_leads" not in self.__dict__)
@@ -283,8 +317,39 @@ class LeadSet:
     def _blocks_of(self, leads: pd.DataFrame) -> pd.DataFrame:
         """The reply blocks of ``leads``: of those leads only when the leads of the whole
         analysis were never built (blocks are per lead, so the rows are the same)."""
+        if self.kept:
+            return self._kept_blocks(leads)
         if "all_blocks" in self.__dict__ or "all_leads" in self.__dict__:
             return self.all_blocks[self.all_blocks["lead_id"].isin(leads["lead_id"])]
         from replytime.analysis.followon import reply_blocks
 
         return reply_blocks(self.messages, leads, self.config, self.as_of_ms)
+
+    def _kept_blocks(self, leads: pd.DataFrame) -> pd.DataFrame:
+        """Reply blocks of kept leads (email leads: each from its own thread). An all-time
+        analysis of a big cache reads the messages part by part (``_parts``), each part
+        the threads active in it, for the leads of that part: memory of one part."""
+        from replytime.analysis.followon import reply_blocks
+
+        if leads.empty:  # no messages needed
+            return reply_blocks(pd.DataFrame(), leads, self.config, self.as_of_ms)
+        parts = self._parts()
+        if not parts:
+            return reply_blocks(self.messages, leads, self.config, self.as_of_ms)
+        blocks = []
+        for period in parts:
+            chunk = metrics.in_period(leads, period)
+            if not chunk.empty:
+                part = LeadSet(self.cache, self.config, as_of=self.as_of, scope=period)
+                blocks.append(reply_blocks(part.messages, chunk, self.config, self.as_of_ms))
+        blocks = [b for b in blocks if not b.empty] or blocks[:1]
+        return pd.concat(blocks).sort_values(["lead_id", "block"]).reset_index(drop=True)
+
+    def subjects(self, ids: pd.Series) -> pd.Series:
+        """The subject of each message id in ``ids`` (indexed by id): from the messages
+        when read, else from the cache (a report on kept leads reads no messages)."""
+        if "messages" in self.__dict__ or not self.kept:
+            m = self.messages
+            return m.loc[m["id"].isin(ids), ["id", "subject"]].set_index("id")["subject"]
+        found = self.cache.subjects_of([int(i) for i in ids])
+        return pd.Series(found, dtype=object).rename_axis("id").rename("subject")

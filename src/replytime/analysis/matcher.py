@@ -274,7 +274,7 @@ def match_leads(messages: pd.DataFrame, config: Config, as_of_ms: int) -> pd.Dat
     """One row per lead with its first reply, responder and attribution (LEAD_COLUMNS)."""
     roster = Roster(config)
     if messages.empty:
-        return pd.DataFrame(columns=LEAD_COLUMNS)
+        return empty_leads()
     m = messages if "from_internal" in messages else prepare(messages, roster)
     by_id = m.set_index("id")
 
@@ -316,6 +316,14 @@ def match_leads(messages: pd.DataFrame, config: Config, as_of_ms: int) -> pd.Dat
         roster,
     )
     return out.sort_values(["lead_time_ms", "lead_id"]).reset_index(drop=True)
+
+
+def empty_leads() -> pd.DataFrame:
+    """No leads, typed as ``lead_table`` types them: reports filter on ``answered``, and an
+    empty object column there would select columns instead of rows."""
+    return pd.DataFrame(columns=LEAD_COLUMNS).astype({
+        "lead_id": "int64", "lead_time_ms": "int64", "answered": bool, "reply_id": "Int64",
+        "reply_time_ms": "Int64", "response_s": "float64", "clamped": bool})
 
 
 def lead_table(found: pd.DataFrame, lead_messages: pd.DataFrame, roster: Roster

@@ -243,8 +243,7 @@ def _oldest_unanswered(
 ) -> tuple[pd.DataFrame, int]:
     u = leads[~leads["answered"]].sort_values(["lead_time_ms", "lead_id"])
     top = u.head(TOP_UNANSWERED)
-    m = analysis.messages
-    subjects = m.loc[m["id"].isin(top["lead_id"]), ["id", "subject"]].set_index("id")["subject"]
+    subjects = analysis.subjects(top["lead_id"])
     age = (analysis.as_of_ms - top["lead_time_ms"]) / 1000.0
     out = pd.DataFrame({
         "lead_message_id": top["lead_message_id"],

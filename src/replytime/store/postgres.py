@@ -29,6 +29,7 @@ from psycopg import errors as pg_errors
 
 from replytime.errors import CacheError, LockedError
 from replytime.store.base import FILES_TABLE, CacheBase, maildir_places_sql
+from replytime.store.leads import LEADS_TABLE_SQL, KeptLeads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -115,6 +116,7 @@ MIGRATIONS: tuple[str, ...] = (
         dir_of="rtrim({col}, replace({col}, '/', ''))", last5="right({d}, 5)",
         has_hash="strpos(substr({col}, length({d}) + 1), '#') > 0",
     ),
+    LEADS_TABLE_SQL.replace(" INTEGER", " BIGINT").replace(" REAL", " DOUBLE PRECISION"),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -198,7 +200,7 @@ def _reason(exc: BaseException) -> str:
     return text.removeprefix("connection failed: ")
 
 
-class PostgresCache(CacheBase):
+class PostgresCache(KeptLeads, CacheBase):
     """A replytime cache in a PostgreSQL database."""
 
     backend = "postgresql"
@@ -369,6 +371,9 @@ class PostgresCache(CacheBase):
 
     def _threads_lock(self) -> Iterator[None]:  # type: ignore[override]
         return self._advisory(lock_key("threads"), None)  # type: ignore[return-value]
+
+    def leads_lock(self) -> Iterator[None]:  # type: ignore[override]
+        return self._advisory(lock_key("leads"), None)  # type: ignore[return-value]
 
     def close(self) -> None:
         self.conn.close()

@@ -32,6 +32,7 @@ from replytime.store.base import (
     CacheBase,
     maildir_places_sql,
 )
+from replytime.store.leads import LEADS_TABLE_SQL, KeptLeads
 
 # The index on thread ids (as the first migration creates it), and from how many updated
 # thread ids on it is dropped and built again instead of updated row by row.
@@ -197,6 +198,9 @@ MIGRATIONS: tuple[str, ...] = (
         dir_of="rtrim({col}, replace({col}, '/', ''))", last5="substr({d}, -5)",
         has_hash="instr(substr({col}, length({d}) + 1), '#') > 0",
     ),
+    # 6: the kept lead table (store.leads): every email lead as of everything cached, so a
+    # report selects its period's leads instead of pairing its messages again.
+    LEADS_TABLE_SQL,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -234,7 +238,7 @@ class _Written:
         return pd.DataFrame(dict(zip(THREAD_INPUT_COLUMNS, values, strict=True)))
 
 
-class SQLiteCache(CacheBase):
+class SQLiteCache(KeptLeads, CacheBase):
     """A replytime cache in one SQLite file."""
 
     backend = "sqlite"
@@ -545,6 +549,11 @@ class SQLiteCache(CacheBase):
     @contextmanager
     def _threads_lock(self) -> Iterator[None]:
         with self._flock(self._lock_dir() / "threads.lock", None):
+            yield
+
+    @contextmanager
+    def leads_lock(self) -> Iterator[None]:
+        with self._flock(self._lock_dir() / "leads.lock", None):
             yield
 
     def close(self) -> None:

@@ -1,0 +1,201 @@
+"""Keep the cache's lead table (``replytime.store.leads``) exact, and read it as of a time.
+
+The table holds every email lead with its first reply as ``matcher.match_leads`` finds them
+over everything cached (no as-of cut), with ``business_s``. A report as of ``as_of`` derives
+its rows exactly (docs/definitions.md, "Lead", "First reply"): a lead after ``as_of`` does
+not exist yet, and a first reply after ``as_of`` means unanswered, since the replies after
+a lead are taken in time order and every later candidate is later still. ``open``, age and
+``business_age_s`` depend on ``as_of`` and are computed at report time.
+
+Kept when exact and cheap to keep exact; otherwise the reports pair messages as before:
+
+- Form rules (``[[leads.forms]]``): a form lead's reply may be in any thread, and repeated
+  notifications are settled in rounds that depend on reply times, so neither the as-of cut
+  nor a per-thread update is exact. Not kept.
+- Label filters (``[leads] labels``): labels belong to a message's locations and change
+  without the message changing (its thread id stays), so no update would see them. Not kept.
+
+Updates (``refresh``, called by ``refresh_threads``): after new messages get thread ids,
+the threads of every message whose thread id changed (old and new) are matched again and
+their rows replaced, in one transaction. A full rebuild (part by part, like an all-time
+report) when the config's ``leads_fingerprint`` differs from the table's, when messages were
+removed (the thread fingerprint is cleared), or when an already-kept message changed (its
+upsert cleared its thread id, so its old thread is unknown). The table is marked not exact
+before thread ids change and exact again with its rows: a process killed in between leaves
+a table that is rebuilt, never one that is trusted wrongly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from replytime.analysis.matcher import LEAD_COLUMNS, UNASSIGNED, Roster, match_leads, prepare
+from replytime.config import Config
+from replytime.store.base import Grouping
+from replytime.store.leads import KEPT_COLUMNS
+
+if TYPE_CHECKING:
+    from replytime.store import Cache
+
+#: an as-of time past every message: the kept rows are "as of everything cached"
+EVERYTHING_MS = 2**53
+#: messages per part of a full rebuild (memory: one part's messages at a time)
+PART_MESSAGES = 250_000
+
+
+def state_for(config: Config) -> str | None:
+    """The state the kept rows must carry to serve ``config``; None: leads are not kept for
+    it (form rules or label filters, see the module docstring)."""
+    if config.leads.forms or config.leads.labels:
+        return None
+    return config.leads_fingerprint()
+
+
+def usable(cache: Cache, config: Config) -> bool:
+    """Whether the kept rows are exact for ``config`` (call after ``refresh_threads``)."""
+    state = state_for(config)
+    return state is not None and cache.kept_leads_state()[0] == state
+
+
+# -- business time ---------------------------------------------------------------------------
+def business_s(leads: pd.DataFrame, config: Config) -> np.ndarray:
+    """Business seconds from lead to first reply on the responder's schedule
+    (docs/definitions.md, "Business time"); calendar seconds without schedules."""
+    if not config.has_schedule or leads.empty:
+        return leads["response_s"].to_numpy(dtype="float64")
+    from replytime.analysis.hours import business_seconds_by
+
+    answered = leads["answered"].to_numpy(dtype=bool)
+    out = np.full(len(leads), np.nan)
+    if answered.any():
+        who = leads["responder"].to_numpy()[answered]
+        schedules = {n: config.schedule_for(n) for n in pd.unique(who)}
+        out[answered] = business_seconds_by(
+            schedules, who, leads["lead_time_ms"].to_numpy(dtype="float64")[answered],
+            leads["reply_time_ms"].astype("float64").to_numpy()[answered],
+        )
+    return np.maximum(out, 0)
+
+
+def business_age_s(leads: pd.DataFrame, config: Config, as_of_ms: int) -> np.ndarray:
+    """How long each unanswered lead has waited at ``as_of`` in business time on its rep's
+    schedule (calendar time without schedules); NaN for answered leads."""
+    answered = leads["answered"].to_numpy(dtype=bool)
+    start = leads["lead_time_ms"].to_numpy(dtype="float64")
+    if not config.has_schedule or leads.empty:
+        return np.where(answered, np.nan, (as_of_ms - start) / 1000.0)
+    from replytime.analysis.hours import business_seconds_by
+
+    age = np.full(len(leads), np.nan)
+    waiting = ~answered
+    if waiting.any():
+        who = leads["rep"].to_numpy()[waiting]
+        schedules = {n: config.schedule_for(n) for n in pd.unique(who)}
+        age[waiting] = business_seconds_by(
+            schedules, who, start[waiting], np.full(int(waiting.sum()), float(as_of_ms)))
+    return age
+
+
+# -- reading -----------------------------------------------------------------------------------
+def as_of(rows: pd.DataFrame, config: Config, as_of_ms: int) -> pd.DataFrame:
+    """Kept rows (lead time <= ``as_of``, as ``Cache.kept_leads`` selects them) as
+    ``LeadSet`` holds leads as of ``as_of``: ``LEAD_COLUMNS``, ``business_s`` and
+    ``business_age_s``, built as ``matcher.lead_table`` builds them (same dtypes)."""
+    out = rows.reset_index(drop=True)
+    reply_time = out["reply_time_ms"].astype("Int64")
+    # A first reply after as_of is not one yet; nor is any later candidate (time order).
+    late = (reply_time > as_of_ms).fillna(False).to_numpy(dtype=bool)
+    answered = out["reply_id"].notna().to_numpy() & ~late
+    out["lead_id"] = out["lead_id"].astype("int64")
+    out["lead_time_ms"] = out["lead_time_ms"].astype("int64")
+    out["answered"] = answered
+    out["reply_id"] = out["reply_id"].astype("Int64").where(answered, pd.NA)
+    out["reply_time_ms"] = reply_time.where(answered, pd.NA)
+    for column in ("reply_message_id", "reply_from"):
+        out[column] = out[column].astype(object).where(answered, None)
+    out["responder"] = Roster(config).rep_name(out["reply_from"]).where(answered, None)
+    # Attribution (section 3): the responder, else the addressed rep, else unassigned.
+    rep = np.where(out["responder"].notna(), out["responder"], out["addressed_rep"])
+    out["rep"] = pd.Series(rep, index=out.index, dtype=object).fillna(UNASSIGNED)
+    out["clamped"] = out["clamped"].astype(bool) & answered
+    for column in ("response_s", "business_s"):
+        out[column] = out[column].astype("float64").where(answered, np.nan)
+    out = out[[*LEAD_COLUMNS, "business_s"]]
+    out["business_age_s"] = business_age_s(out, config, as_of_ms)
+    return out
+
+
+# -- keeping -----------------------------------------------------------------------------------
+@dataclass
+class Changes:
+    """What one thread rebuild changed, as ``assign`` saw it."""
+
+    threads: set[str] = field(default_factory=set)  # old and new thread ids
+    modified: bool = False  # an already-kept message lost its thread id (upserted)
+    max_id: int = 0  # the highest message id the rebuild covered
+
+
+def capturing(assign: Callable[[pd.DataFrame], Grouping | pd.Series], covered_id: int,
+              changes: Changes) -> Callable[[pd.DataFrame], Grouping | pd.Series]:
+    """``assign`` (thread inputs -> thread id per message id) that also records in
+    ``changes`` what ``CacheBase.set_threads`` will write: every message whose new thread
+    id is set and differs from its current one."""
+
+    def run(inputs: pd.DataFrame) -> Grouping | pd.Series:
+        found = assign(inputs)
+        new = found if isinstance(found, pd.Series) else found.thread_id
+        current = inputs.set_index("id")["thread_id"]
+        fresh = new.reindex(current.index)
+        moved = fresh.notna() & fresh.ne(current)
+        changes.threads.update(fresh[moved].astype(str))
+        changes.threads.update(current[moved & current.notna()].astype(str))
+        # A message kept before whose thread id was cleared: its old thread is unknown.
+        ids = current.index.to_numpy()
+        changes.modified = bool((current.isna().to_numpy() & (ids <= covered_id)).any())
+        changes.max_id = int(ids.max()) if len(ids) else 0
+        return found
+
+    return run
+
+
+def _match(messages: pd.DataFrame, config: Config, roster: Roster) -> pd.DataFrame:
+    """Kept rows (``KEPT_COLUMNS``) of the email leads of ``messages`` (whole threads)."""
+    if messages.empty:
+        return pd.DataFrame(columns=list(KEPT_COLUMNS))
+    leads = match_leads(prepare(messages, roster), config, EVERYTHING_MS)
+    leads = leads.assign(business_s=business_s(leads, config))
+    return leads[list(KEPT_COLUMNS)]
+
+
+def rebuild(cache: Cache, config: Config, state: str) -> None:
+    """Every kept row again, period by period of about ``PART_MESSAGES`` messages: each
+    period's leads from the threads active in it, read whole (exact, as ``LeadSet.limit_to``
+    is), so memory is that of one period."""
+    roster = Roster(config)
+    first, last, top = cache.thread_span_bounds()
+    frames = []
+    if first is not None and last is not None:
+        n = max(1, -(-cache.message_count() // PART_MESSAGES))
+        end = last + 1
+        edges = sorted({first + (end - first) * i // n for i in range(n)} | {end})
+        for a, b in zip(edges, edges[1:], strict=False):
+            rows = _match(cache.messages(active=(a, b)), config, roster)
+            rows = rows[(rows["lead_time_ms"] >= a) & (rows["lead_time_ms"] < b)]
+            if not rows.empty:
+                frames.append(rows)
+    rows = pd.concat(frames) if frames else pd.DataFrame(columns=list(KEPT_COLUMNS))
+    cache.replace_kept_leads(rows, threads=None, state=state, max_id=top)
+
+
+def update(cache: Cache, config: Config, state: str, changes: Changes) -> None:
+    """Match the changed threads again and replace their rows."""
+    threads = sorted(changes.threads)
+    rows = _match(cache.messages_of_threads(threads), config, Roster(config)) if threads \
+        else pd.DataFrame(columns=list(KEPT_COLUMNS))
+    cache.replace_kept_leads(rows, threads=threads, state=state,
+                             max_id=max(changes.max_id, cache.kept_leads_state()[1]))

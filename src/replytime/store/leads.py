@@ -1,0 +1,194 @@
+"""The kept lead table: one row per email lead with its first reply, as
+``analysis.matcher.match_leads`` and the business times find them over everything cached
+(no as-of cut), kept current by ``analysis.kept`` after each thread refresh.
+
+A report then selects its period's rows by lead time (docs/definitions.md, "Lead", "First
+reply") instead of reading and pairing the period's messages again; ``analysis.kept``
+applies the report's as-of time to them. What the rows are valid for is in the ``meta``
+table: ``leads_state`` (the config's ``leads_fingerprint`` when the rows are exact for the
+current thread ids, "" otherwise) and ``leads_max_id`` (the highest message id they cover),
+both written in the transaction that writes the rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# Migration 4 (SQLite DDL; PostgreSQL maps INTEGER to BIGINT and REAL to DOUBLE PRECISION).
+# lead_id is the key: without form rules (which are never kept) a thread has one lead.
+LEADS_TABLE_SQL = """
+    CREATE TABLE leads (
+        lead_id INTEGER PRIMARY KEY,       -- messages.id of the lead message
+        thread_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        lead_message_id TEXT,
+        lead_from TEXT,
+        lead_time_ms INTEGER NOT NULL,
+        addressed_rep TEXT,
+        reply_id INTEGER,                  -- NULL: unanswered as of everything cached
+        reply_message_id TEXT,
+        reply_time_ms INTEGER,
+        reply_from TEXT,
+        responder TEXT,
+        rep TEXT NOT NULL,
+        response_s REAL,
+        clamped INTEGER NOT NULL,
+        business_s REAL
+    );
+    CREATE INDEX leads_time ON leads(lead_time_ms);
+    CREATE INDEX leads_reply_time ON leads(reply_time_ms);
+    CREATE INDEX leads_thread ON leads(thread_id);
+"""
+
+#: the kept columns, in table order (``matcher.LEAD_COLUMNS`` without ``answered``, which is
+#: ``reply_id IS NOT NULL``, plus ``business_s``)
+KEPT_COLUMNS = (
+    "lead_id", "thread_id", "kind", "lead_message_id", "lead_from", "lead_time_ms",
+    "addressed_rep", "reply_id", "reply_message_id", "reply_time_ms", "reply_from",
+    "responder", "rep", "response_s", "clamped", "business_s",
+)
+_INSERT = (f"INSERT INTO leads ({', '.join(KEPT_COLUMNS)}) "
+           f"VALUES ({', '.join('?' for _ in KEPT_COLUMNS)})")
+_SELECT = f"SELECT {', '.join(KEPT_COLUMNS)} FROM leads"
+_ORDER = " ORDER BY lead_time_ms, lead_id"  # match_leads' order
+_CHUNK = 50_000  # rows bound per executemany: memory of one chunk of tuples at a time
+
+
+class KeptLeads:
+    """Reads and writes of the kept lead table, mixed into both backends (``CacheBase``
+    supplies ``_execute``, ``_executemany``, ``_frame``, ``transaction``, ``json_values``
+    and the meta table)."""
+
+    json_values: str
+
+    if TYPE_CHECKING:  # what CacheBase supplies (defined here they would shadow it)
+        def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+        def _executemany(self, sql: str, rows: Any) -> None: ...
+        def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame: ...
+        def transaction(self) -> AbstractContextManager[Any]: ...
+        def get_meta(self, key: str) -> str | None: ...
+        def set_meta(self, key: str, value: str) -> None: ...
+        def message_count(self) -> int: ...
+
+    def leads_lock(self) -> AbstractContextManager[None]:
+        """Cache-wide lock held while the thread ids and the kept leads are brought up to
+        date together (waits for it); the backend supplies it."""
+        raise NotImplementedError
+
+    # -- state ------------------------------------------------------------------------
+    def kept_leads_state(self) -> tuple[str, int]:
+        """(fingerprint the rows are exact for, "" when none; highest message id covered)."""
+        return self.get_meta("leads_state") or "", int(self.get_meta("leads_max_id") or 0)
+
+    def invalidate_kept_leads(self) -> None:
+        """Mark the rows as not exact (before thread ids change under them), so a process
+        killed before they are brought up to date leaves a table nobody trusts."""
+        if self.get_meta("leads_state"):
+            with self.transaction():
+                self.set_meta("leads_state", "")
+
+    # -- writes -------------------------------------------------------------------------
+    def replace_kept_leads(self, rows: pd.DataFrame, *, threads: Sequence[str] | None,
+                           state: str, max_id: int) -> None:
+        """In one transaction: drop the rows of ``threads`` (every row when None), write
+        ``rows`` (``KEPT_COLUMNS``), and record that the table is exact for ``state`` up to
+        message ``max_id``."""
+        with self.transaction():
+            if threads is None:
+                self._execute("DELETE FROM leads")
+            elif threads:
+                self._execute(f"DELETE FROM leads WHERE thread_id IN ({self.json_values})",
+                              (json.dumps(list(threads)),))
+            for chunk in _bound_rows(rows):
+                self._executemany(_INSERT, chunk)
+            self.set_meta("leads_state", state)
+            self.set_meta("leads_max_id", str(int(max_id)))
+
+    # -- reads --------------------------------------------------------------------------
+    def kept_leads(self, since_ms: int | None, until_ms: int | None, as_of_ms: int,
+                   *, replied: bool = False) -> pd.DataFrame:
+        """Kept rows with lead time in [since, until) (None = open) and at most ``as_of``;
+        ``replied`` adds those whose first reply is in [since, until) (``report volume``
+        and the weekly flow count first replies sent in the period, whatever the lead's
+        time). In lead time order, typed as ``_frame`` reads them."""
+        where, params = ["lead_time_ms <= ?"], [int(as_of_ms)]
+        span, span_params = [], []
+        if since_ms is not None:
+            span.append("{c} >= ?")
+            span_params.append(int(since_ms))
+        if until_ms is not None:
+            span.append("{c} < ?")
+            span_params.append(int(until_ms))
+        if span:
+            lead_span = " AND ".join(s.format(c="lead_time_ms") for s in span)
+            if replied:
+                reply_span = " AND ".join(s.format(c="reply_time_ms") for s in span)
+                where.append(f"(({lead_span}) OR ({reply_span}))")
+                params += span_params * 2
+            else:
+                where.append(lead_span)
+                params += span_params
+        return self._frame(f"{_SELECT} WHERE {' AND '.join(where)}{_ORDER}", params)
+
+    def kept_lead_counts(self, as_of_ms: int) -> tuple[int, int, int]:
+        """(leads, unanswered, clamped) as of ``as_of``: a first reply after it does not
+        count (docs/definitions.md, "First reply")."""
+        row = self._execute(
+            "SELECT count(*), "
+            "coalesce(sum(CASE WHEN reply_time_ms IS NULL OR reply_time_ms > ? THEN 1 "
+            "ELSE 0 END), 0), "
+            "coalesce(sum(CASE WHEN clamped <> 0 AND reply_time_ms <= ? THEN 1 ELSE 0 END), 0) "
+            "FROM leads WHERE lead_time_ms <= ?",
+            (int(as_of_ms), int(as_of_ms), int(as_of_ms)),
+        ).fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def thread_span_bounds(self) -> tuple[int | None, int | None, int]:
+        """(earliest, latest) thread start and the highest message id: where a full
+        rebuild of the kept leads runs."""
+        lo, hi = self._execute("SELECT min(start_ms), max(start_ms) FROM threads").fetchone()
+        top = self._execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+        return (None if lo is None else int(lo)), (None if hi is None else int(hi)), int(top)
+
+    def messages_of_threads(self, thread_ids: Sequence[str]) -> pd.DataFrame:
+        """Every message of these threads, as ``messages()`` reads them (without labels),
+        in id order."""
+        df = self._frame(
+            "SELECT m.id, m.message_id, m.from_addr, m.to_addrs, m.cc_addrs, m.reply_to, "
+            "m.subject, m.time_ms, m.automated, m.thread_id, m.extra, NULL AS labels "
+            f"FROM messages m WHERE m.thread_id IN ({self.json_values}) ORDER BY m.id",
+            (json.dumps(list(thread_ids)),),
+        )
+        df["automated"] = df["automated"].astype(bool)
+        return df
+
+    def subjects_of(self, ids: Sequence[int]) -> dict[int, str | None]:
+        """Subject of each message id (the weekly summary's oldest unanswered leads)."""
+        if not len(ids):
+            return {}
+        marks = ", ".join("?" for _ in ids)  # a handful: the top ten
+        rows = self._execute(f"SELECT id, subject FROM messages WHERE id IN ({marks})",
+                             [int(i) for i in ids]).fetchall()
+        return {int(i): s for i, s in rows}
+
+
+def _bound_rows(rows: pd.DataFrame) -> Iterator[list[tuple[Any, ...]]]:
+    """``rows`` as tuples of Python values (None for missing), a chunk at a time, built
+    column by column (no Python loop per row besides the driver's own)."""
+    for start in range(0, len(rows), _CHUNK):
+        part = rows.iloc[start:start + _CHUNK]
+        columns = [_values(part[c]) for c in KEPT_COLUMNS]
+        yield list(zip(*columns, strict=True))
+
+
+def _values(column: pd.Series) -> list[Any]:
+    if column.dtype.kind == "b":
+        return column.astype("int64").tolist()
+    # object with None where a value is missing (NaN, pd.NA): what the drivers bind as NULL
+    return column.astype(object).where(column.notna(), None).tolist()
