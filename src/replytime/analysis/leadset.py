@@ -110,7 +110,10 @@ class LeadSet:
         from replytime.analysis import kept
 
         rows = self.cache.kept_leads(since_ms, until_ms, self.as_of_ms, replied=replied)
-        return kept.as_of(rows, self.config, self.as_of_ms)
+        leads = self._with_rule(kept.as_of(rows, self.config, self.as_of_ms))
+        # The column order of the other paths: rule, then the business times.
+        times = [c for c in ("business_s", "business_age_s") if c in leads]
+        return leads[[c for c in leads if c not in times] + times]
 
     @cached_property
     def messages(self) -> pd.DataFrame:
