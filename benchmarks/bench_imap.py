@@ -24,7 +24,7 @@ each run is printed with the 1-minute load average before it and "others CPU", t
 seconds every other process of the machine used during it (/proc/stat, minus the run and
 the server); ``--wait-idle`` starts each run only once the machine has been quiet.
 
-Targets (the brief, section 6): >= 10,000 messages/s end to end, >= 5x mbsync, nothing new
+Targets: >= 10,000 messages/s end to end, >= 5x mbsync, nothing new
 < 1 s. Figures are printed; the exit status is 1 when a target is missed.
 """
 
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r.others_cpu:>14.2f}{r.load:>6.2f}")
 
         worst_rate = n / max(by["cli sync, cold index"], by["cli sync, warm"])
-        # The brief's "mbsync" is mbsync as it comes (FSync yes) when that was measured.
+        # The "mbsync" of the target is mbsync as it comes (FSync yes) when that was measured.
         ratio = ratios.get("warm, FSync yes (default)", min(ratios.values()))
         nothing_new = max(r.seconds for r in again)
         ok = worst_rate >= TARGET_RATE and ratio >= TARGET_RATIO and \

@@ -1,6 +1,6 @@
 """Benchmark: header-only import of a Maildir and an mbox, against `notmuch new`.
 
-Brief, section 6: at least 20,000 messages/s end to end on a 2-core machine, and at least
+Target: at least 20,000 messages/s end to end on a 2-core machine, and at least
 10x faster than `notmuch new` on the same Maildir. Run from the project root:
 
     .venv/bin/python benchmarks/bench_import.py                  # 100,000 messages

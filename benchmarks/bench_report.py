@@ -1,4 +1,4 @@
-"""Benchmark: reports on a large cache, end to end as CLI processes (brief, section 6).
+"""Benchmark: reports on a large cache, end to end as CLI processes.
 
 Targets (issue 16): every report on a 1,000,000-message cache with ~16,000 leads a week
 under 1 s end to end with peak RSS under 300 MB, `status` under 0.5 s, and an incremental

@@ -11,7 +11,7 @@ committed files can be checked against a fresh run and the benchmarks can reuse 
         --out /tmp/r.mbox --expected /tmp/r.csv   # bounces, robots, same-subject enquiries
 
 While it writes messages it also records, for every thread it means as a lead, what the
-brief's definitions (sections 3 and 3b) say the answer is: lead message, first
+definitions of docs/definitions.md say the answer is: lead message, first
 reply, response time, attributed rep. That ground truth comes from the generator's own
 knowledge of who answers whom, never from replytime's code, so it can check the matcher.
 """
@@ -63,7 +63,7 @@ class Person:
     addr: str  # as written in headers (prospects sometimes use mixed case)
     zone: str
     header: str  # "Name <addr>", RFC 2047-encoded when needed
-    key: str  # the lower-case address, how the brief compares addresses
+    key: str  # the lower-case address, how docs/definitions.md compares addresses
     internal: bool  # in acme.example
     domain: str
 
@@ -277,7 +277,8 @@ def roster_toml(roster: Roster) -> str:
 SALES = person("Acme Sales", "sales@acme.example", "America/New_York")
 WORDPRESS = person("Acme Website", "wordpress@acme.example", "UTC")
 CHAT = person("Acme Chat", "noreply@chat-widget.example", "UTC")
-# Internal people who are not in the roster: reported under their address (brief, "Rep").
+# Internal people who are not in the roster: reported under their address
+# (docs/definitions.md, "Reps and attribution").
 PRIYA = person("Priya Shah", "priya.shah@acme.example", "America/New_York")
 SAM = person("Sam Patel", "sam.patel@acme.example", "America/New_York")
 DAEMON = person("Mail Delivery System", "MAILER-DAEMON@mail.acme.example", "UTC")
@@ -498,7 +499,7 @@ def _add_work(rep: Rep, ts: int, seconds: int) -> int:
 # -- generated data ----------------------------------------------------------------------------
 @dataclass(slots=True)
 class ExpectedLead:
-    """One row of expected_leads.csv: what the brief's definitions make of a planned lead."""
+    """One row of expected_leads.csv: what docs/definitions.md makes of a planned lead."""
 
     lead_message_id: str
     lead_from: str
@@ -582,7 +583,7 @@ def _roster_rep(msg: _Msg, by_addr: dict[str, str] = REP_BY_ADDR) -> str:
 
 def _expected(lead: _Msg, lead_addr: str, candidates: Iterable[_Msg], kind: str,
               by_addr: dict[str, str] = REP_BY_ADDR) -> ExpectedLead:
-    """Apply the brief's first-reply rule by hand to the messages that exist.
+    """Apply the first-reply rule of docs/definitions.md by hand to the messages that exist.
 
     Email lead (section 3): the earliest non-automated message in the lead's thread from an
     internal address, at or after the lead time, with an external address in To/Cc.

@@ -12,14 +12,14 @@ from replytime.errors import ConfigError
 from tests.paths import DATA
 
 
-def brief_config_text() -> str:
+def spec_config_text() -> str:
     """The documented example config, kept as a file of the tests."""
     return (DATA / "spec_config.toml").read_text()
 
 
-def test_the_brief_example_config_loads(tmp_path: Path) -> None:
+def test_the_documented_example_config_loads(tmp_path: Path) -> None:
     path = tmp_path / "replytime.toml"
-    path.write_text(brief_config_text().replace('schedule = "east"', 'schedule = "default"'))
+    path.write_text(spec_config_text().replace('schedule = "east"', 'schedule = "default"'))
     cfg = load_config(path)
     assert cfg.internal_domains == ("acme.example",)
     assert cfg.reps[0].emails == ("alice@acme.example", "a.ng@acme.example")

@@ -164,7 +164,7 @@ def test_business_basis_uses_responders_schedule(mb: Mailbox) -> None:
     a = mb.analysis()
     b = blocks_of(a)
     assert b["response_s"].tolist() == [2700.0, 18 * 3600.0]
-    assert b["business_s"].tolist() == [900.0, 7200.0]  # brief's worked examples
+    assert b["business_s"].tolist() == [900.0, 7200.0]  # the worked examples of docs/definitions.md
     assert b["business_s"][0] == a.all_leads.iloc[0]["business_s"]
     table = overall_by_rep(b, "business")
     assert table.to_dict("records") == [{"rep": "Alice", "replies": 2,
