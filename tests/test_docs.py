@@ -31,7 +31,8 @@ def test_no_file_names_a_path_outside_the_repository() -> None:
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.split()
     # Spelled in pieces, so that this file does not match itself.
-    words = ["../" + "shared", "shared" + "/corpora", "shared" + "/docs", "PRODUCT" + ".md"]
+    words = ["../" + "shared", "shared" + "/corpora", "shared" + "/docs", "PRODUCT" + ".md",
+             "the " + "brief", "product " + "brief", "brief" + ", section", "Brief" + ", section"]
     outside = re.compile("|".join(re.escape(w) for w in words))
     hits = []
     for name in tracked:
