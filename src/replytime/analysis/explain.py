@@ -15,10 +15,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from replytime.analysis.hours import business_seconds, working_intervals
+from replytime.analysis.hours import working_intervals
 from replytime.analysis.leadset import LeadSet
 from replytime.analysis.matcher import Roster, any_listed, prepare, recipients
 from replytime.analysis.rethread import refresh_threads
@@ -141,9 +140,9 @@ def explain(cache: Cache, config: Config, message_id: str, *, as_of: datetime | 
 
     mine = leads[leads["thread_id"] == thread_id] if not leads.empty else leads
     lead = mine.iloc[0] if len(mine) else (leads.iloc[0] if len(leads) else None)
-    reasons = (_lead_reasons(m, lead, config, roster, as_of_ms) if lead is not None
-               else _no_lead_reasons(m, config, roster, as_of_ms))
-    notes = _message_notes(m, lead, roster, config, as_of_ms)
+    reasons = (_lead_reasons(m, lead, config) if lead is not None
+               else _no_lead_reasons(m, config, as_of_ms))
+    notes = _message_notes(m, lead, as_of_ms)
     locations = cache.thread_locations(thread_id)
 
     explained = [
@@ -209,12 +208,11 @@ def _fill_lead(out: Explanation, lead: pd.Series, cache: Cache, config: Config, 
     out.response_s = int(round(float(lead["response_s"])))
     schedule = config.schedule_for(lead["responder"])
     start, end = int(lead["lead_time_ms"]), int(lead["reply_time_ms"])
-    if schedule is None:
+    if schedule is None:  # business time is calendar time
         out.business_s = out.response_s
         return
     out.schedule = schedule.name
-    out.business_s = int(round(float(business_seconds(schedule, np.array([start]),
-                                                      np.array([max(end, start)]))[0])))
+    out.business_s = int(round(float(lead["business_s"])))
     days = (datetime.fromtimestamp(start / 1000, UTC).date(),
             datetime.fromtimestamp(max(end, start) / 1000, UTC).date())
     zone_of = zone(schedule.timezone)
@@ -231,8 +229,7 @@ def _earliest_human(m: pd.DataFrame) -> pd.Series | None:
     return human.iloc[0] if len(human) else None
 
 
-def _lead_reasons(m: pd.DataFrame, lead: pd.Series, config: Config, roster: Roster,
-                  as_of_ms: int) -> list[str]:
+def _lead_reasons(m: pd.DataFrame, lead: pd.Series, config: Config) -> list[str]:
     if lead["kind"] == "form":
         reasons = [f"a form lead: the notification {lead['lead_message_id']} matches a "
                    f"[[leads.forms]] rule; the lead address {lead['lead_from']} comes from it"]
@@ -258,8 +255,7 @@ def _lead_reasons(m: pd.DataFrame, lead: pd.Series, config: Config, roster: Rost
     return reasons
 
 
-def _no_lead_reasons(m: pd.DataFrame, config: Config, roster: Roster,
-                     as_of_ms: int) -> list[str]:
+def _no_lead_reasons(m: pd.DataFrame, config: Config, as_of_ms: int) -> list[str]:
     first = _earliest_human(m)
     if first is None:
         if m["automated"].all():
@@ -293,7 +289,7 @@ def _no_lead_reasons(m: pd.DataFrame, config: Config, roster: Roster,
     return reasons
 
 
-def _message_notes(m: pd.DataFrame, lead: pd.Series | None, roster: Roster, config: Config,
+def _message_notes(m: pd.DataFrame, lead: pd.Series | None,
                    as_of_ms: int) -> dict[int, tuple[str, str]]:
     """Per message: (role, why it is or is not the lead or the first reply)."""
     notes: dict[int, tuple[str, str]] = {}
