@@ -41,7 +41,7 @@ commands print. What each number means: [definitions.md](definitions.md); every 
 Global options come before the command: `replytime --config FILE --db FILE-or-URL COMMAND`.
 Exit codes: 0 ok, 1 a check failed (`--fail-if-*`) or the cache is locked by another
 process, 2 usage or config error, 3 authentication error, 4 a mail source unreachable after
-retries.
+retries, 70 an internal error (a bug: please report it with the `--debug` output).
 """
 
 # (heading, prose, [help of these subcommands], [example command lines])

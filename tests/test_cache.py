@@ -160,13 +160,14 @@ def test_a_killed_writers_leftover_children_do_not_hold_its_lock(tmp_path: Path)
         "c = open_cache(sys.argv[1])\n"
         "with c.lock_account('sales'):\n"
         "    if os.fork() == 0:  # a worker that outlives its parent\n"
-        "        print('child', flush=True); time.sleep(30); os._exit(0)\n"
-        "    print('locked', flush=True); time.sleep(30)\n"
+        "        os.write(1, b'child\\n'); time.sleep(30); os._exit(0)\n"
+        "    os.write(1, b'locked\\n'); time.sleep(30)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script, str(db)], stdout=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
-        # Both have started: the child's after-fork hook (which drops its copy of the lock)
+        # Both have started (one write(2) each, so the two lines never interleave): the
+        # child's after-fork hook (which drops its copy of the lock)
         # runs before its first line, so a loaded machine cannot make the check race it.
         assert proc.stdout is not None
         assert {proc.stdout.readline(), proc.stdout.readline()} == {"locked\n", "child\n"}

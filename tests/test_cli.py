@@ -296,10 +296,12 @@ def test_the_command_leaves_the_cache_whole_in_one_file(tmp_path: Path) -> None:
     alone copies everything. Exit codes still come through."""
     db = tmp_path / "c.sqlite"
     example = Path(__file__).resolve().parents[1] / "examples" / "mailbox.mbox"
-    r = run("--db", str(db), "import", str(example))
+    cfg = str(example.with_name("replytime.toml"))
+    r = run("--config", cfg, "--db", str(db), "import", str(example))
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.sqlite", "c.sqlite.locks"]
-    r = run("--db", str(db), "report", "reps", "--format", "csv", "--rep", "nobody")
+    r = run("--config", cfg, "--db", str(db), "report", "reps", "--format", "csv", "--rep",
+            "nobody")
     assert r.returncode == 2 and "nobody" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.sqlite", "c.sqlite.locks"]
     copy = tmp_path / "copy.sqlite"

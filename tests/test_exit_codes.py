@@ -1,7 +1,7 @@
 """Every exit code (docs/commands.md) through the real console script: 0 ok, 1 a check
 failed or the cache is locked, 2 usage / config / path / cache errors, 3 authentication, 4 a
-source unreachable after retries. Each error is exactly one line on stderr, no traceback;
-with --debug the traceback comes first, then the same line."""
+source unreachable after retries, 70 an internal error. Each error is exactly one line on
+stderr, no traceback; with --debug the traceback comes first, then the same line."""
 
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def report(tmp: Path, db: Path, *args: str) -> subprocess.CompletedProcess[str]:
 # -- 0 ---------------------------------------------------------------------------------------
 def test_0_ok(example_cache: Path, tmp_path: Path) -> None:
     db = tmp_path / "c.sqlite"
-    r = run(tmp_path, "--db", str(db), "import", str(EXAMPLES / "mailbox.mbox"))
+    r = run(tmp_path, "--config", str(EXAMPLES / "replytime.toml"), "--db", str(db), "import",
+            str(EXAMPLES / "mailbox.mbox"))
     assert r.returncode == 0 and r.stdout == ""
     assert r.stderr.startswith("imported 898 messages (0 skipped) from 1 path(s) in ")
     r = report(tmp_path, example_cache, "--fail-if-over", "30d")
@@ -213,3 +214,19 @@ def test_4_source_unreachable(tmp_path: Path) -> None:
     one_line_error(r, 4, line)
     assert "s3cret-imap-pw" not in r.stderr + r.stdout
     with_debug(tmp_path, args, 4, line)
+
+
+def test_70_internal_error_is_never_a_check_failure(example_cache: Path, tmp_path: Path) -> None:
+    """A bug ends with one line and exit 70, not 1 (what `--fail-if-*` means): here a real
+    `report` run whose reps table is made to raise, through the console script's entry."""
+    code = ("import sys; import replytime.analysis.reports as r\n"
+            "def broken(*a, **k): raise KeyError('rep')\n"
+            "r.Analysis.reps = broken\n"
+            "from replytime.cli import run; sys.argv[0] = 'replytime'; run()")
+    args = ["--config", str(EXAMPLES / "replytime.toml"), "--db", str(example_cache), "report",
+            "reps", "--fail-if-over", "1h"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTIME_")}
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                       cwd=tmp_path, env={**env, "HOME": str(tmp_path)}, timeout=120)
+    one_line_error(r, 70, "replytime: internal error: KeyError('rep') (run with --debug for "
+                   "details)")

@@ -223,8 +223,11 @@ def reports(db: str, config: Path, as_of: str) -> dict[str, str]:
     """Every report's CSV over a week, over all time and since 7 days before ``as_of``,
     the reply blocks, and the status lead counts."""
     out = {}
-    periods = {"week": ["--since", "2026-11-09", "--until", "2026-11-16"], "all": [],
-               "7d": ["--since", "7d"]}
+    # A week the as-of time has reached: one starting after it is refused (docs/definitions.md,
+    # "Periods").
+    week = (["--since", "2026-11-09", "--until", "2026-11-16"] if as_of >= "2026-11-09"
+            else ["--since", "2026-11-02", "--until", "2026-11-09"])
+    periods = {"week": week, "all": [], "7d": ["--since", "7d"]}
     for kind in KINDS:
         for name, period in periods.items():
             if kind == "weekly" and name == "all":

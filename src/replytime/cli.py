@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from replytime import __version__
-from replytime.errors import CheckFailed, ReplytimeError, UsageError
+from replytime.errors import INTERNAL_ERROR, CheckFailed, ReplytimeError, UsageError
 
 app = typer.Typer(
     help="How fast do your reps answer new leads by email? Local, private, exact.\n\n"
@@ -69,6 +69,18 @@ def _config() -> Any:
     from replytime.config import load_config
 
     return load_config(G.config)
+
+
+def _team(cfg: Any, *, require: bool) -> None:
+    """A config that names no internal address: refused where no number could mean
+    anything (reports, explain), a warning on stderr after work that still stands (import,
+    status, export: the headers are cached the same). See docs/configuration.md,
+    "Without a team"."""
+    problem = cfg.team_problem()
+    if problem and require:
+        raise UsageError(problem)
+    if problem:
+        _summary(f"replytime: warning: {problem}")
 
 
 def _summary(text: str) -> None:
@@ -154,6 +166,7 @@ def import_(
         f"imported {stats.fetched} messages ({stats.skipped} skipped{known}) from "
         f"{len(paths)} path(s) in {seconds:.1f}s" + (f" ({rate:,.0f} msg/s)" if rate else "")
     )
+    _team(cfg, require=False)
 
 
 @app.command()
@@ -244,6 +257,7 @@ def status(
     cfg = _config()
     cache = open_cache(G.db, create=False)
     analysis = Analysis(cache, cfg)
+    _team(cfg, require=False)
     leads, unanswered, clamped = analysis.lead_counts()
     info = cache.status()
     info["threads"] = cache.thread_count()
@@ -308,7 +322,9 @@ def explain(
     if fmt not in ("table", "json"):
         raise UsageError("--format: explain supports table or json")
     cache = open_cache(G.db, create=False)
-    e = explain_thread(cache, _config(), message_id, as_of=as_of, since=since, until=until)
+    cfg = _config()
+    _team(cfg, require=True)
+    e = explain_thread(cache, cfg, message_id, as_of=as_of, since=since, until=until)
     if fmt == "json":
         typer.echo(json.dumps(e.to_dict(), indent=2, ensure_ascii=False))
         return
@@ -352,8 +368,9 @@ def export(
     from replytime.progress import Progress
 
     started = time.monotonic()
+    cfg = _config()
     with Progress("exporting months") as progress:
-        counts = export_parquet(G.db, _config(), directory, as_of=as_of, force=force,
+        counts = export_parquet(G.db, cfg, directory, as_of=as_of, force=force,
                                 on_month=lambda month: progress.advance(1, note=month))
     months = f"{counts['months']} month" + ("" if counts["months"] == 1 else "s")
     _summary(
@@ -361,6 +378,7 @@ def export(
         f"{counts['leads']:,} leads ({months}) to {directory} in "
         f"{time.monotonic() - started:.1f}s"
     )
+    _team(cfg, require=False)
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -461,11 +479,13 @@ def report(
     """
     from replytime.api import Analysis
     from replytime.output.emit import emit_frame
+    from replytime.output.render import empty_note
     from replytime.store import open_cache
 
     chosen = fmt.value if fmt else ("table" if sys.stdout.isatty() and not output else "csv")
     cfg = _config()
     cache = open_cache(G.db, create=False)
+    _team(cfg, require=True)
     analysis = Analysis(cache, cfg, as_of=as_of)
     sel = analysis.selection(since, until, rep, team)
     analysis.limit_to(_scope(analysis, kind, sel.period, since, until, period_a, period_b))
@@ -512,11 +532,12 @@ def report(
     else:
         df = analysis.sla(sel, basis=basis)
         title = f"Leads per response time bucket ({used} time), {label}"
+    note = empty_note(kind.value, df) if chosen in ("table", "markdown", "html") else None
     if table and kind.value in TABLE_COLUMNS:
         df = df[[c for c in TABLE_COLUMNS[kind.value] if c in df.columns]]
     emit_frame(df, chosen, output=output, tz=analysis.tz,
                title=title if chosen in ("table", "markdown", "html") else None,
-               caption=caption, raw_csv=raw_csv)
+               caption=caption, note=note, raw_csv=raw_csv)
     if output:
         _summary(f"wrote {output}")
     if kind is Kind.compare and table:
@@ -577,9 +598,11 @@ def _weekly(analysis: Any, chosen: str, output: Path | None, since: str | None,
 
         write_payload(render_weekly_html(wr), output)
     else:
+        from replytime.output.render import NO_LEADS
+
         emit_frame(weekly_frame(wr), chosen, output=output, tz=analysis.tz,
                    title=f"Weekly summary, {wr.label()}" if chosen == "markdown" else None,
-                   raw_csv=raw_csv)
+                   note=None if wr.team["leads"] else NO_LEADS, raw_csv=raw_csv)
     return wr
 
 
@@ -699,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         typer.echo(f"replytime: internal error: {exc!r} (run with --debug for details)",
                    err=True)
-        return 1
+        return INTERNAL_ERROR
     return rc if isinstance(rc, int) else 0
 
 

@@ -117,6 +117,18 @@ class Config:
     def has_schedule(self) -> bool:
         return bool(self.schedules)
 
+    def team_problem(self) -> str | None:
+        """Why no report can be meaningful with this config, or None: without an internal
+        domain or address every message is external, so no reply is ever found
+        (docs/definitions.md, "Internal and external addresses")."""
+        if self.internal_domains or self.internal_addresses():
+            return None
+        if self.path is None:
+            return ("no config file found (./replytime.toml, ~/.config/replytime/config.toml)"
+                    ": run `replytime init` and set [team] internal_domains")
+        return (f"{self.path} sets no [team] internal_domains and no [[reps]]: every "
+                "message would count as external and no reply could be found")
+
     def fingerprint(self) -> str:
         """What thread assignment depends on (which participants are external)."""
         return "|".join(sorted(self.internal_domains)) + "#" + "|".join(

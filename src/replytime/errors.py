@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# A bug (an exception no one expected): EX_SOFTWARE of sysexits.h. Never 1, which a cron job
+# running `--fail-if-*` reads as a missed target.
+INTERNAL_ERROR = 70
+
 
 class ReplytimeError(Exception):
     """A failure explained in one sentence; the CLI prints it and exits with ``exit_code``."""

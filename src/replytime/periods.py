@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
+from replytime.errors import UsageError
+
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)")
 _UNIT_S = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 
@@ -76,6 +78,20 @@ class Period:
             return datetime.fromtimestamp(ms / 1000, tz).strftime("%Y-%m-%d %H:%M")
 
         return f"{fmt(self.since_ms)} – {fmt(self.until_ms)}"
+
+
+def check_period(period: Period, as_of_ms: int, tz: ZoneInfo | timezone,
+                 flag: str = "--since/--until") -> None:
+    """Refuse a period that cannot hold a lead (docs/definitions.md, "Periods"): empty or
+    inverted, or starting after the as-of time, when none of its leads can be known yet."""
+    since, until = period.since_ms, period.until_ms
+    start, end = period.label(tz).split(" – ")
+    if since is not None and since > as_of_ms:
+        as_of = Period(as_of_ms, None).label(tz).split(" – ")[0]
+        raise UsageError(f"{flag}: the period starts at {start}, after the as-of time "
+                         f"{as_of}: no lead of it can be known yet (--as-of looks back)")
+    if since is not None and until is not None and since >= until:
+        raise UsageError(f"{flag}: the period is empty: {start} is not before {end}")
 
 
 def _ms(dt: datetime) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 from rich.progress import Progress as RichProgress
 
 from replytime.config import Account, Config
-from replytime.errors import ReplytimeError, UsageError
+from replytime.errors import INTERNAL_ERROR, ReplytimeError, UsageError
 from replytime.progress import Progress
 from replytime.sources import SyncStats
 
@@ -75,7 +75,7 @@ class Outcome:
     def exit_code(self) -> int:
         if self.error is not None:
             return self.error.exit_code
-        return 1 if self.crash is not None else 0
+        return INTERNAL_ERROR if self.crash is not None else 0
 
     def line(self, debug: bool = False) -> str:
         """The one line printed for this account (after the traceback with ``debug``)."""
@@ -103,7 +103,7 @@ class SyncReport:
 
     @property
     def exit_code(self) -> int:
-        """The worst outcome: 4 beats 3 beats 2 beats 1 beats 0."""
+        """The worst outcome: a crash (70) beats 4 beats 3 beats 2 beats 1 beats 0."""
         return max((o.exit_code for o in self.outcomes), default=0)
 
 

@@ -29,7 +29,7 @@ from replytime.analysis.matcher import (
 from replytime.analysis.rethread import refresh_threads
 from replytime.config import Config
 from replytime.errors import UsageError
-from replytime.periods import Period, parse_instant, parse_period, utc_now, zone
+from replytime.periods import Period, check_period, parse_instant, parse_period, utc_now, zone
 from replytime.store import Cache
 
 Basis = Literal["business", "calendar"]
@@ -274,6 +274,7 @@ class LeadSet:
             period = parse_period(since, until, self.tz, self.now)
         except ValueError as exc:
             raise UsageError(f"--since/--until: {exc}") from None
+        check_period(period, self.as_of_ms, self.tz)
         reps = (rep,) if isinstance(rep, str) else tuple(rep or ())
         known = {x.name.lower() for x in self.config.reps}
         for r in reps:

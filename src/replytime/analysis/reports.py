@@ -13,7 +13,7 @@ from replytime.analysis import metrics
 from replytime.analysis.leadset import Basis, LeadSet, Selection
 from replytime.analysis.matcher import any_listed, recipients
 from replytime.errors import UsageError
-from replytime.periods import parse_duration
+from replytime.periods import check_period, parse_duration
 
 
 class Analysis(LeadSet):
@@ -81,6 +81,8 @@ class Analysis(LeadSet):
             pa, pb = (followon.parse_range(x, self.tz, self.now) for x in (a, b))
         except ValueError as exc:
             raise UsageError(f"--a/--b: {exc}") from None
+        for flag, period in (("--a", pa), ("--b", pb)):
+            check_period(period, self.as_of_ms, self.tz, flag)
         la, lb = (
             metrics.select(metrics.in_period(self.all_leads, p), sel.reps, sel.team, self.config)
             for p in (pa, pb)

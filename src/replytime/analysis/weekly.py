@@ -19,7 +19,7 @@ from replytime.analysis import metrics
 from replytime.analysis.leadset import Basis, LeadSet, Selection
 from replytime.analysis.matcher import UNASSIGNED
 from replytime.errors import UsageError
-from replytime.periods import Period, parse_period
+from replytime.periods import Period, check_period, parse_period
 
 TEAM = "TEAM"
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -105,8 +105,7 @@ def weekly_periods(
         start_dt = end_dt - timedelta(days=7)
     else:
         start_dt = datetime.fromtimestamp(period.since_ms / 1000, tz)
-    if end_dt <= start_dt:
-        raise UsageError("--since/--until: the period is empty (--since must be before --until)")
+    check_period(Period(_ms(start_dt), _ms(end_dt)), _ms(as_of), tz)
     # Same tzinfo on both sides: Python subtracts and adds wall-clock times here.
     length = end_dt.replace(tzinfo=None) - start_dt.replace(tzinfo=None)
     prev_dt = (start_dt.replace(tzinfo=None) - length).replace(tzinfo=tz)

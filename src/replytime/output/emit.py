@@ -34,10 +34,14 @@ def emit_frame(
     tz: ZoneInfo | timezone,
     title: str | None = None,
     caption: str | None = None,
+    note: str | None = None,
     raw_csv: bool = False,
 ) -> None:
-    """Write one table in ``fmt`` to ``output`` (atomically) or stdout."""
+    """Write one table in ``fmt`` to ``output`` (atomically) or stdout. ``note`` (such as
+    ``render.empty_note``'s) is a line under the table in the human formats only."""
     if fmt == "table":
+        if note:
+            caption = note + (f"\n{caption}" if caption else "")
         table = rich_table(df, tz, title=title, caption=caption)
         if output:
             buf = io.StringIO()
@@ -47,7 +51,7 @@ def emit_frame(
             console().print(table)
         return
     if fmt == "html":
-        write_payload(frame_to_html(df, title or "replytime report", tz), output)
+        write_payload(frame_to_html(df, title or "replytime report", tz, note), output)
         return
     m = machine_frame(df)
     if fmt == "parquet":
@@ -57,13 +61,18 @@ def emit_frame(
     elif fmt == "csv":
         payload = to_csv(m, raw=raw_csv)
     elif fmt == "json":
-        payload = m.to_json(orient="records", indent=2, force_ascii=False) + "\n"
+        # pandas writes an empty frame as "[\n\n]"; an empty report is plain "[]".
+        payload = (m.to_json(orient="records", indent=2, force_ascii=False) if len(m)
+                   else "[]") + "\n"
     elif fmt == "jsonl":
-        payload = m.to_json(orient="records", lines=True, force_ascii=False)
+        # No rows, no lines (pandas would write one blank line, which is not JSON).
+        payload = m.to_json(orient="records", lines=True, force_ascii=False) if len(m) else ""
         if payload and not payload.endswith("\n"):
             payload += "\n"
     elif fmt == "markdown":
         payload = (f"## {title}\n\n" if title else "") + to_markdown(m)
+        if note:
+            payload += f"\n_{note}_\n"
     else:
         raise UsageError(f"--format: {fmt!r} is not available for this report")
     write_payload(payload, output)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from replytime.analysis.weekly import TEAM, WEEKDAYS, WeeklyReport
-from replytime.output.render import human_frame
+from replytime.output.render import NO_LEADS, human_frame
 from replytime.output.weekly import HEADLINE, delta, format_value, is_missing, short_duration
 from replytime.periods import format_duration
 
@@ -47,6 +47,7 @@ h2{{font-size:16px;margin:0 0 12px}}
 .panel{{background:#fff;border-radius:10px;padding:18px 20px;margin-bottom:16px;
   box-shadow:0 1px 2px #0000000f}}
 .note{{color:{GREY};font-size:12px;margin:8px 0 0}}
+.empty{{color:{GREY};font-style:italic;margin:12px 0}}
 table{{border-collapse:collapse;width:100%}}
 th{{text-align:left;font-size:11px;letter-spacing:.05em;text-transform:uppercase;
   color:{GREY};font-weight:600;padding:6px 8px;border-bottom:1px solid {GRID}}}
@@ -81,9 +82,11 @@ def _page(title: str, body: str) -> str:
 
 
 # -- any report as a table -------------------------------------------------------------------
-def frame_to_html(df: pd.DataFrame, title: str, tz: ZoneInfo | timezone) -> str:
+def frame_to_html(df: pd.DataFrame, title: str, tz: ZoneInfo | timezone,
+                  note: str | None = None) -> str:
     """One report table as a self-contained HTML page (values as ``render.human_frame``
-    shows them; a first-column TOTAL or TEAM row is drawn as a totals row)."""
+    shows them; a first-column TOTAL or TEAM row is drawn as a totals row); ``note``, such
+    as "no leads in this period", below the table."""
     h = human_frame(df, tz)
     numeric = {
         c for c in h.columns
@@ -105,7 +108,8 @@ def frame_to_html(df: pd.DataFrame, title: str, tz: ZoneInfo | timezone) -> str:
     body = (
         f"<h1>{_e(title)}</h1>\n<p class=\"sub\">Times in {_e(tz)} · {len(df):,} rows</p>\n"
         f'<section class="panel"><table><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></section>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+        + (f'<p class="empty">{_e(note)}</p>' if note else "") + "</section>"
     )
     return _page(title, body)
 
@@ -126,10 +130,13 @@ def render_weekly_html(report: WeeklyReport) -> str:
         f"{report.basis} time · SLA target {format_duration(report.sla_target_s)} · "
         f"as of {as_of:%a %d %b %Y %H:%M} ({tz}){scope}"
     )
-    daily_svg = svg_daily(report.daily)
-    dist_svg = svg_distribution(report.response_times, _chart_reps(report),
-                                report.sla_target_s)
-    heat_svg = svg_heatmap(report.heatmap)
+    if report.team["leads"]:
+        daily_svg = svg_daily(report.daily)
+        dist_svg = svg_distribution(report.response_times, _chart_reps(report),
+                                    report.sla_target_s)
+        heat_svg = svg_heatmap(report.heatmap)
+    else:  # nothing to draw: say so instead of empty axes
+        daily_svg = dist_svg = heat_svg = f'<p class="empty">{_e(NO_LEADS)}</p>'
     body = "\n".join([
         "<h1>Weekly lead response</h1>",
         f'<p class="sub">{_e(sub)}</p>',

@@ -25,6 +25,23 @@ from replytime.periods import format_duration
 FORMATS = ("table", "csv", "json", "jsonl", "markdown", "parquet", "html")
 RATE_COLUMNS = ("reply_rate", "within_sla", "share", "a_within_sla", "b_within_sla", "lead_share")
 _CSV_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+# What the human formats say where a report has nothing to show (docs/definitions.md,
+# "Output formats"); machine formats stay bare: a header row, [] or an empty Parquet file.
+NO_LEADS = "no leads in this period"
+NO_UNANSWERED = "no unanswered leads in this period"
+_COUNT_COLUMN = {"reps": "leads", "volume": "leads", "sla": "leads", "threads": "threads"}
+
+
+def empty_note(kind: str, df: pd.DataFrame) -> str | None:
+    """The one-line note for a report of ``kind`` whose frame holds no lead, else None."""
+    if kind == "compare":
+        return None if (df["a_leads"].sum() + df["b_leads"].sum()) else "no leads in either period"
+    if kind in _COUNT_COLUMN:
+        rows = df[df[df.columns[0]] != "TOTAL"] if kind == "reps" else df
+        return None if rows[_COUNT_COLUMN[kind]].sum() else NO_LEADS
+    if len(df):
+        return None
+    return NO_UNANSWERED if kind == "unanswered" else NO_LEADS
 
 
 def iso_utc(ms: pd.Series) -> pd.Series:

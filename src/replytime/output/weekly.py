@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from replytime.analysis.weekly import TEAM, WEEKDAYS, WeeklyReport
+from replytime.output.render import NO_LEADS
 from replytime.periods import format_duration
 
 if TYPE_CHECKING:
@@ -119,7 +120,8 @@ def _render_terminal(report: WeeklyReport) -> RenderableType:
         cell.stylize("bold", 0, len(format_value(metric, team[metric])))
         values.append(cell)
     kpis.add_row(*values)
-    return Group(head, Text(), kpis, Text(), _reps_table(report), *_unanswered_part(report),
+    empty = [] if team["leads"] else [Text(NO_LEADS, style="dim"), Text()]
+    return Group(head, Text(), kpis, Text(), *empty, _reps_table(report), *_unanswered_part(report),
                  *_handoffs_part(report), _daily_table(report), _heatmap_text(report))
 
 
