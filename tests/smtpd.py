@@ -50,7 +50,9 @@ class _Handler:
             self.messages.append(Received(
                 envelope.mail_from or "", list(envelope.rcpt_tos),
                 bytes(envelope.original_content or envelope.content or b""),
-                session.ssl is not None, login))
+                session.ssl is not None  # STARTTLS
+                or server.transport.get_extra_info("ssl_object") is not None,  # implicit
+                login))
         return "250 2.0.0 OK queued"
 
 
@@ -58,7 +60,7 @@ def _authenticator(server: Any, session: Session, envelope: Envelope, mechanism:
                    auth_data: Any) -> AuthResult:
     ok = (isinstance(auth_data, LoginPassword) and auth_data.login == USER.encode()
           and auth_data.password == PASSWORD.encode())
-    return AuthResult(success=ok, handled=False)
+    return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 
 class SMTPServer:
@@ -75,7 +77,8 @@ class SMTPServer:
         kw: dict[str, Any] = {"authenticator": _authenticator, "auth_required": True,
                               "auth_require_tls": True}
         if security == "ssl":
-            kw["ssl_context"] = ctx
+            # TLS from the first byte, which aiosmtpd's own check does not see
+            kw.update(ssl_context=ctx, auth_require_tls=False)
         else:
             kw.update(tls_context=ctx, require_starttls=True)
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port,

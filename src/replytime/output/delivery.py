@@ -110,6 +110,8 @@ def send_mail(d: Delivery, msg: EmailMessage, to: Sequence[str], *,
             raise DeliveryFailed(f"SMTP server {where}: certificate not trusted "
                                  f"({exc.verify_message}); set delivery.ca_file for a "
                                  "private CA") from None
+        except smtplib.SMTPNotSupportedError as exc:  # no AUTH offered: a setup mistake
+            raise DeliveryFailed(f"SMTP server {where}: {exc}") from None
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             text = "; ".join(f"{a}: {c} {_said(m)}" for a, (c, m) in exc.recipients.items())
