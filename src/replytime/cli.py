@@ -650,10 +650,10 @@ def send_weekly(
         "--output", "-o", metavar="FILE.eml", help="With --dry-run: write the message here.",
     )] = None,
 ) -> None:
-    """Mail the weekly summary (`report weekly`): a plain-text part, an HTML part that
-    Gmail and Outlook render as it is (inline styles, charts as table bars, no images),
-    and the CSV attached unless [delivery] attach_csv = false. Sent by the SMTP server of
-    [delivery] (docs/configuration.md).
+    """Mail the weekly summary (`report weekly`; default: the last full week) as a
+    plain-text part, an HTML part that Gmail and Outlook render as it is (inline styles,
+    charts as table bars, no images), and the CSV attached unless [delivery] attach_csv =
+    false. Sent by the SMTP server of [delivery] (docs/configuration.md).
 
     Example: replytime send weekly --dry-run -o weekly.eml, then replytime send weekly
     """

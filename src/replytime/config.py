@@ -77,7 +77,7 @@ class Account:
 @dataclass(frozen=True)
 class Delivery:
     """``[delivery]``: where `send weekly` (and mail alerts) go, and the SMTP server that
-    takes them (docs/configuration.md, "[delivery]"). Never holds the password itself."""
+    takes them (docs/configuration.md, "`[delivery]`"). Never holds the password itself."""
 
     sender: str | None = None  # the From address ("from")
     to: tuple[str, ...] = ()
@@ -107,7 +107,7 @@ class Delivery:
 @dataclass(frozen=True)
 class Alerts:
     """``[alerts]``: which open leads `replytime alert` posts, and where to
-    (docs/configuration.md, "[alerts]"). Webhook URLs are secrets: only where to read them
+    (docs/configuration.md, "`[alerts]`"). Webhook URLs are secrets: only where to read them
     is kept here."""
 
     older_than_s: int = 7200
@@ -795,4 +795,24 @@ buckets = ["5m", "15m", "1h", "4h", "24h"]
 # username = "sales@acme.example"
 # password_env = "REPLYTIME_IMAP_PASSWORD"   # or password_file / password_command
 # folders = ["INBOX", "Sent"]
+
+# `replytime send weekly`: mail the weekly summary (and mail alerts) through this server.
+# [delivery]
+# from = "replytime@acme.example"
+# to = ["manager@acme.example"]
+# host = "smtp.example.com"
+# port = 587
+# security = "starttls"               # ssl | starttls | none (loopback only)
+# username = "replytime@acme.example"
+# password_env = "REPLYTIME_SMTP_PASSWORD"   # or password_file / password_command
+# attach_csv = true
+
+# `replytime alert` (cron, every few minutes): post leads open longer than older_than,
+# once each. Webhook URLs are secrets: from the environment, a file or a command.
+# [alerts]
+# older_than = "2h"                   # business time when a schedule exists
+# slack_webhook_env = "REPLYTIME_SLACK_WEBHOOK"
+# teams_webhook_env = "REPLYTIME_TEAMS_WEBHOOK"
+# mail_to = ["desk@acme.example"]     # through [delivery]
+# digest = false                      # true: one message per run
 '''

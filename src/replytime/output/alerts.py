@@ -1,6 +1,6 @@
 """`replytime alert`: open leads waiting longer than their threshold, posted once each to
 Slack (Block Kit), Microsoft Teams (an Adaptive Card through a workflow webhook) or mail
-(docs/configuration.md, "[alerts]").
+(docs/configuration.md, "`[alerts]`").
 
 Which leads: the unanswered queue of ``Analysis.unanswered`` (leads received within
 ``lookback``), waiting longer than the rep's threshold, else the team's, else

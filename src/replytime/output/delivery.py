@@ -4,7 +4,7 @@ What is retried: a connection refused or dropped, a timeout, an SMTP 4xx reply, 
 408, 429 (after its ``Retry-After``) or 5xx. What is not: a refused login (exit 3), an
 untrusted certificate, an SMTP 5xx, any other HTTP 4xx. Either way the caller records
 nothing as delivered unless this returned, so the next run tries again
-(docs/configuration.md, "[alerts]").
+(docs/configuration.md, "`[alerts]`").
 
 Certificates are always verified (``ca_file`` trusts a private CA; the system store and
 ``SSL_CERT_FILE`` otherwise). Neither a password nor a webhook URL (the URL is the

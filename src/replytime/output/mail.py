@@ -241,7 +241,7 @@ def weekly_html(report: WeeklyReport) -> str:
 def new_message(sender: str, to: list[str] | tuple[str, ...], subject: str) -> EmailMessage:
     """Headers every replytime mail carries. ``Auto-Submitted`` (RFC 3834) keeps it from
     counting as a lead or a reply should the mailbox it lands in be synced too
-    (docs/definitions.md, "Automated mail")."""
+    (docs/definitions.md, "Automated message")."""
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = ", ".join(to)
