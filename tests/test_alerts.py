@@ -251,6 +251,26 @@ def test_429_waits_for_retry_after_then_posts_once(tmp_path: Path, cache: Path,
     assert slack_senders(hooks.got("slack")) == ["a1", "e1", "b1"]
 
 
+def test_overlapping_runs_post_each_lead_once(tmp_path: Path, cache: Path,
+                                             hooks: WebhookServer) -> None:
+    """A slow run (rate limited for 2 s) and a second one started meanwhile: the second
+    waits for the first and then finds nothing new."""
+    cfg = write_config(tmp_path, HOOKS)
+    hooks.faults["slack"] = [(429, {"Retry-After": "2"}, b"rate_limited")]
+    full = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTIME_")}
+    full.update(hook_env(hooks))
+    args = [str(SCRIPT), "--config", str(cfg), "--db", str(cache), "alert", "--as-of",
+            AS_OF.isoformat()]
+    first = subprocess.Popen(args, env=full, stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
+    second = subprocess.Popen(args, env=full, stderr=subprocess.PIPE, text=True)
+    outs = [p.communicate(timeout=60)[1] for p in (first, second)]
+    assert first.returncode == second.returncode == 0, outs
+    assert slack_senders(hooks.got("slack")) == ["a1", "e1", "b1"]
+    assert teams_senders(hooks.got("teams")) == ["a1", "e1", "b1"]
+    assert "alerted 0 lead(s)" in outs[1]
+
+
 def test_failed_channel_is_resent_alone_by_the_next_run(tmp_path: Path, cache: Path,
                                                         hooks: WebhookServer) -> None:
     """Slack answers 500 to every try of the second lead: Slack stops there (exit 4), Teams
@@ -390,3 +410,22 @@ def test_a_schema_6_cache_gets_the_alerts_table(backend: str) -> None:
         assert c.alerted("mail", keys) == set(keys)
     finally:
         c.close()
+
+
+def test_a_long_digest_stays_within_the_documented_limits() -> None:
+    from replytime.output.alerts import DIGEST_MAX_LEADS, Plan, Stale, slack_payload, teams_payload
+
+    leads = [Stale(f"<l{i}@x>", f"l{i}@x", "Alice", "East", f"p{i}@client.example",
+                   "S" * 5000, 1_700_000_000_000 + i, 9000.0, None, 9000.0, 7200)
+             for i in range(DIGEST_MAX_LEADS + 15)]
+    plan = Plan("calendar", __import__("datetime").UTC, 0, leads, {"slack": leads})
+    slack = slack_payload(leads, plan)
+    assert slack_problem(slack) is None and len(slack["blocks"]) <= 50
+    assert slack["blocks"][-2]["elements"][0]["text"] == (
+        "and 15 more: replytime report unanswered")
+    teams = teams_payload(leads, plan)
+    assert teams_problem(teams) is None
+    assert len(teams_senders([teams])) == DIGEST_MAX_LEADS
+    one = slack_payload(leads[:1], plan)
+    assert slack_problem(one) is None  # a 5000-character subject is clipped to 2000
+    assert max(len(f["text"]) for f in one["blocks"][1]["fields"]) == 2000

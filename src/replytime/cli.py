@@ -732,25 +732,28 @@ def alert(
         from replytime.periods import Period
 
         analysis.limit_to(Period(analysis.as_of_ms - cfg.alerts.lookback_s * 1000, None))
-    p = plan(analysis, cfg)
-    if dry_run:
-        rows = p.rows()
-        if fmt is AlertFormat.json:
-            typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
-            return
-        for r in rows:
-            typer.echo(f"{r['lead_time'][:16]}  waiting {_dur(r['waiting_s']):>8}  "
-                       f"{r['rep'] or '(unassigned)'}  {r['lead_from']}  -> "
-                       f"{', '.join(r['channels'])}")
-        _summary(f"{len(rows)} lead(s) would be alerted ({p.basis} time); nothing sent")
-        return
-    deliver(p, analysis, cfg)
-    sent = ", ".join(f"{c} {n}" for c, n in p.sent.items())
-    _summary(f"alerted {max(p.sent.values(), default=0)} lead(s) ({sent})")
-    if p.failures:
-        from replytime.errors import DeliveryFailed
+    if not dry_run:
+        # Overlapping cron runs: the second waits for the first, then plans without what
+        # it sent.
+        with cache.alerts_lock():
+            p = plan(analysis, cfg)
+            deliver(p, analysis, cfg)
+        sent = ", ".join(f"{c} {n}" for c, n in p.sent.items())
+        _summary(f"alerted {max(p.sent.values(), default=0)} lead(s) ({sent})")
+        if p.failures:
+            from replytime.errors import DeliveryFailed
 
-        raise DeliveryFailed("; ".join(p.failures))
+            raise DeliveryFailed("; ".join(p.failures))
+        return
+    p = plan(analysis, cfg)
+    rows = p.rows()
+    if fmt is AlertFormat.json:
+        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    for r in rows:
+        typer.echo(f"{r['lead_time'][:16]}  waiting {_dur(r['waiting_s']):>8}  "
+                   f"{r['rep']}  {r['lead_from']}  -> {', '.join(r['channels'])}")
+    _summary(f"{len(rows)} lead(s) would be alerted ({p.basis} time); nothing sent")
 
 
 # -- entry point ----------------------------------------------------------------------------

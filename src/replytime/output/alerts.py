@@ -36,7 +36,9 @@ from replytime.periods import Period, format_duration
 SLACK_MAX_BLOCKS = 50  # Block Kit: at most 50 blocks per message
 SLACK_HEADER_MAX = 150  # header block: plain_text of at most 150 characters
 SLACK_TEXT_MAX = 3000  # section text
-DIGEST_MAX_LEADS = 40  # leads listed in one digest message; the rest are counted
+# Leads listed in one digest message, the rest counted: two Slack blocks each (divider,
+# section) plus header, "and N more" and footer stay within the 50 blocks.
+DIGEST_MAX_LEADS = 20
 ADAPTIVE_CARD_VERSION = "1.4"  # RichTextBlock needs 1.2; Teams renders up to 1.5
 
 

@@ -376,5 +376,9 @@ class PostgresCache(KeptLeads, CacheBase):
     def leads_lock(self) -> Iterator[None]:  # type: ignore[override]
         return self._advisory(lock_key("leads"), None)  # type: ignore[return-value]
 
+    def alerts_lock(self) -> Iterator[None]:
+        """One `replytime alert` at a time: a second waits, then sees what the first sent."""
+        return self._advisory(lock_key("alerts"), None)  # type: ignore[return-value]
+
     def close(self) -> None:
         self.conn.close()

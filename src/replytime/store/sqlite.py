@@ -559,6 +559,12 @@ class SQLiteCache(KeptLeads, CacheBase):
         with self._flock(self._lock_dir() / "leads.lock", None):
             yield
 
+    @contextmanager
+    def alerts_lock(self) -> Iterator[None]:
+        """One `replytime alert` at a time: a second waits, then sees what the first sent."""
+        with self._flock(self._lock_dir() / "alerts.lock", None):
+            yield
+
     def close(self) -> None:
         try:
             self._finish_index_build()
