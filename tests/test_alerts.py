@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -295,8 +296,9 @@ def test_failed_channel_is_resent_alone_by_the_next_run(tmp_path: Path, cache: P
 def test_a_4xx_is_not_retried(tmp_path: Path, cache: Path, hooks: WebhookServer) -> None:
     cfg = write_config(tmp_path, HOOKS)
     hooks.faults["teams"] = [(404, {}, b"channel_not_found")]
-    r = run(cfg, cache, "alert", "--as-of", AS_OF.isoformat(), env=hook_env(hooks))
+    r = run(cfg, cache, "--debug", "alert", "--as-of", AS_OF.isoformat(), env=hook_env(hooks))
     assert r.returncode == 4
+    assert "Traceback" in r.stderr and TOKEN not in r.stdout + r.stderr  # --debug too
     assert ("teams: Teams webhook refused the message (HTTP 404 channel_not_found)"
             in r.stderr)
     assert hooks.attempts.count("teams") == 1
@@ -429,3 +431,15 @@ def test_a_long_digest_stays_within_the_documented_limits() -> None:
     one = slack_payload(leads[:1], plan)
     assert slack_problem(one) is None  # a 5000-character subject is clipped to 2000
     assert max(len(f["text"]) for f in one["blocks"][1]["fields"]) == 2000
+
+
+def test_retry_after_takes_seconds_or_an_http_date_and_is_capped() -> None:
+    from email.utils import format_datetime
+
+    from replytime.output.delivery import RETRY_AFTER_CAP_S, _retry_after
+
+    assert _retry_after("3") == 3.0
+    assert _retry_after("3600") == RETRY_AFTER_CAP_S
+    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=20), usegmt=True)
+    assert 15 < (_retry_after(soon) or 0) <= 20
+    assert _retry_after("not a date") is None and _retry_after(None) is None
