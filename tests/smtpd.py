@@ -9,7 +9,9 @@ place when it was.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import socket
 import ssl
 import threading
@@ -24,6 +26,7 @@ from tests.dovecot import free_port, make_cert
 
 USER = "reports@acme.example"
 PASSWORD = "s3cret pass-word"
+TOKEN = "ya29.a0-good-access-token"  # the access token XOAUTH2 accepts
 
 
 @dataclass
@@ -40,6 +43,26 @@ class _Handler:
     messages: list[Received] = field(default_factory=list)
     data_faults: list[str] = field(default_factory=list)  # replies to the next DATA
     lock: threading.Lock = field(default_factory=threading.Lock)
+    auth_strings: list[bytes] = field(default_factory=list)  # XOAUTH2 responses received
+
+    async def auth_XOAUTH2(self, server: Any, args: list[str]) -> AuthResult:  # noqa: N802
+        """SASL XOAUTH2 as Gmail's SMTP does it: the initial response in the AUTH line;
+        a refused token gets a 334 challenge (base64 JSON), the client's empty answer,
+        then 535."""
+        if len(args) < 2:
+            answer = await server.challenge_auth("")
+            raw = answer if isinstance(answer, bytes) else b""
+        else:
+            raw = base64.b64decode(args[1])
+        self.auth_strings.append(raw)
+        if raw == f"user={USER}\x01auth=Bearer {TOKEN}\x01\x01".encode():
+            return AuthResult(success=True, handled=False,
+                              auth_data=LoginPassword(USER.encode(), b""))
+        await server.challenge_auth(json.dumps({
+            "status": "400", "schemes": "Bearer",
+            "scope": "https://mail.google.com/"}).encode())
+        return AuthResult(success=False, handled=False,
+                          message="535 5.7.8 Username and Password not accepted")
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         with self.lock:
@@ -109,8 +132,6 @@ class SMTPServer:
 
 
 def _toml(v: object) -> str:
-    import json
-
     if isinstance(v, bool):
         return "true" if v else "false"
     return json.dumps(v)

@@ -443,3 +443,17 @@ def test_retry_after_takes_seconds_or_an_http_date_and_is_capped() -> None:
     soon = format_datetime(datetime.now(UTC) + timedelta(seconds=20), usegmt=True)
     assert 15 < (_retry_after(soon) or 0) <= 20
     assert _retry_after("not a date") is None and _retry_after(None) is None
+
+
+def test_mail_alerts_can_use_the_oauth_sign_in(tmp_path: Path, cache: Path) -> None:
+    from tests.smtpd import TOKEN as ACCESS_TOKEN
+    from tests.test_delivery import oauth_delivery
+
+    with SMTPServer(tmp_path) as smtp:
+        cfg = write_config(tmp_path, 'older_than = "2h"\nmail_to = ["desk@acme.example"]\n',
+                           extra="\n" + oauth_delivery(smtp, tmp_path, ACCESS_TOKEN))
+        r = run(cfg, cache, "alert", "--as-of", AS_OF.isoformat())
+        assert r.returncode == 0, r.stderr
+        assert len(smtp.messages) == 2 and {m.login for m in smtp.messages} == {
+            "reports@acme.example"}  # a1 and e1, each signed in by XOAUTH2
+        assert len(smtp.handler.auth_strings) == 2

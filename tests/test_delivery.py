@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 
 from replytime.output.weekly import HEADLINE, format_value
 from tests.dovecot import free_port
-from tests.smtpd import PASSWORD, USER, SMTPServer, StallOnce
+from tests.smtpd import PASSWORD, TOKEN, USER, SMTPServer, StallOnce
 from tests.test_html import parse, png_size, run_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,6 +212,43 @@ def test_implicit_tls(example: Path, tmp_path: Path) -> None:
         assert len(server.messages) == 1 and server.messages[0].tls
 
 
+def oauth_delivery(smtp: SMTPServer, tmp_path: Path, access_token: str) -> str:
+    """An IMAP account signed in with a Google token (as its sync does), and [delivery]
+    using the same sign-in. The token is valid for an hour: nothing to refresh."""
+    token = tmp_path / "token.json"
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    token.write_text(json.dumps({
+        "token": access_token, "refresh_token": "1//refresh", "client_id": "cid",
+        "client_secret": "secret", "expiry": expiry, "scopes": ["https://mail.google.com/"]}))
+    delivery = smtp.toml(host="127.0.0.1").replace(
+        'username = "reports@acme.example"\npassword_env = "REPLYTIME_SMTP_PW"\n',
+        'oauth_account = "gmail-imap"\n')
+    return (f'[[accounts]]\nname = "gmail-imap"\ntype = "imap"\nhost = "imap.gmail.com"\n'
+            f'username = "{USER}"\noauth_token_file = "{token}"\n\n{delivery}')
+
+
+def test_the_sync_accounts_oauth_sign_in_sends_by_xoauth2(example: Path, tmp_path: Path,
+                                                          smtp: SMTPServer) -> None:
+    cfg = configure(example, tmp_path, oauth_delivery(smtp, tmp_path, TOKEN))
+    r = send(example, cfg, env={"REPLYTIME_SMTP_PW": ""})
+    assert r.returncode == 0, r.stderr
+    assert smtp.handler.auth_strings == [
+        f"user={USER}\x01auth=Bearer {TOKEN}\x01\x01".encode()]
+    (got,) = smtp.messages
+    assert got.tls and got.login == USER
+
+
+def test_a_refused_oauth_token_exits_3(example: Path, tmp_path: Path,
+                                       smtp: SMTPServer) -> None:
+    cfg = configure(example, tmp_path, oauth_delivery(smtp, tmp_path, "ya29.revoked"))
+    r = send(example, cfg)
+    assert r.returncode == 3
+    assert r.stderr == (f"replytime: error: SMTP server 127.0.0.1:{smtp.port} refused the "
+                        f"OAuth token of {USER} (535 5.7.8 Username and Password not "
+                        "accepted)\n")
+    assert "ya29.revoked" not in r.stderr and smtp.messages == []
+
+
 # -- faults -----------------------------------------------------------------------------------
 def test_server_down_exits_4_after_retries(example: Path, tmp_path: Path,
                                            smtp: SMTPServer) -> None:
@@ -287,6 +325,9 @@ def test_an_untrusted_certificate_is_refused(example: Path, tmp_path: Path,
      'to = ["b@acme.example"]',
      "config: delivery.password_env: environment variable REPLYTIME_NOPE is not set"),
     ('host = "h"\nfrom = "r@acme.example"', "config: delivery.to: no recipients"),
+    ('host = "h"\noauth_account = "nope"',
+     "config: delivery.oauth_account: needs an [[accounts]] entry named 'nope' with "
+     "oauth_token_file"),
 ])
 def test_config_mistakes_are_one_line_naming_the_key(example: Path, tmp_path: Path,
                                                      delivery: str, message: str) -> None:

@@ -693,8 +693,21 @@ def send_weekly(
         if output:
             _summary(f"wrote {output} (not sent)")
         return
-    send_mail(d, msg, recipients)
+    send_mail(d, msg, recipients, oauth_token=_mail_oauth_token(cfg))
     _summary(f"sent the weekly summary ({wr.label()}) to {', '.join(recipients)}")
+
+
+def _mail_oauth_token(cfg: Any) -> str | None:
+    """An access token for [delivery] oauth_account (its sync's Google token, refreshed
+    when expired), or None without one."""
+    d = cfg.delivery
+    if d is None or d.oauth_account is None:
+        return None
+    from replytime.sources.imap import oauth_access_token
+
+    acct = cfg.account(d.oauth_account)
+    token_file = os.path.expanduser(os.path.expandvars(str(acct.options["oauth_token_file"])))
+    return oauth_access_token(token_file, acct.name)
 
 
 class AlertFormat(StrEnum):
@@ -737,7 +750,8 @@ def alert(
         # it sent.
         with cache.alerts_lock():
             p = plan(analysis, cfg)
-            deliver(p, analysis, cfg)
+            token = _mail_oauth_token(cfg) if p.pending.get("mail") else None
+            deliver(p, analysis, cfg, mail_oauth_token=token)
         sent = ", ".join(f"{c} {n}" for c, n in p.sent.items())
         _summary(f"alerted {max(p.sent.values(), default=0)} lead(s) ({sent})")
         if p.failures:

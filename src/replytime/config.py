@@ -92,10 +92,12 @@ class Delivery:
     retries: int = 3
     # password_env / password_file / password_command, as given (read by ``password``)
     secret: dict[str, Any] = field(default_factory=dict)
+    # An [[accounts]] entry whose oauth_token_file signs in (SASL XOAUTH2) instead.
+    oauth_account: str | None = None
 
     def password(self) -> str | None:
-        """The SMTP password, or None when no username is configured (no AUTH)."""
-        if self.username is None:
+        """The SMTP password, or None without AUTH or with an OAuth sign-in."""
+        if self.username is None or self.oauth_account is not None:
             return None
         value = read_secret(self.secret, "password", "delivery")
         if value is None:
@@ -565,7 +567,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         sla_target_s=target,
         sla_buckets_s=buckets,
         accounts=tuple(accounts),
-        delivery=_parse_delivery(data["delivery"]) if "delivery" in data else None,
+        delivery=_parse_delivery(data["delivery"], accounts) if "delivery" in data else None,
         alerts=_parse_alerts(data["alerts"], reps, teams) if "alerts" in data else None,
     )
 
@@ -619,12 +621,13 @@ def _path(value: Any, key: str) -> str | None:
 _DEFAULT_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
 
 
-def _parse_delivery(table: Any) -> Delivery:
+def _parse_delivery(table: Any, accounts: list[Account]) -> Delivery:
     key = "delivery"
     _expect(table, dict, key, "a table")
     secret_keys = {f"password_{w}" for w in _SECRET_WAYS}
     _unknown(table, {"from", "to", "subject", "attach_csv", "host", "port", "security",
-                     "username", "ca_file", "timeout", "retries", *secret_keys}, key)
+                     "username", "ca_file", "timeout", "retries", "oauth_account",
+                     *secret_keys}, key)
     security = str(table.get("security", "starttls")).lower()
     if security not in _DEFAULT_PORTS:
         raise ConfigError(f"{key}.security", "must be ssl, starttls or none")
@@ -650,6 +653,21 @@ def _parse_delivery(table: Any) -> Delivery:
     username = table.get("username")
     if username is not None:
         _expect(username, str, f"{key}.username", "a string")
+    oauth_account = table.get("oauth_account")
+    if oauth_account is not None:
+        # Sign in as that account's sync does (an IMAP account's Google token; scope
+        # https://mail.google.com/ covers SMTP too): no second secret to keep.
+        _expect(oauth_account, str, f"{key}.oauth_account", "an account name")
+        acct = next((a for a in accounts if a.name == oauth_account), None)
+        if acct is None or not acct.options.get("oauth_token_file"):
+            raise ConfigError(f"{key}.oauth_account", f"needs an [[accounts]] entry named "
+                              f"{oauth_account!r} with oauth_token_file")
+        if secret_keys & set(table):
+            raise ConfigError(f"{key}.oauth_account", "give either oauth_account or a "
+                              "password_env/_file/_command, not both")
+        username = username or acct.options.get("username")
+        if not isinstance(username, str):
+            raise ConfigError(f"{key}.username", "is required with oauth_account")
     ca_file = _path(table.get("ca_file"), f"{key}.ca_file")
     return Delivery(
         sender=sender,
@@ -662,6 +680,7 @@ def _parse_delivery(table: Any) -> Delivery:
         timeout_s=_seconds(table.get("timeout", 30), f"{key}.timeout"),
         retries=_positive_int(table.get("retries", 3), f"{key}.retries", 10),
         secret=_secrets(table, ("password",), key),
+        oauth_account=oauth_account,
     )
 
 
@@ -805,6 +824,7 @@ buckets = ["5m", "15m", "1h", "4h", "24h"]
 # security = "starttls"               # ssl | starttls | none (loopback only)
 # username = "replytime@acme.example"
 # password_env = "REPLYTIME_SMTP_PASSWORD"   # or password_file / password_command
+# oauth_account = "sales-imap"        # or: the Google sign-in of that account's sync
 # attach_csv = true
 
 # `replytime alert` (cron, every few minutes): post leads open longer than older_than,

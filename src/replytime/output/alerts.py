@@ -259,7 +259,8 @@ def mail_text(leads: list[Stale], plan: Plan) -> tuple[str, str]:
 Send = Callable[[str, list[Stale]], None]
 
 
-def _sender(config: Config, plan: Plan, sleep: Callable[[float], None]) -> Send:
+def _sender(config: Config, plan: Plan, sleep: Callable[[float], None],
+            mail_oauth_token: str | None) -> Send:
     alerts = config.alerts
     assert alerts is not None
 
@@ -272,7 +273,8 @@ def _sender(config: Config, plan: Plan, sleep: Callable[[float], None]) -> Send:
             subject, text = mail_text(leads, plan)
             msg = new_message(d.sender, alerts.mail_to, subject)
             msg.set_content(text)
-            delivery.send_mail(d, msg, alerts.mail_to, sleep=sleep)
+            delivery.send_mail(d, msg, alerts.mail_to, oauth_token=mail_oauth_token,
+                               sleep=sleep)
             return
         payload = (slack_payload if channel == "slack" else teams_payload)(leads, plan)
         delivery.post_json(alerts.webhook_url(channel), payload,
@@ -283,7 +285,8 @@ def _sender(config: Config, plan: Plan, sleep: Callable[[float], None]) -> Send:
 
 
 def deliver(plan: Plan, analysis: Analysis, config: Config,
-            sleep: Callable[[float], None] = time.sleep) -> Plan:
+            sleep: Callable[[float], None] = time.sleep,
+            mail_oauth_token: str | None = None) -> Plan:
     """Send what ``plan`` holds and record each delivery as it succeeds. A channel stops
     at its first failure (the rest of its leads wait for the next run); the others go on.
     ``plan.failures`` lists what failed."""
@@ -296,7 +299,7 @@ def deliver(plan: Plan, analysis: Analysis, config: Config,
             delivery.smtp_ready(config.delivery)
         elif leads:
             alerts.webhook_url(channel)
-    send = _sender(config, plan, sleep)
+    send = _sender(config, plan, sleep, mail_oauth_token)
     cache = analysis.cache
     for channel, leads in plan.pending.items():
         plan.sent[channel] = 0

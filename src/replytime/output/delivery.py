@@ -75,11 +75,14 @@ def smtp_ready(d: Delivery) -> None:
 
 
 def send_mail(d: Delivery, msg: EmailMessage, to: Sequence[str], *,
-              sleep: Sleep = time.sleep) -> None:
+              oauth_token: str | None = None, sleep: Sleep = time.sleep) -> None:
     """Send ``msg`` to ``to`` through ``d``'s SMTP server; returns once the server took it
-    for every recipient. The same message (same Message-ID) is sent on each attempt."""
+    for every recipient. The same message (same Message-ID) is sent on each attempt.
+    ``oauth_token``: an access token for ``d.oauth_account``'s sign-in (SASL XOAUTH2)."""
     smtp_ready(d)
     password = d.password()
+    if d.oauth_account is not None and oauth_token is None:
+        raise ConfigError("delivery.oauth_account", "no access token was obtained")
     assert d.host is not None and d.sender is not None
     where = f"{d.host}:{d.port}"
     ctx = tls_context(d.ca_file) if d.security != "none" else None
@@ -99,12 +102,15 @@ def send_mail(d: Delivery, msg: EmailMessage, to: Sequence[str], *,
                                              "use security = \"ssl\" if it expects TLS at once")
                     smtp.starttls(context=ctx)
                     smtp.ehlo()
-                if d.username is not None:
+                if d.username is not None and oauth_token is not None:
+                    smtp.auth("XOAUTH2", _xoauth2(d.username, oauth_token))
+                elif d.username is not None:
                     assert password is not None
                     smtp.login(d.username, password)
                 refused = smtp.send_message(msg, from_addr=d.sender, to_addrs=list(to))
         except smtplib.SMTPAuthenticationError as exc:
-            raise AuthError(f"SMTP server {where} refused the login of {d.username} "
+            how = "the OAuth token" if oauth_token else "the login"
+            raise AuthError(f"SMTP server {where} refused {how} of {d.username} "
                             f"({exc.smtp_code} {_said(exc.smtp_error)})") from None
         except ssl.SSLCertVerificationError as exc:
             raise DeliveryFailed(f"SMTP server {where}: certificate not trusted "
@@ -130,6 +136,13 @@ def send_mail(d: Delivery, msg: EmailMessage, to: Sequence[str], *,
             raise DeliveryFailed(f"sent, but SMTP server {where} refused {text}")
 
     _with_retries(f"mail to {', '.join(to)}", d.retries, once, sleep)
+
+
+def _xoauth2(username: str, token: str) -> Callable[[bytes | None], str]:
+    """The SASL XOAUTH2 initial response as Google documents it; to the error challenge a
+    refused token gets, an empty answer (the server then says 535)."""
+    initial = f"user={username}\x01auth=Bearer {token}\x01\x01"
+    return lambda challenge=None: initial if challenge is None else ""
 
 
 def _said(text: bytes | str) -> str:
