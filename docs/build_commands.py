@@ -40,8 +40,9 @@ commands print. What each number means: [definitions.md](definitions.md); every 
 
 Global options come before the command: `replytime --config FILE --db FILE-or-URL COMMAND`.
 Exit codes: 0 ok, 1 a check failed (`--fail-if-*`) or the cache is locked by another
-process, 2 usage or config error, 3 authentication error, 4 a mail source unreachable after
-retries, 70 an internal error (a bug: please report it with the `--debug` output).
+process, 2 usage or config error, 3 authentication error, 4 a mail source unreachable or a
+delivery (`send`, `alert`) failed after retries, 70 an internal error (a bug: please report
+it with the `--debug` output).
 """
 
 # (heading, prose, [help of these subcommands], [example command lines])
@@ -84,6 +85,13 @@ SECTIONS: list[tuple[str, str, list[list[str]], list[list[str]]]] = [
          ["--db", "acme.sqlite", "explain", "@LEAD", "--as-of", AS_OF],
          ["--db", "acme.sqlite", "explain", "@LEAD", "--as-of", AS_OF, "--format", "json"],
      ]),
+    ("send weekly", "Mails the weekly summary to the recipients of `[delivery]` "
+     "([configuration.md](configuration.md#delivery)); `--dry-run -o FILE.eml` writes the "
+     "message instead. (The example has no `[delivery]`, so only its help is shown.)",
+     [["send", "weekly"]], []),
+    ("alert", "Posts open leads waiting longer than `[alerts]` older_than to Slack, Teams or "
+     "mail, once each ([configuration.md](configuration.md#alerts)). (The example has no "
+     "`[alerts]`, so only its help is shown.)", [["alert"]], []),
     ("export", "Messages, threads and leads as Parquet datasets partitioned by month.",
      [["export"]], [["--db", "acme.sqlite", "export", "acme-parquet", "--as-of", AS_OF]]),
     ("demo", "Imports the example into a temporary cache and prints the per-rep report.",

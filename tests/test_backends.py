@@ -67,8 +67,8 @@ def test_migrations_are_numbered_alike() -> None:
 def test_same_tables_columns_and_indexes(tmp_path: Path, pg_server: PostgresServer) -> None:
     lite = open_cache(tmp_path / "c.sqlite")
     pg = open_cache(pg_server.create_database())
-    tables = ["accounts", "files", "leads", "locations", "messages", "meta", "schema_version",
-              "skipped", "thread_links", "threads"]
+    tables = ["accounts", "alerts", "files", "leads", "locations", "messages", "meta",
+              "schema_version", "skipped", "thread_links", "threads"]
     lite_tables = sorted(r[0] for r in lite.conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'"))
     pg_tables = sorted(r[0] for r in pg.conn.execute(

@@ -28,6 +28,9 @@ app = typer.Typer(
 )
 auth_app = typer.Typer(help="Authorise access to a mail account.", no_args_is_help=True)
 app.add_typer(auth_app, name="auth")
+send_app = typer.Typer(help="Mail a report to the recipients of [delivery].",
+                       no_args_is_help=True)
+app.add_typer(send_app, name="send")
 
 
 @dataclass
@@ -73,9 +76,9 @@ def _config() -> Any:
 
 def _team(cfg: Any, *, require: bool) -> None:
     """A config that names no internal address: refused where no number could mean
-    anything (reports, explain), a warning on stderr after work that still stands (import,
-    status, export: the headers are cached the same). See docs/configuration.md,
-    "Without a team"."""
+    anything (reports, explain, send, alert), a warning on stderr after work that still
+    stands (import, status, export: the headers are cached the same). See
+    docs/configuration.md, "Without a team"."""
     problem = cfg.team_problem()
     if problem and require:
         raise UsageError(problem)
@@ -403,6 +406,23 @@ class Format(StrEnum):
     html = "html"
 
 
+# The period and selection options of `report` (and `send weekly`, which reuses them).
+SinceOption = Annotated[str | None, typer.Option(
+    help="Leads from this time (inclusive): 2026-11-02, 7d, 4w, last-week, this-month."
+)]
+UntilOption = Annotated[str | None, typer.Option(help="Leads before this time (exclusive).")]
+AsOfOption = Annotated[str | None, typer.Option(
+    "--as-of", help="Judge replies as of this time (default: now)."
+)]
+RepOption = Annotated[list[str] | None, typer.Option("--rep", help="Only this rep (repeatable).")]
+TeamOption = Annotated[str | None, typer.Option(help="Only this team.")]
+BusinessOption = Annotated[bool | None, typer.Option(
+    "--business/--calendar",
+    help="Business hours or calendar time (default: business when a schedule exists).",
+    show_default=False,
+)]
+
+
 # The terminal view keeps to ~100 columns; machine formats carry every column.
 TABLE_COLUMNS = {
     "reps": ["rep", "team", "leads", "reply_rate", "median_s", "p90_s", "mean_s",
@@ -421,22 +441,12 @@ def report(
         "leads per response-time bucket; compare: two periods side by side (--a, --b); "
         "weekly: last full week vs the week before (default period: last-week).",
     )],
-    since: Annotated[str | None, typer.Option(
-        help="Leads from this time (inclusive): 2026-11-02, 7d, 4w, last-week, this-month."
-    )] = None,
-    until: Annotated[str | None, typer.Option(help="Leads before this time (exclusive).")] = None,
-    as_of: Annotated[str | None, typer.Option(
-        "--as-of", help="Judge replies as of this time (default: now)."
-    )] = None,
-    rep: Annotated[list[str] | None, typer.Option(
-        "--rep", help="Only this rep (repeatable)."
-    )] = None,
-    team: Annotated[str | None, typer.Option(help="Only this team.")] = None,
-    business: Annotated[bool | None, typer.Option(
-        "--business/--calendar",
-        help="Business hours or calendar time (default: business when a schedule exists).",
-        show_default=False,
-    )] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    as_of: AsOfOption = None,
+    rep: RepOption = None,
+    team: TeamOption = None,
+    business: BusinessOption = None,
     fmt: Annotated[Format | None, typer.Option(
         "--format", help="Default: table on a terminal, csv otherwise."
     )] = None,
@@ -641,6 +651,148 @@ def _dur(seconds: float) -> str:
 
 def _when(analysis: Any) -> str:
     return analysis.as_of.astimezone(analysis.tz).strftime("%Y-%m-%d %H:%M %Z")
+
+
+# -- send / alert ---------------------------------------------------------------------------
+@send_app.command("weekly")
+def send_weekly(
+    since: SinceOption = None,
+    until: UntilOption = None,
+    as_of: AsOfOption = None,
+    rep: RepOption = None,
+    team: TeamOption = None,
+    business: BusinessOption = None,
+    to: Annotated[list[str] | None, typer.Option(
+        "--to", metavar="ADDR", help="Send to this address instead of [delivery] to "
+        "(repeatable).",
+    )] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Write the message (.eml) to --output or stdout; send nothing.",
+    )] = False,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="FILE.eml", help="With --dry-run: write the message here.",
+    )] = None,
+) -> None:
+    """Mail the weekly summary (`report weekly`; default: the last full week) as a
+    plain-text part, an HTML part that Gmail and Outlook render as it is (inline styles,
+    charts as table bars, no images), and the CSV attached unless [delivery] attach_csv =
+    false. Sent by the SMTP server of [delivery] (docs/configuration.md).
+
+    Example: replytime send weekly --dry-run -o weekly.eml, then replytime send weekly
+    """
+    from replytime.analysis.weekly import weekly_report
+    from replytime.api import Analysis
+    from replytime.errors import ConfigError
+    from replytime.output.delivery import send_mail, smtp_ready
+    from replytime.output.mail import weekly_message
+    from replytime.store import open_cache
+
+    if output and not dry_run:
+        raise UsageError("--output writes the message instead of sending it: add --dry-run")
+    cfg = _config()
+    _team(cfg, require=True)
+    d = cfg.delivery
+    if d is None:
+        raise ConfigError("delivery", "no [delivery] section: add one (docs/configuration.md)")
+    recipients = [a.strip().lower() for a in to] if to else list(d.to)
+    for a in recipients:
+        if "@" not in a or " " in a:
+            raise UsageError(f"--to: {a!r} is not an email address")
+    if not recipients:
+        raise ConfigError("delivery.to", "no recipients: set it or pass --to")
+    if d.sender is None:
+        raise ConfigError("delivery.from", "is required (the sender address)")
+    if not dry_run:
+        smtp_ready(d)  # config mistakes before the report is built
+    cache = open_cache(G.db, create=False)
+    analysis = Analysis(cache, cfg, as_of=as_of)
+    analysis.limit_to(_scope(analysis, Kind.weekly, None, since, until, None, None))
+    basis = None if business is None else ("business" if business else "calendar")
+    wr = weekly_report(analysis, since, until, rep, team, basis)  # type: ignore[arg-type]
+    msg = weekly_message(wr, d.sender, recipients, d.subject, d.attach_csv)
+    if dry_run:
+        from replytime.output.render import write_payload
+
+        write_payload(msg.as_bytes(), output)
+        if output:
+            _summary(f"wrote {output} (not sent)")
+        return
+    send_mail(d, msg, recipients, oauth_token=_mail_oauth_token(cfg))
+    _summary(f"sent the weekly summary ({wr.label()}) to {', '.join(recipients)}")
+
+
+def _mail_oauth_token(cfg: Any) -> str | None:
+    """An access token for [delivery] oauth_account (its sync's Google token, refreshed
+    when expired), or None without one."""
+    d = cfg.delivery
+    if d is None or d.oauth_account is None:
+        return None
+    from replytime.sources.imap import oauth_access_token
+
+    acct = cfg.account(d.oauth_account)
+    token_file = os.path.expanduser(os.path.expandvars(str(acct.options["oauth_token_file"])))
+    return oauth_access_token(token_file, acct.name)
+
+
+class AlertFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def alert(
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="List what would be sent; send and record nothing.",
+    )] = False,
+    fmt: Annotated[AlertFormat, typer.Option(
+        "--format", help="How --dry-run lists the leads: table or json.",
+    )] = AlertFormat.table,
+    as_of: AsOfOption = None,
+) -> None:
+    """Post open leads waiting longer than [alerts] older_than (business time by default)
+    to Slack, Microsoft Teams and/or mail, once each: what was alerted is kept in the
+    cache, so a rerun posts only new ones. For cron every few minutes.
+
+    Exit 0 when everything was sent (or nothing was due), 4 when a delivery failed after
+    retries; what failed is sent by the next run. Example: replytime alert --dry-run
+    """
+    import json
+
+    from replytime.api import Analysis
+    from replytime.output.alerts import deliver, plan
+    from replytime.store import open_cache
+
+    cfg = _config()
+    cache = open_cache(G.db, create=False)
+    _team(cfg, require=True)
+    analysis = Analysis(cache, cfg, as_of=as_of)
+    if cfg.alerts is not None:
+        from replytime.periods import Period
+
+        analysis.limit_to(Period(analysis.as_of_ms - cfg.alerts.lookback_s * 1000, None))
+    if not dry_run:
+        # Overlapping cron runs: the second waits for the first, then plans without what
+        # it sent.
+        with cache.alerts_lock():
+            p = plan(analysis, cfg)
+            token = _mail_oauth_token(cfg) if p.pending.get("mail") else None
+            deliver(p, analysis, cfg, mail_oauth_token=token)
+        sent = ", ".join(f"{c} {n}" for c, n in p.sent.items())
+        _summary(f"alerted {max(p.sent.values(), default=0)} lead(s) ({sent})")
+        if p.failures:
+            from replytime.errors import DeliveryFailed
+
+            raise DeliveryFailed("; ".join(p.failures))
+        return
+    p = plan(analysis, cfg)
+    rows = p.rows()
+    if fmt is AlertFormat.json:
+        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    for r in rows:
+        typer.echo(f"{r['lead_time'][:16]}  waiting {_dur(r['waiting_s']):>8}  "
+                   f"{r['rep']}  {r['lead_from']}  -> {', '.join(r['channels'])}")
+    _summary(f"{len(rows)} lead(s) would be alerted ({p.basis} time); nothing sent")
 
 
 # -- entry point ----------------------------------------------------------------------------

@@ -75,6 +75,82 @@ class Account:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """``[delivery]``: where `send weekly` (and mail alerts) go, and the SMTP server that
+    takes them (docs/configuration.md, "`[delivery]`"). Never holds the password itself."""
+
+    sender: str | None = None  # the From address ("from")
+    to: tuple[str, ...] = ()
+    subject: str = "Weekly lead response, {period}"
+    attach_csv: bool = True
+    host: str | None = None
+    port: int = 587
+    security: str = "starttls"  # ssl | starttls | none (loopback only)
+    username: str | None = None
+    ca_file: str | None = None
+    timeout_s: float = 30.0
+    retries: int = 3
+    # password_env / password_file / password_command, as given (read by ``password``)
+    secret: dict[str, Any] = field(default_factory=dict)
+    # An [[accounts]] entry whose oauth_token_file signs in (SASL XOAUTH2) instead.
+    oauth_account: str | None = None
+
+    def password(self) -> str | None:
+        """The SMTP password, or None without AUTH or with an OAuth sign-in."""
+        if self.username is None or self.oauth_account is not None:
+            return None
+        value = read_secret(self.secret, "password", "delivery")
+        if value is None:
+            raise ConfigError("delivery", "username needs password_env, password_file or "
+                              "password_command")
+        return value
+
+
+@dataclass(frozen=True)
+class Alerts:
+    """``[alerts]``: which open leads `replytime alert` posts, and where to
+    (docs/configuration.md, "`[alerts]`"). Webhook URLs are secrets: only where to read them
+    is kept here."""
+
+    older_than_s: int = 7200
+    team_older_than_s: dict[str, int] = field(default_factory=dict)  # team -> threshold
+    rep_older_than_s: dict[str, int] = field(default_factory=dict)  # rep name -> threshold
+    basis: str | None = None  # business | calendar; None: business when a schedule exists
+    lookback_s: int = 7 * 86400
+    digest: bool = False
+    mail_to: tuple[str, ...] = ()
+    timeout_s: float = 10.0
+    retries: int = 3
+    ca_file: str | None = None
+    secret: dict[str, Any] = field(default_factory=dict)  # slack_webhook_*, teams_webhook_*
+
+    def channels(self) -> tuple[str, ...]:
+        """The configured channels, in the order they are posted to."""
+        out = [c for c in ("slack", "teams") if any(
+            self.secret.get(f"{c}_webhook_{how}") for how in ("env", "file", "command"))]
+        return (*out, "mail") if self.mail_to else tuple(out)
+
+    def webhook_url(self, channel: str) -> str:
+        url = read_secret(self.secret, f"{channel}_webhook", "alerts")
+        if url is None:  # channels() lists only configured ones
+            raise ConfigError("alerts", f"no {channel}_webhook_env/_file/_command")
+        if not url.startswith("https://"):
+            # Never echo the value: the URL is the credential.
+            raise ConfigError(f"alerts.{channel}_webhook", "must be an https:// URL")
+        return url
+
+    def threshold_s(self, rep: str | None, team: str | None) -> int:
+        """The rep's own threshold, else their team's, else ``older_than``."""
+        if rep is not None:
+            for name, limit in self.rep_older_than_s.items():
+                if name.lower() == rep.lower():
+                    return limit
+        if team is not None and team in self.team_older_than_s:
+            return self.team_older_than_s[team]
+        return self.older_than_s
+
+
+@dataclass(frozen=True)
 class Config:
     internal_domains: tuple[str, ...] = ()
     # Addresses at a subdomain of an internal domain (mx.acme.example) are internal too.
@@ -88,6 +164,8 @@ class Config:
     sla_target_s: int = 3600
     sla_buckets_s: tuple[int, ...] = DEFAULT_SLA_BUCKETS
     accounts: tuple[Account, ...] = ()
+    delivery: Delivery | None = None
+    alerts: Alerts | None = None
     path: Path | None = None
 
     # -- derived ----------------------------------------------------------------------
@@ -272,6 +350,45 @@ def _address(value: str, key: str) -> str:
     return value.strip().lower()
 
 
+def read_secret(options: dict[str, Any], name: str, key: str) -> str | None:
+    """A secret from ``{name}_env``, ``{name}_file`` or ``{name}_command`` of ``options``
+    (the table at config key ``key``); None when none of them is set. Never read from the
+    config itself nor the command line, and never part of any message."""
+    where = f"{key}.{name}"
+    if options.get(f"{name}_env"):
+        var = str(options[f"{name}_env"])
+        value = os.environ.get(var)
+        if not value:
+            raise ConfigError(f"{where}_env", f"environment variable {var} is not set")
+        return value
+    if options.get(f"{name}_file"):
+        path = Path(os.path.expanduser(os.path.expandvars(str(options[f"{name}_file"]))))
+        try:
+            value = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"{where}_file", f"cannot read {path} ({exc.strerror})") from None
+        if not value:
+            raise ConfigError(f"{where}_file", f"{path} is empty")
+        return value
+    if options.get(f"{name}_command"):
+        import shlex
+        import subprocess
+
+        cmd = options[f"{name}_command"]
+        argv = shlex.split(cmd) if isinstance(cmd, str) else [str(a) for a in cmd]
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConfigError(f"{where}_command", f"could not run it ({exc})") from None
+        if done.returncode != 0:
+            raise ConfigError(f"{where}_command", f"exited with status {done.returncode}")
+        value = done.stdout.decode("utf-8", "replace").rstrip("\r\n")
+        if not value:
+            raise ConfigError(f"{where}_command", "printed nothing")
+        return value
+    return None
+
+
 def parse_schedule(name: str, table: Any) -> Schedule:
     key = f"schedules.{name}"
     _expect(table, dict, key, "a table")
@@ -359,7 +476,8 @@ def _parse_forms(value: Any, key: str) -> tuple[FormRule, ...]:
 
 
 def parse_config(data: dict[str, Any]) -> Config:
-    _unknown(data, {"team", "reps", "teams", "schedules", "leads", "sla", "accounts"}, "")
+    _unknown(data, {"team", "reps", "teams", "schedules", "leads", "sla", "accounts",
+                    "delivery", "alerts"}, "")
     team = _expect(data.get("team", {}), dict, "team", "a table")
     _unknown(team, {"internal_domains", "internal_subdomains", "shared_inboxes", "timezone"},
              "team")
@@ -461,7 +579,173 @@ def parse_config(data: dict[str, Any]) -> Config:
         sla_target_s=target,
         sla_buckets_s=buckets,
         accounts=tuple(accounts),
+        delivery=_parse_delivery(data["delivery"], accounts) if "delivery" in data else None,
+        alerts=_parse_alerts(data["alerts"], reps, teams) if "alerts" in data else None,
     )
+
+
+_SECRET_WAYS = ("env", "file", "command")
+
+
+def _secrets(table: dict[str, Any], names: tuple[str, ...], key: str) -> dict[str, Any]:
+    """The ``{name}_env|_file|_command`` keys of ``table``, checked: strings (a command may
+    be a list), at most one way per secret."""
+    out: dict[str, Any] = {}
+    for name in names:
+        given = [w for w in _SECRET_WAYS if f"{name}_{w}" in table]
+        if len(given) > 1:
+            raise ConfigError(f"{key}.{name}_{given[1]}",
+                              f"give only one of {name}_env, {name}_file, {name}_command")
+        for w in given:
+            k = f"{name}_{w}"
+            value = table[k]
+            if w == "command" and isinstance(value, list):
+                _str_list(value, f"{key}.{k}")
+            else:
+                _expect(value, str, f"{key}.{k}", "a string")
+            out[k] = value
+    return out
+
+
+def _positive_int(value: Any, key: str, most: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= most:
+        raise ConfigError(key, f"must be a whole number from 0 to {most}")
+    return value
+
+
+def _seconds(value: Any, key: str) -> float:
+    """A timeout: a duration ("30s") or a number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        seconds = float(_duration(value, key))
+    if seconds <= 0:
+        raise ConfigError(key, "must be more than 0 seconds")
+    return seconds
+
+
+def _path(value: Any, key: str) -> str | None:
+    if value is None:
+        return None
+    return os.path.expanduser(_expect(value, str, key, "a file path"))
+
+
+_DEFAULT_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
+
+
+def _parse_delivery(table: Any, accounts: list[Account]) -> Delivery:
+    key = "delivery"
+    _expect(table, dict, key, "a table")
+    secret_keys = {f"password_{w}" for w in _SECRET_WAYS}
+    _unknown(table, {"from", "to", "subject", "attach_csv", "host", "port", "security",
+                     "username", "ca_file", "timeout", "retries", "oauth_account",
+                     *secret_keys}, key)
+    security = str(table.get("security", "starttls")).lower()
+    if security not in _DEFAULT_PORTS:
+        raise ConfigError(f"{key}.security", "must be ssl, starttls or none")
+    host = table.get("host")
+    if host is not None:
+        _expect(host, str, f"{key}.host", "a host name")
+        if security == "none" and not is_loopback(host):
+            raise ConfigError(f"{key}.security", "'none' (no TLS) is only allowed to a "
+                              "loopback address such as 127.0.0.1; use ssl or starttls")
+    port = table.get("port", _DEFAULT_PORTS[security])
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ConfigError(f"{key}.port", "must be a port number (1-65535)")
+    sender = table.get("from")
+    if sender is not None:
+        sender = _address(_expect(sender, str, f"{key}.from", "an email address"),
+                          f"{key}.from")
+    subject = _expect(table.get("subject", Delivery.subject), str, f"{key}.subject",
+                      "a string")
+    try:
+        subject.format(period="")
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(f"{key}.subject", "may only use the placeholder {period}") from None
+    username = table.get("username")
+    if username is not None:
+        _expect(username, str, f"{key}.username", "a string")
+    oauth_account = table.get("oauth_account")
+    if oauth_account is not None:
+        # Sign in as that account's sync does (an IMAP account's Google token; scope
+        # https://mail.google.com/ covers SMTP too): no second secret to keep.
+        _expect(oauth_account, str, f"{key}.oauth_account", "an account name")
+        acct = next((a for a in accounts if a.name == oauth_account), None)
+        if acct is None or not acct.options.get("oauth_token_file"):
+            raise ConfigError(f"{key}.oauth_account", f"needs an [[accounts]] entry named "
+                              f"{oauth_account!r} with oauth_token_file")
+        if secret_keys & set(table):
+            raise ConfigError(f"{key}.oauth_account", "give either oauth_account or a "
+                              "password_env/_file/_command, not both")
+        username = username or acct.options.get("username")
+        if not isinstance(username, str):
+            raise ConfigError(f"{key}.username", "is required with oauth_account")
+    ca_file = _path(table.get("ca_file"), f"{key}.ca_file")
+    return Delivery(
+        sender=sender,
+        to=tuple(_address(a, f"{key}.to[{i}]")
+                 for i, a in enumerate(_str_list(table.get("to", []), f"{key}.to"))),
+        subject=subject,
+        attach_csv=_expect(table.get("attach_csv", True), bool, f"{key}.attach_csv",
+                           "true or false"),
+        host=host, port=port, security=security, username=username, ca_file=ca_file,
+        timeout_s=_seconds(table.get("timeout", 30), f"{key}.timeout"),
+        retries=_positive_int(table.get("retries", 3), f"{key}.retries", 10),
+        secret=_secrets(table, ("password",), key),
+        oauth_account=oauth_account,
+    )
+
+
+def _parse_alerts(table: Any, reps: list[Rep], teams: dict[str, str]) -> Alerts:
+    key = "alerts"
+    _expect(table, dict, key, "a table")
+    secret_keys = {f"{c}_webhook_{w}" for c in ("slack", "teams") for w in _SECRET_WAYS}
+    _unknown(table, {"older_than", "teams", "reps", "basis", "lookback", "digest", "mail_to",
+                     "timeout", "retries", "ca_file", *secret_keys}, key)
+    known_teams = {r.team for r in reps if r.team} | set(teams)
+    per_team: dict[str, int] = {}
+    for name, value in _expect(table.get("teams", {}), dict, f"{key}.teams",
+                               'a table of team = "duration"').items():
+        if name not in known_teams:
+            raise ConfigError(f"{key}.teams.{name}", "no rep has this team")
+        per_team[name] = _duration(value, f"{key}.teams.{name}")
+    per_rep: dict[str, int] = {}
+    for name, value in _expect(table.get("reps", {}), dict, f"{key}.reps",
+                               'a table of "rep name" = "duration"').items():
+        if not any(r.name.lower() == name.lower() for r in reps):
+            raise ConfigError(f"{key}.reps.{name}", "no [[reps]] entry has this name")
+        per_rep[name] = _duration(value, f"{key}.reps.{name}")
+    basis = table.get("basis")
+    if basis is not None and basis not in ("business", "calendar"):
+        raise ConfigError(f"{key}.basis", "must be business or calendar")
+    older_than = _duration(table.get("older_than", "2h"), f"{key}.older_than")
+    lookback = _duration(table.get("lookback", "7d"), f"{key}.lookback")
+    if lookback <= 0:
+        raise ConfigError(f"{key}.lookback", "must be longer than 0")
+    return Alerts(
+        older_than_s=older_than, team_older_than_s=per_team, rep_older_than_s=per_rep,
+        basis=basis, lookback_s=lookback,
+        digest=_expect(table.get("digest", False), bool, f"{key}.digest", "true or false"),
+        mail_to=tuple(_address(a, f"{key}.mail_to[{i}]") for i, a in enumerate(
+            _str_list(table.get("mail_to", []), f"{key}.mail_to"))),
+        timeout_s=_seconds(table.get("timeout", 10), f"{key}.timeout"),
+        retries=_positive_int(table.get("retries", 3), f"{key}.retries", 10),
+        ca_file=_path(table.get("ca_file"), f"{key}.ca_file"),
+        secret=_secrets(table, ("slack_webhook", "teams_webhook"), key),
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Only literal loopback addresses and 'localhost': a name that merely resolves to one
+    today could resolve elsewhere tomorrow and send a password in clear."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _known_schedule(value: Any, schedules: dict[str, Schedule], key: str) -> str:
@@ -542,4 +826,25 @@ buckets = ["5m", "15m", "1h", "4h", "24h"]
 # username = "sales@acme.example"
 # password_env = "REPLYTIME_IMAP_PASSWORD"   # or password_file / password_command
 # folders = ["INBOX", "Sent"]
+
+# `replytime send weekly`: mail the weekly summary (and mail alerts) through this server.
+# [delivery]
+# from = "replytime@acme.example"
+# to = ["manager@acme.example"]
+# host = "smtp.example.com"
+# port = 587
+# security = "starttls"               # ssl | starttls | none (loopback only)
+# username = "replytime@acme.example"
+# password_env = "REPLYTIME_SMTP_PASSWORD"   # or password_file / password_command
+# oauth_account = "sales-imap"        # or: the Google sign-in of that account's sync
+# attach_csv = true
+
+# `replytime alert` (cron, every few minutes): post leads open longer than older_than,
+# once each. Webhook URLs are secrets: from the environment, a file or a command.
+# [alerts]
+# older_than = "2h"                   # business time when a schedule exists
+# slack_webhook_env = "REPLYTIME_SLACK_WEBHOOK"
+# teams_webhook_env = "REPLYTIME_TEAMS_WEBHOOK"
+# mail_to = ["desk@acme.example"]     # through [delivery]
+# digest = false                      # true: one message per run
 '''

@@ -54,3 +54,10 @@ class SourceUnreachable(ReplytimeError):
     """A mail source still failed after retries."""
 
     exit_code = 4
+
+
+class DeliveryFailed(ReplytimeError):
+    """A mail, chat or webhook delivery still failed after retries (nothing undelivered is
+    recorded as sent, so the next run tries it again)."""
+
+    exit_code = 4

@@ -34,14 +34,11 @@ import contextlib
 import functools
 import imaplib
 import io
-import ipaddress
 import json
 import os
 import re
-import shlex
 import socket
 import ssl
-import subprocess
 import tempfile
 import time
 from collections import deque
@@ -53,7 +50,7 @@ from typing import Any
 from imapclient import IMAPClient, imap_utf7
 from imapclient.exceptions import LoginError
 
-from replytime.config import Account, Config
+from replytime.config import Account, Config, is_loopback, read_secret
 from replytime.errors import AuthError, ConfigError, ReplytimeError, SourceUnreachable
 from replytime.model import StoredMessage, stored_message
 from replytime.progress import Progress
@@ -118,7 +115,7 @@ class Settings:
         if not isinstance(host, str) or not host.strip():
             raise ConfigError(f"{key}.host", "is required (the IMAP server's name)")
         host = host.strip()
-        if security == "none" and not _is_loopback(host):
+        if security == "none" and not is_loopback(host):
             raise ConfigError(
                 f"{key}.security",
                 "'none' (no TLS) is only allowed to a loopback address such as 127.0.0.1; "
@@ -178,53 +175,12 @@ def _positive(
     return value
 
 
-def _is_loopback(host: str) -> bool:
-    """Only literal loopback addresses and 'localhost': a name that merely resolves to one
-    today could resolve elsewhere tomorrow and send the password in clear."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def get_password(account: Account) -> str:
     """The account's password from its env var, file or command; never from the config
     itself or the command line, and never included in any message."""
-    o = account.options
     key = f"accounts.{account.name}"
-    if o.get("password_env"):
-        name = str(o["password_env"])
-        value = os.environ.get(name)
-        if not value:
-            raise ConfigError(f"{key}.password_env", f"environment variable {name} is not set")
-        return value
-    if o.get("password_file"):
-        path = Path(os.path.expanduser(os.path.expandvars(str(o["password_file"]))))
-        try:
-            value = path.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError(
-                f"{key}.password_file", f"cannot read {path} ({exc.strerror})"
-            ) from None
-        if not value:
-            raise ConfigError(f"{key}.password_file", f"{path} is empty")
-        return value
-    if o.get("password_command"):
-        cmd = o["password_command"]
-        argv = shlex.split(cmd) if isinstance(cmd, str) else [str(a) for a in cmd]
-        try:
-            done = subprocess.run(argv, capture_output=True, timeout=60, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ConfigError(f"{key}.password_command", f"could not run it ({exc})") from None
-        if done.returncode != 0:
-            raise ConfigError(
-                f"{key}.password_command", f"exited with status {done.returncode}"
-            )
-        value = done.stdout.decode("utf-8", "replace").rstrip("\r\n")
-        if not value:
-            raise ConfigError(f"{key}.password_command", "printed nothing")
+    value = read_secret(account.options, "password", key)
+    if value is not None:
         return value
     raise ConfigError(
         key, "needs password_env, password_file or password_command (or oauth_token_file)"

@@ -90,6 +90,17 @@ FILES_TABLE = """
     ) WITHOUT ROWID;
 """
 
+# Stale-lead alerts already delivered (output/alerts.py), one row per lead and channel, so
+# a rerun posts nothing twice. Written only after the delivery succeeded.
+ALERTS_TABLE = """
+    CREATE TABLE alerts (
+        lead_key TEXT NOT NULL,       -- the lead's Message-ID, else 'thread:' + its thread id
+        channel TEXT NOT NULL,        -- slack | teams | mail
+        alerted_at TEXT NOT NULL,     -- when it was delivered, UTC ISO 8601
+        PRIMARY KEY (lead_key, channel)
+    ) WITHOUT ROWID;
+"""
+
 FILE_COLUMNS = ("account", "place", "name", "size", "mtime_ns", "inode", "mbox_end",
                 "mbox_digest")
 FILE_SQL = (
@@ -393,6 +404,28 @@ class CacheBase(ABC):
             f"SELECT {', '.join(FILE_COLUMNS[1:])} FROM files WHERE account = ?", (account,)
         ).fetchall()
         return {r[0]: tuple(r[1:]) for r in rows}
+
+    def alerted(self, channel: str, lead_keys: Sequence[str]) -> set[str]:
+        """Which of these leads were already alerted on ``channel``."""
+        out: set[str] = set()
+        keys = list(lead_keys)
+        for i in range(0, len(keys), 500):  # within every backend's parameter limit
+            chunk = keys[i:i + 500]
+            marks = ", ".join("?" * len(chunk))
+            out.update(r[0] for r in self._execute(
+                f"SELECT lead_key FROM alerts WHERE channel = ? AND lead_key IN ({marks})",
+                (channel, *chunk)).fetchall())
+        return out
+
+    def mark_alerted(self, channel: str, lead_keys: Sequence[str]) -> None:
+        """Record these leads as alerted on ``channel`` (after the delivery succeeded), in
+        one transaction; a lead already recorded keeps its first time."""
+        when = utc_now_text()
+        with self.transaction():
+            self._executemany(
+                "INSERT INTO alerts (lead_key, channel, alerted_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (lead_key, channel) DO NOTHING",
+                [(k, channel, when) for k in lead_keys])
 
     def get_meta(self, key: str) -> str | None:
         row = self._execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

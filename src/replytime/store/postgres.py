@@ -28,7 +28,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from replytime.errors import CacheError, LockedError
-from replytime.store.base import FILES_TABLE, CacheBase, maildir_places_sql
+from replytime.store.base import ALERTS_TABLE, FILES_TABLE, CacheBase, maildir_places_sql
 from replytime.store.leads import LEADS_TABLE_SQL, KeptLeads
 
 if TYPE_CHECKING:
@@ -117,6 +117,7 @@ MIGRATIONS: tuple[str, ...] = (
         has_hash="strpos(substr({col}, length({d}) + 1), '#') > 0",
     ),
     LEADS_TABLE_SQL.replace(" INTEGER", " BIGINT").replace(" REAL", " DOUBLE PRECISION"),
+    ALERTS_TABLE.replace(") WITHOUT ROWID", ")"),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -374,6 +375,10 @@ class PostgresCache(KeptLeads, CacheBase):
 
     def leads_lock(self) -> Iterator[None]:  # type: ignore[override]
         return self._advisory(lock_key("leads"), None)  # type: ignore[return-value]
+
+    def alerts_lock(self) -> Iterator[None]:
+        """One `replytime alert` at a time: a second waits, then sees what the first sent."""
+        return self._advisory(lock_key("alerts"), None)  # type: ignore[return-value]
 
     def close(self) -> None:
         self.conn.close()

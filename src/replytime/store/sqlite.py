@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 from replytime.errors import CacheError, LockedError
 from replytime.model import MESSAGE_COLUMNS
 from replytime.store.base import (
+    ALERTS_TABLE,
     FILES_TABLE,
     THREAD_INPUT_COLUMNS,
     THREADS_SQL,
@@ -201,6 +202,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 6: the kept lead table (store.leads): every email lead as of everything cached, so a
     # report selects its period's leads instead of pairing its messages again.
     LEADS_TABLE_SQL,
+    # 7: the stale-lead alerts already delivered (`replytime alert`).
+    ALERTS_TABLE,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -554,6 +557,12 @@ class SQLiteCache(KeptLeads, CacheBase):
     @contextmanager
     def leads_lock(self) -> Iterator[None]:
         with self._flock(self._lock_dir() / "leads.lock", None):
+            yield
+
+    @contextmanager
+    def alerts_lock(self) -> Iterator[None]:
+        """One `replytime alert` at a time: a second waits, then sees what the first sent."""
+        with self._flock(self._lock_dir() / "alerts.lock", None):
             yield
 
     def close(self) -> None:
