@@ -7,6 +7,7 @@ formats carry the columns of docs/definitions.md, "Column reference"."""
 
 from __future__ import annotations
 
+import email
 import io
 import json
 import os
@@ -48,6 +49,14 @@ team = "East"
 name = "Carol"
 emails = ["carol@acme.example"]
 team = "West"
+[delivery]
+from = "replytime@acme.example"
+to = ["manager@acme.example"]
+host = "127.0.0.1"
+security = "none"
+[alerts]
+older_than = "2h"
+slack_webhook_env = "REPLYTIME_TEST_UNSET_WEBHOOK"
 """
 # The same team with working hours and a holiday in the middle of the mail.
 BUSINESS_CONFIG = CONFIG + """\
@@ -210,7 +219,7 @@ def check_machine_output(kind: str, fmt: str, args: list[str], out: str, path: P
 def refusal(state: State, argv: list[str]) -> str | None:
     """The start of the one-line error the docs promise for this command line, if any
     (docs/configuration.md, "Without a team"; docs/definitions.md, "Periods")."""
-    if state.name == "noteam" and argv[0] in ("report", "explain"):
+    if state.name == "noteam" and argv[0] in ("report", "explain", "send", "alert"):
         return "replytime: error: " + str(state.config) + " sets no [team] internal_domains"
     if argv[0] != "report" or "--since" not in argv or "--until" not in argv:
         return None
@@ -239,6 +248,18 @@ def check_run(state: State, argv: list[str], r: Result, out_path: Path | None) -
         return
     if state.name == "noteam" and argv[0] in ("status", "export"):
         assert "replytime: warning: " in r.stderr, (argv, text)
+    if argv[0] == "send":
+        assert out_path is not None
+        message = email.message_from_bytes(out_path.read_bytes())
+        assert message.get_content_type() == "multipart/mixed" or message.is_multipart()
+        assert "Weekly" in message["Subject"], message["Subject"]
+        if state.name in LEADLESS:
+            assert "no leads in this period" in out_path.read_text(errors="replace")
+    if argv[0] == "alert" and "json" in argv:
+        rows = json.loads(r.stdout)
+        assert isinstance(rows, list)
+        if state.name in LEADLESS:
+            assert rows == []
     if argv[0] == "report":
         kind = argv[1]
         fmt = argv[argv.index("--format") + 1]
@@ -262,7 +283,25 @@ def commands(draw: st.DrawFn, states: dict[str, State], tmp: Path) -> tuple[Stat
                                                                               Path | None]:
     state = states[draw(st.sampled_from(sorted(states)))]
     base = ["--db", str(state.db), "--config", str(state.config)]
-    command = draw(st.sampled_from(("report",) * 12 + ("status", "explain", "export")))
+    command = draw(st.sampled_from(("report",) * 12 + ("status", "explain", "export", "send",
+                                                        "alert")))
+    if command == "send":  # never sent: --dry-run writes the message
+        target = tmp / f"weekly-{draw(st.integers(0, 10**9))}.eml"
+        argv = [*base, "send", "weekly", "--dry-run", "-o", str(target)]
+        for flag, good, bad in (("--since", INSTANTS, BAD_INSTANTS),
+                                ("--as-of", AS_OF, BAD_AS_OF)):
+            value = pick(draw, good, bad)
+            if value:
+                argv += [flag, str(value)]
+        if draw(st.integers(0, 3)) == 0:
+            argv += ["--rep", str(pick(draw, state.reps, ("Nobody",)))]
+        return state, argv, target
+    if command == "alert":
+        argv = [*base, "alert", "--dry-run", "--format", draw(st.sampled_from(("table", "json")))]
+        value = pick(draw, AS_OF, BAD_AS_OF)
+        if value:
+            argv += ["--as-of", str(value)]
+        return state, argv, None
     if command == "status":
         return state, [*base, "status", "--format", draw(st.sampled_from(("table", "json")))], None
     if command == "explain":
