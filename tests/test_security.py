@@ -83,6 +83,8 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({"', '.join(KEPT_COLUMNS)"}),
     frozenset({"_ORDER", "' AND '.join(where)", "_SELECT"}),
     frozenset({"marks"}),
+    # status: the backend's constant index hint
+    frozenset({"self.location_keys_index"}),
 }
 
 

@@ -46,6 +46,12 @@ LEADS_TABLE_SQL = """
     CREATE INDEX leads_thread ON leads(thread_id);
 """
 
+# Migration 8: what status and the reports read instead of the messages. The partial index
+# holds only the few messages with problems (status counts the malformed ones from it).
+KEPT_TABLES_SQL = """
+    CREATE INDEX messages_problems ON messages(problems) WHERE problems <> 0;
+"""
+
 #: the kept columns, in table order (``matcher.LEAD_COLUMNS`` without ``answered``, which is
 #: ``reply_id IS NOT NULL``, plus ``business_s``)
 KEPT_COLUMNS = (

@@ -29,7 +29,7 @@ from psycopg import errors as pg_errors
 
 from replytime.errors import CacheError, LockedError
 from replytime.store.base import FILES_TABLE, CacheBase, maildir_places_sql
-from replytime.store.leads import LEADS_TABLE_SQL, KeptLeads
+from replytime.store.leads import KEPT_TABLES_SQL, LEADS_TABLE_SQL, KeptLeads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -117,6 +117,8 @@ MIGRATIONS: tuple[str, ...] = (
         has_hash="strpos(substr({col}, length({d}) + 1), '#') > 0",
     ),
     LEADS_TABLE_SQL.replace(" INTEGER", " BIGINT").replace(" REAL", " DOUBLE PRECISION"),
+    "SELECT 1",  # 7: reserved for another branch's table
+    KEPT_TABLES_SQL.replace(" INTEGER", " BIGINT").replace(" REAL", " DOUBLE PRECISION"),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
