@@ -508,6 +508,10 @@ class SQLiteCache(KeptLeads, CacheBase):
         if rebuild:
             self.conn.execute(THREAD_INDEX_SQL)
 
+    def status(self) -> dict[str, Any]:
+        self._finish_index_build()  # its index hint needs the deferred indexes
+        return super().status()
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         self._finish_index_build()
