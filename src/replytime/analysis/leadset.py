@@ -329,24 +329,30 @@ class LeadSet:
         return reply_blocks(self.messages, leads, self.config, self.as_of_ms)
 
     def _kept_blocks(self, leads: pd.DataFrame) -> pd.DataFrame:
-        """Reply blocks of kept leads (email leads: each from its own thread). An all-time
-        analysis of a big cache reads the messages part by part (``_parts``), each part
-        the threads active in it, for the leads of that part: memory of one part."""
-        from replytime.analysis.followon import reply_blocks
+        """Reply blocks of kept leads, from the kept blocks (``analysis.kept``): no message
+        read."""
+        from replytime.analysis.followon import kept_blocks_as_of, reply_blocks
 
         if leads.empty:  # no messages needed
             return reply_blocks(pd.DataFrame(), leads, self.config, self.as_of_ms)
-        parts = self._parts()
-        if not parts:
-            return reply_blocks(self.messages, leads, self.config, self.as_of_ms)
-        blocks = []
-        for period in parts:
-            chunk = metrics.in_period(leads, period)
-            if not chunk.empty:
-                part = LeadSet(self.cache, self.config, as_of=self.as_of, scope=period)
-                blocks.append(reply_blocks(part.messages, chunk, self.config, self.as_of_ms))
-        blocks = [b for b in blocks if not b.empty] or blocks[:1]
-        return pd.concat(blocks).sort_values(["lead_id", "block"]).reset_index(drop=True)
+        rows = self.cache.kept_blocks(int(leads["lead_time_ms"].min()),
+                                      int(leads["lead_time_ms"].max()), self.as_of_ms)
+        return kept_blocks_as_of(rows, leads, self.as_of_ms)
+
+    def _kept_thread_sizes(self, leads: pd.DataFrame) -> pd.DataFrame:
+        """``metrics.thread_sizes`` of kept leads: messages and span from the threads
+        table, turns from the kept rows."""
+        if leads.empty:
+            return metrics.thread_sizes(self.messages, leads)
+        rows = self.cache.kept_thread_sizes(int(leads["lead_time_ms"].min()),
+                                            int(leads["lead_time_ms"].max()))
+        rows = rows[rows["thread_id"].isin(leads["thread_id"])].drop_duplicates("thread_id")
+        out = pd.DataFrame({
+            "messages": rows["messages"].astype("int64").to_numpy(),
+            "turns": rows["turns"].to_numpy(),
+            "duration_s": ((rows["last_ms"] - rows["first_ms"]) / 1000.0).to_numpy(),
+        }, index=rows["thread_id"].to_numpy())
+        return metrics.finish_thread_sizes(out, leads)
 
     def subjects(self, ids: pd.Series) -> pd.Series:
         """The subject of each message id in ``ids`` (indexed by id): from the messages

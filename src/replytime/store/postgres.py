@@ -118,7 +118,8 @@ MIGRATIONS: tuple[str, ...] = (
     ),
     LEADS_TABLE_SQL.replace(" INTEGER", " BIGINT").replace(" REAL", " DOUBLE PRECISION"),
     "SELECT 1",  # 7: reserved for another branch's table
-    KEPT_TABLES_SQL.replace(" INTEGER", " BIGINT").replace(" REAL", " DOUBLE PRECISION"),
+    KEPT_TABLES_SQL.replace(" INTEGER", " BIGINT").replace(" REAL", " DOUBLE PRECISION")
+    .replace(") WITHOUT ROWID", ")"),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
