@@ -32,7 +32,7 @@ class Analysis(LeadSet):
         b = self.basis(basis)
         table = metrics.reps_table(leads, self.config, b, include_total=include_total)
         # Overall reply time (docs/definitions.md) is counted by responder.
-        blocks = self._blocks_of(leads)
+        blocks = self.reply_times(leads)
         overall = followon.overall_by_rep(blocks, b)
         if include_total:
             overall = pd.concat(

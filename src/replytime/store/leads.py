@@ -95,8 +95,10 @@ KEPT_COLUMNS = (
 )
 _INSERT = (f"INSERT INTO leads ({', '.join(KEPT_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in KEPT_COLUMNS)})")
-_SELECT = f"SELECT {', '.join(KEPT_COLUMNS)} FROM leads"
-_ORDER = " ORDER BY lead_time_ms, lead_id"  # match_leads' order
+# With the rule that grouped each lead's thread (the threads table, as last rebuilt).
+_SELECT_RULE = (f"SELECT {', '.join('l.' + c for c in KEPT_COLUMNS)}, t.rule FROM leads l "
+                "LEFT JOIN threads t ON t.thread_id = l.thread_id")
+_ORDER = " ORDER BY l.lead_time_ms, l.lead_id"  # match_leads' order
 _INSERT_BLOCKS = (f"INSERT INTO lead_blocks ({', '.join(BLOCK_KEPT_COLUMNS)}) "
                   f"VALUES ({', '.join('?' for _ in BLOCK_KEPT_COLUMNS)})")
 # New messages' counts are added to their buckets' (a rebuild starts from an empty table).
@@ -171,7 +173,8 @@ class KeptLeads:
     # -- reads --------------------------------------------------------------------------
     def kept_leads(self, since_ms: int | None, until_ms: int | None, as_of_ms: int,
                    *, replied: bool = False) -> pd.DataFrame:
-        """Kept rows with lead time in [since, until) (None = open) and at most ``as_of``;
+        """Kept rows with lead time in [since, until) (None = open) and at most ``as_of``,
+        and their thread's ``rule``;
         ``replied`` adds those whose first reply is in [since, until) (``report volume``
         and the weekly flow count first replies sent in the period, whatever the lead's
         time). In lead time order, typed as ``_frame`` reads them."""
@@ -192,7 +195,7 @@ class KeptLeads:
             else:
                 where.append(lead_span)
                 params += span_params
-        return self._frame(f"{_SELECT} WHERE {' AND '.join(where)}{_ORDER}", params)
+        return self._frame(f"{_SELECT_RULE} WHERE {' AND '.join(where)}{_ORDER}", params)
 
     def kept_lead_counts(self, as_of_ms: int) -> tuple[int, int, int]:
         """(leads, unanswered, clamped) as of ``as_of``: a first reply after it does not
@@ -207,20 +210,22 @@ class KeptLeads:
         ).fetchone()
         return int(row[0]), int(row[1]), int(row[2])
 
-    def kept_blocks(self, first_ms: int, last_ms: int, as_of_ms: int) -> pd.DataFrame:
-        """Kept blocks (``BLOCK_KEPT_COLUMNS``) starting at most at ``as_of`` of the leads
-        with lead time in [first, last], in (lead, block) order."""
-        cols = ", ".join(f"b.{c}" for c in BLOCK_KEPT_COLUMNS)
+    def kept_blocks(self, first_ms: int, last_ms: int, as_of_ms: int,
+                    columns: Sequence[str] = BLOCK_KEPT_COLUMNS) -> pd.DataFrame:
+        """Kept blocks (``columns`` of ``BLOCK_KEPT_COLUMNS``) starting at most at ``as_of``
+        of the leads with lead time in [first, last], in (lead, block) order."""
+        cols = ", ".join(f"b.{c}" for c in BLOCK_KEPT_COLUMNS if c in columns)
         return self._frame(
             f"SELECT {cols} FROM lead_blocks b JOIN leads l ON l.lead_id = b.lead_id "
             "WHERE l.lead_time_ms >= ? AND l.lead_time_ms <= ? AND b.block_start_ms <= ? "
             "ORDER BY b.lead_id, b.block", (int(first_ms), int(last_ms), int(as_of_ms)))
 
     def kept_thread_sizes(self, first_ms: int, last_ms: int) -> pd.DataFrame:
-        """Per kept lead with lead time in [first, last]: its thread's messages, first and
-        last message time (the threads table) and turns."""
+        """Per kept lead with lead time in [first, last]: its id and thread, the thread's
+        messages, first and last message time (the threads table) and turns."""
         return self._frame(
-            "SELECT l.thread_id, t.messages, t.first_ms, t.last_ms, l.turns FROM leads l "
+            "SELECT l.lead_id, l.thread_id, t.messages, t.first_ms, t.last_ms, l.turns "
+            "FROM leads l "
             "JOIN threads t ON t.thread_id = l.thread_id "
             "WHERE l.lead_time_ms >= ? AND l.lead_time_ms <= ?", (int(first_ms), int(last_ms)))
 
