@@ -67,8 +67,9 @@ def test_migrations_are_numbered_alike() -> None:
 def test_same_tables_columns_and_indexes(tmp_path: Path, pg_server: PostgresServer) -> None:
     lite = open_cache(tmp_path / "c.sqlite")
     pg = open_cache(pg_server.create_database())
-    tables = ["accounts", "alerts", "files", "leads", "locations", "messages", "meta",
-              "schema_version", "skipped", "thread_links", "threads"]
+    tables = ["accounts", "alerts", "files", "lead_blocks", "leads", "locations",
+              "message_volume", "messages", "meta", "schema_version", "skipped",
+              "thread_links", "threads"]
     lite_tables = sorted(r[0] for r in lite.conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'"))
     pg_tables = sorted(r[0] for r in pg.conn.execute(
@@ -88,7 +89,8 @@ def test_same_tables_columns_and_indexes(tmp_path: Path, pg_server: PostgresServ
         "AND indexname NOT LIKE '%%_pkey' AND indexname NOT LIKE '%%_key'")}
     assert lite_idx == pg_idx == {"messages_time", "messages_thread", "locations_msg",
                                   "threads_span", "threads_start", "leads_time",
-                                  "leads_reply_time", "leads_thread"}
+                                  "leads_reply_time", "leads_thread", "messages_problems",
+                                  "lead_blocks_thread"}
 
 
 def test_example_mailbox_gives_identical_reports(tmp_path: Path,
@@ -201,6 +203,32 @@ def test_frames_read_in_chunks_equal_one_read(backend: str) -> None:
     pd.testing.assert_frame_equal(c.messages(), whole)
     pd.testing.assert_frame_equal(c.thread_inputs(), inputs)
     assert len(whole) == 898
+
+
+def test_status_counts_exactly(backend: str) -> None:
+    """status counts from indexes (schema 8): malformed headers (any problem but a missing
+    time), messages without a time, and each account's distinct messages, however many
+    places hold a message."""
+    from dataclasses import replace
+
+    from replytime.model import PROBLEM_BAD_ADDRESS, PROBLEM_MALFORMED, PROBLEM_NO_TIME
+    from replytime.sources.headers import parse_header_block
+
+    def rec(i: int, problems: int = 0, timed: bool = True):  # type: ignore[no-untyped-def]
+        r = parse_header_block(f"From: a@b.example\r\nSubject: s{i}\r\nMessage-ID: <{i}@b>"
+                               "\r\nDate: Mon, 2 Nov 2026 10:00:00 +0000\r\n\r\n".encode())
+        return replace(r, problems=problems, time_ms=r.time_ms if timed else None)
+
+    c = open_cache(backend)
+    c.write_batch("one", [("/1", rec(1)), ("/1-copy", rec(1)), ("/2", rec(2, PROBLEM_NO_TIME,
+                                                                          timed=False)),
+                          ("/3", rec(3, PROBLEM_MALFORMED | PROBLEM_NO_TIME, timed=False)),
+                          ("/4", rec(4, PROBLEM_BAD_ADDRESS))])
+    c.write_batch("two", [("a", rec(1)), ("b", rec(5)), ("c", rec(5))])
+    c.write_batch("one", [], removed=["/4"])
+    s = c.status()
+    assert (s["messages"], s["no_time"], s["malformed"]) == (4, 2, 1)
+    assert [(a["name"], a["messages"]) for a in s["accounts"]] == [("one", 3), ("two", 2)]
 
 
 # -- concurrent writers ---------------------------------------------------------------------

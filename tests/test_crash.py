@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import json
 import os
 import random
 import re
@@ -119,6 +120,14 @@ def finish(mail: Mail, db: Path, fmt: str) -> subprocess.CompletedProcess[str]:
     return r
 
 
+def _without_folders(state: str) -> dict[str, object]:
+    from replytime.sources.files import FOLDERS_STATE
+
+    out = json.loads(state)
+    out.pop(FOLDERS_STATE, None)
+    return out
+
+
 def dump(db: Path) -> Dump:
     """Everything an import writes, in a stable order; row ids and sync times left out."""
     con = sqlite3.connect(db)
@@ -135,7 +144,10 @@ def dump(db: Path) -> Dump:
                            "ORDER BY account, location").fetchall(),
             "skipped": q("SELECT account, location, reason FROM skipped "
                          "ORDER BY account, location").fetchall(),
-            "accounts": q("SELECT name, type, state FROM accounts ORDER BY name").fetchall(),
+            # Without the Maildir folders' mtimes, which like the files table say when
+            # files were read, not what the cache holds (files.FOLDERS_STATE).
+            "accounts": [(n, t, _without_folders(st)) for n, t, st in q(
+                "SELECT name, type, state FROM accounts ORDER BY name").fetchall()],
             "meta": q("SELECT key, value FROM meta ORDER BY key").fetchall(),
             "schema": q("SELECT version FROM schema_version").fetchall(),
         }

@@ -68,6 +68,12 @@ def settle(root: Path, age: float = 10.0) -> None:
         os.utime(p, (when, when), follow_symlinks=False)
 
 
+def date_folder(folder: Path, age: float = 5.0) -> None:
+    """Date a folder alone (not its files) ``age`` seconds back, as if changed then."""
+    when = time.time() - age
+    os.utime(folder, (when, when))
+
+
 def count_opens(monkeypatch: pytest.MonkeyPatch, under: Path) -> list[str]:
     """The files under ``under`` opened from now on in this process (imports with
     ``workers=1`` read in this process): works as root too, where chmod 000 would not."""
@@ -252,11 +258,13 @@ def test_maildir_files_imported_before_are_not_read_again(
     assert dump(cache)["messages"][:6] == before["messages"]
     monkeypatch.undo()
 
+    date_folder(md / "cur")  # as if renamed 5 s ago: its mtime is trusted from now on
     nothing_new = import_paths(cache, [md, box])  # no error: all of it is in the cache already
     assert (nothing_new.fetched, nothing_new.extra["unchanged"]) == (0, 7)
     emptied = md / "cur" / "1700000001.M1P1.host:2,"
-    emptied.write_bytes(b"")  # changed: read again
+    emptied.write_bytes(b"")  # changed: read again once its folder is listed again
     settle(emptied)
+    date_folder(md / "cur", 3)
     changed = import_paths(cache, [md, box])
     assert (changed.fetched, changed.skipped, changed.extra["unchanged"]) == (0, 1, 6)
     other = import_paths(cache, [md, box], account="other")
@@ -722,6 +730,65 @@ def test_maildir_move_and_flag_change_keep_one_place(backend: str, tmp_path: Pat
     assert str(md / "1700000099.M9P1.host") in {p[1] for p in after[0]}
     names = {r[0] for r in rows(c, "SELECT name FROM files")}
     assert names == {str(p) for p in (md / "cur").iterdir()}
+    c.close()
+
+
+def test_unchanged_maildir_folder_is_not_listed(backend: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cur/ or new/ whose mtime and inode are as when all its files were stored is not
+    listed again (files.FOLDERS_STATE); one with a file added, renamed or unreadable is, and
+    a folder changed just before it was listed is not trusted next time."""
+    md = mailboxes(tmp_path)["maildir"]
+    c = open_cache(backend)
+    assert import_paths(c, [md]).fetched == 5
+    listed: list[str] = []
+    real_scandir = os.scandir
+
+    def scandir(path: Any) -> Any:
+        listed.append(os.path.basename(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    opened = count_opens(monkeypatch, tmp_path)
+    again = import_paths(c, [md], workers=1)
+    assert (again.fetched, again.extra["unchanged"], listed, opened) == (0, 5, ["Maildir"], [])
+    # A message rewritten in place leaves its folder's mtime: not read (Maildir messages
+    # are never rewritten; README.md, "Commands").
+    (md / "cur" / "1700000002.M2P1.host:2,S").write_bytes(msg("rewritten@x.example"))
+    assert import_paths(c, [md], workers=1).fetched == 0 and opened == []
+    # A new message: new/ is listed and its file read; new/ was modified just now, so it
+    # is listed again next time (and only then trusted), cur/ never.
+    (md / "new" / "1700000100.M10P1.host").write_bytes(msg("md10@x.example"))
+    settle(md / "new" / "1700000100.M10P1.host")  # the file, not its folder
+    listed.clear()
+    s = import_paths(c, [md], workers=1)
+    assert (s.fetched, s.extra["unchanged"], listed) == (1, 5, ["Maildir", "new"])
+    assert opened == [str(md / "new" / "1700000100.M10P1.host")]
+    date_folder(md / "new")
+    listed.clear()
+    assert import_paths(c, [md], workers=1).extra["unchanged"] == 6 and listed[1:] == ["new"]
+    listed.clear()
+    assert import_paths(c, [md], workers=1).extra["unchanged"] == 6 and listed[1:] == []
+    # A file that cannot be read: its folder is not recorded, so the file is tried again.
+    late = md / "new" / "1700000101.M11P1.host"
+    late.write_bytes(msg("md11@x.example"))
+    settle(late)
+    date_folder(md / "new")
+    real_os_open = os.open
+
+    def refusing(path: Any, *args: Any, **kwargs: Any) -> int:
+        if str(path) == str(late):
+            raise PermissionError(13, "Permission denied")
+        return real_os_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+    s = import_paths(c, [md], workers=1)
+    assert (s.fetched, s.skipped) == (0, 1)
+    monkeypatch.setattr(os, "open", real_os_open)
+    listed.clear()
+    s = import_paths(c, [md], workers=1)
+    assert (s.fetched, listed[1:]) == (1, ["new"])
+    assert rows(c, "SELECT count(*) FROM messages") == [(7,)]
     c.close()
 
 

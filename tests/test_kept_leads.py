@@ -352,6 +352,44 @@ def test_kept_frames_equal_paired_frames(tmp_path: Path,
             same(got, want)
             # all_leads of an unlimited analysis: every lead as of as_of
             same(a.all_leads, want_all)
+            # reply blocks, thread sizes and volume from the kept tables, not the messages
+            for period in (("2026-11-02", "2026-11-16"), (None, None)):
+                reports = (Analysis.blocks, Analysis.thread_sizes, Analysis.volume,
+                           Analysis.reps)
+                a = Analysis(cache, cfg, as_of=as_of)
+                got_frames = [f(a, a.selection(*period)) for f in reports]
+                assert a.kept and "messages" not in a.__dict__
+                with no_kept_table(monkeypatch):
+                    b = Analysis(cache, cfg, as_of=as_of)
+                    want_frames = [f(b, b.selection(*period)) for f in reports]
+                for x, y in zip(got_frames, want_frames, strict=True):
+                    same(x, y)
+
+
+def test_volume_buckets_across_local_midnight_equal_scratch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kept volume counts messages per bucket of UTC time; a bucket that crosses local
+    midnight, or that a period cuts (``--since 7d``, a week in New York time), is counted
+    from its messages. Buckets of 7 h 13 ms cross midnight and every period edge: still
+    the same report, after a rebuild and after new messages added to the counts."""
+    monkeypatch.setattr(kept, "VOLUME_BUCKET_MS", 7 * 3600 * 1000 + 13)
+    mail = Mail(tmp_path, 31)
+    db = str(tmp_path / "kept.sqlite")
+    config = tmp_path / "replytime.toml"
+    data = start_config()
+    data["team"]["timezone"] = "America/New_York"
+    config.write_text(toml(data))
+    with open_cache(db) as cache:
+        for _ in range(2):
+            mail.batch(cache)
+        refresh_threads(cache, parse_config(data))  # a rebuild: every bucket counted
+        buckets = cache._execute("SELECT count(*) FROM message_volume").fetchone()[0]
+        mail.batch(cache)
+        refresh_threads(cache, parse_config(data))  # an update: the new messages added
+        assert kept.usable(cache, parse_config(data)) and buckets > 0
+        as_ofs = as_of_values(cache, random.Random(3))
+    check_against_scratch(tmp_path, mail, db, config, as_ofs, str(tmp_path / "fresh.sqlite"),
+                          monkeypatch)
 
 
 def test_forms_and_labels_are_not_kept(tmp_path: Path) -> None:

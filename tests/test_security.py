@@ -81,8 +81,20 @@ ALLOWED_INTERPOLATIONS = {
     # subquery (thread ids bound as one "?" JSON parameter), "?" marks for a few ids
     frozenset({"', '.join('?' for _ in KEPT_COLUMNS)", "', '.join(KEPT_COLUMNS)"}),
     frozenset({"', '.join(KEPT_COLUMNS)"}),
-    frozenset({"_ORDER", "' AND '.join(where)", "_SELECT"}),
+    frozenset({"_ORDER", "' AND '.join(where)", "_SELECT_RULE"}),
+    frozenset({"', '.join('l.' + c for c in KEPT_COLUMNS)"}),
     frozenset({"marks"}),
+    # store/leads.py, schema 8: the kept blocks' and volume's constant column lists and "?"
+    # placeholders, constant table names, "?" filters joined by AND, "?" time spans and a
+    # constant "id <= ?" filter
+    frozenset({"', '.join(BLOCK_KEPT_COLUMNS)", "', '.join('?' for _ in BLOCK_KEPT_COLUMNS)"}),
+    frozenset({"cols"}),
+    frozenset({"' AND '.join(where)", "', '.join(VOLUME_COLUMNS)"}),
+    frozenset({"span", "extra"}),
+    frozenset({"table"}),
+    frozenset({"self.json_values", "table"}),
+    # status: the backend's constant index hint
+    frozenset({"self.location_keys_index"}),
 }
 
 

@@ -254,14 +254,20 @@ def status(
     """What is cached: messages, threads, leads, sources and data-quality counts."""
     import json
 
-    from replytime.api import Analysis
+    from replytime.analysis.rethread import kept_lead_counts
+    from replytime.periods import utc_now
     from replytime.store import open_cache
 
     cfg = _config()
     cache = open_cache(G.db, create=False)
-    analysis = Analysis(cache, cfg)
     _team(cfg, require=False)
-    leads, unanswered, clamped = analysis.lead_counts()
+    now = utc_now()
+    counts = kept_lead_counts(cache, cfg, int(now.timestamp() * 1000))
+    if counts is None:  # leads not kept for this config: matched from the messages
+        from replytime.api import Analysis
+
+        counts = Analysis(cache, cfg, as_of=now).lead_counts()
+    leads, unanswered, clamped = counts
     info = cache.status()
     info["threads"] = cache.thread_count()
     info["leads"] = leads

@@ -126,6 +126,57 @@ def reply_blocks(
     return out[BLOCK_COLUMNS]
 
 
+#: what ``overall_by_rep`` reads of kept blocks (``kept_reply_times``)
+REPLY_TIME_COLUMNS = ("lead_id", "block_start_ms", "reply_time_ms", "responder", "business_s")
+
+
+def kept_reply_times(rows: pd.DataFrame, leads: pd.DataFrame, as_of_ms: int) -> pd.DataFrame:
+    """What ``overall_by_rep`` reads of ``kept_blocks_as_of`` (answered, responder,
+    response_s, business_s), the same values, from ``REPLY_TIME_COLUMNS`` alone: no
+    message ids read for ``report reps``."""
+    rows = rows[rows["lead_id"].isin(leads["lead_id"])]
+    reply = rows["reply_time_ms"].astype("Int64")
+    answered = (reply.notna() & (reply <= as_of_ms)).fillna(False).to_numpy(dtype=bool)
+    reply = pd.array(reply.where(answered, pd.NA), dtype="Int64")
+    start = rows["block_start_ms"].astype("int64").to_numpy()
+    return pd.DataFrame({
+        "answered": answered,
+        "responder": rows["responder"].where(answered, None).to_numpy(),
+        "response_s": ((pd.Series(reply) - start) / 1000.0).astype("float64").clip(lower=0)
+        .to_numpy(),
+        "business_s": rows["business_s"].astype("float64").where(answered).to_numpy(),
+    })
+
+
+def kept_blocks_as_of(rows: pd.DataFrame, leads: pd.DataFrame, as_of_ms: int) -> pd.DataFrame:
+    """``reply_blocks`` of kept email leads as of ``as_of_ms``, from their blocks as of
+    everything cached (``store.leads.BLOCK_KEPT_COLUMNS``, those starting at most at
+    ``as_of``): a block's messages are in time order, so cutting at ``as_of`` drops the
+    blocks starting later and leaves the one whose reply is later unanswered."""
+    rows = rows[rows["lead_id"].isin(leads["lead_id"])]
+    reply = rows["reply_time_ms"].astype("Int64")
+    answered = (reply.notna() & (reply <= as_of_ms)).fillna(False).to_numpy(dtype=bool)
+    out = pd.DataFrame({
+        "lead_id": rows["lead_id"].to_numpy(),
+        "block": rows["block"].astype("int64").to_numpy(),
+        "block_start_ms": rows["block_start_ms"].astype("int64").to_numpy(),
+        "block_message_id": rows["block_message_id"].to_numpy(),
+        "reply_message_id": rows["reply_message_id"].where(answered).to_numpy(),
+    })
+    lead_cols = leads.set_index("lead_id")[["thread_id", "lead_message_id", "rep"]]
+    out = out.join(lead_cols, on="lead_id")
+    out["answered"] = answered
+    # Text as reply_blocks' rep_name of the messages' text gives it (missing: NaN).
+    out["responder"] = rows["responder"].astype("str").where(answered, None).reset_index(
+        drop=True)
+    out["reply_time_ms"] = pd.array(reply.where(answered, pd.NA), dtype="Int64")
+    out["response_s"] = ((out["reply_time_ms"] - out["block_start_ms"]) / 1000.0).astype(
+        "float64").clip(lower=0)
+    out["business_s"] = rows["business_s"].astype("float64").where(answered).to_numpy()
+    out = out.sort_values(["lead_id", "block"]).reset_index(drop=True)
+    return out[BLOCK_COLUMNS]
+
+
 def _form_anchors(form: pd.DataFrame, messages: pd.DataFrame) -> pd.DataFrame:
     """Follow-ups of answered form leads: the first reply's thread, after the reply."""
     answered = form[form["answered"]]

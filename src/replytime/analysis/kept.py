@@ -30,14 +30,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
+from replytime.analysis.followon import reply_blocks
 from replytime.analysis.matcher import LEAD_COLUMNS, UNASSIGNED, Roster, match_leads, prepare
+from replytime.analysis.metrics import local_dates, thread_turns
 from replytime.config import Config
+from replytime.periods import Period
 from replytime.store.base import Grouping
-from replytime.store.leads import KEPT_COLUMNS
+from replytime.store.leads import (
+    BLOCK_KEPT_COLUMNS,
+    KEPT_COLUMNS,
+    VOLUME_BUCKET_MS,
+    VOLUME_COLUMNS,
+)
 
 if TYPE_CHECKING:
     from replytime.store import Cache
@@ -130,6 +139,45 @@ def as_of(rows: pd.DataFrame, config: Config, as_of_ms: int) -> pd.DataFrame:
     return out
 
 
+def volume_counts(cache: Cache, config: Config, period: Period, tz: ZoneInfo
+                  ) -> dict[str, pd.Series]:
+    """The messages of ``period`` per local date, as ``metrics.volume_table`` counts them
+    (``inbound``, ``outbound``, ``messages``): from the kept buckets lying within the period
+    and within one local date, and for the rest (the period's partial first and last
+    buckets, a bucket across local midnight) from those messages themselves."""
+    size = VOLUME_BUCKET_MS
+    since, until = period.since_ms, period.until_ms
+    first = None if since is None else -(-since // size)  # the first whole bucket
+    end = None if until is None else until // size  # the end of the whole buckets
+    spans = []
+    if since is not None:
+        edge = first * size if until is None else min(first * size, until)  # type: ignore[operator]
+        if since < edge:
+            spans.append((since, edge))
+    if until is not None:
+        edge = end * size if since is None else max(end * size, since)  # type: ignore[operator]
+        if edge < until and not (spans and edge < spans[0][1]):
+            spans.append((edge, until))
+    rows = cache.kept_volume(first, end)
+    start = rows["bucket"].astype("int64") * size
+    day = local_dates(start, tz)
+    across = (day != local_dates(start + size - 1, tz)).to_numpy(dtype=bool)
+    spans += [(int(a), int(a) + size) for a in start[across]]
+    whole = rows[~across].assign(day=day[~across].to_numpy())
+    m = prepare(cache.timed_messages(sorted(spans)), Roster(config)) if spans else None
+    out = {}
+    for kind in ("inbound", "outbound", "messages"):
+        counts = whole.groupby("day")[kind].sum() if len(whole) else pd.Series(dtype="int64")
+        if m is not None and len(m):
+            mine = {"inbound": ~m["from_internal"] & m["from_addr"].notna(),
+                    "outbound": m["from_internal"] & m["to_external"],
+                    "messages": m["timed"]}[kind]
+            counts = counts.add(local_dates(m.loc[mine, "time_ms"], tz).value_counts(),
+                                fill_value=0)
+        out[kind] = counts[counts > 0].astype("int64")
+    return out
+
+
 # -- keeping -----------------------------------------------------------------------------------
 @dataclass
 class Changes:
@@ -163,39 +211,94 @@ def capturing(assign: Callable[[pd.DataFrame], Grouping | pd.Series], covered_id
     return run
 
 
-def _match(messages: pd.DataFrame, config: Config, roster: Roster) -> pd.DataFrame:
-    """Kept rows (``KEPT_COLUMNS``) of the email leads of ``messages`` (whole threads)."""
-    if messages.empty:
-        return pd.DataFrame(columns=list(KEPT_COLUMNS))
-    leads = match_leads(prepare(messages, roster), config, EVERYTHING_MS)
+@dataclass
+class Kept:
+    """What ``_match`` keeps of some whole threads: lead rows (``KEPT_COLUMNS``) and their
+    reply blocks (``BLOCK_KEPT_COLUMNS``)."""
+
+    rows: pd.DataFrame
+    blocks: pd.DataFrame
+
+
+def _match(m: pd.DataFrame, config: Config) -> Kept:
+    """The email leads of ``m`` (whole threads, prepared), their turns and reply blocks as
+    of everything cached."""
+    if m.empty:
+        return Kept(pd.DataFrame(columns=list(KEPT_COLUMNS)),
+                    pd.DataFrame(columns=list(BLOCK_KEPT_COLUMNS)))
+    leads = match_leads(m, config, EVERYTHING_MS)
     leads = leads.assign(business_s=business_s(leads, config))
-    return leads[list(KEPT_COLUMNS)]
+    turns = thread_turns(m[m["thread_id"].isin(leads["thread_id"])])
+    leads["turns"] = leads["thread_id"].map(turns).fillna(0).astype("int64")
+    blocks = reply_blocks(m, leads, config, EVERYTHING_MS)
+    return Kept(leads[list(KEPT_COLUMNS)], blocks[list(BLOCK_KEPT_COLUMNS)])
+
+
+def _concat(frames: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame:
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames) if frames else pd.DataFrame(columns=list(columns))
+
+
+def volume_rows(m: pd.DataFrame) -> pd.DataFrame:
+    """Per VOLUME_BUCKET_MS of the timed messages of ``m`` (prepared): inbound (external
+    senders), outbound (internal senders to an external recipient) and all messages, as
+    ``metrics.volume_table`` counts them (``VOLUME_COLUMNS``, buckets with a message)."""
+    m = m[m["timed"]]
+    if m.empty:
+        return pd.DataFrame(columns=list(VOLUME_COLUMNS))
+    bucket = (m["time_ms"].astype("int64") // VOLUME_BUCKET_MS).to_numpy()
+    counts = pd.DataFrame({
+        "bucket": bucket,
+        "inbound": (~m["from_internal"] & m["from_addr"].notna()).to_numpy(dtype="int64"),
+        "outbound": (m["from_internal"] & m["to_external"]).to_numpy(dtype="int64"),
+        "messages": 1,
+    }).groupby("bucket", sort=True).sum()
+    return counts.reset_index()[list(VOLUME_COLUMNS)]
 
 
 def rebuild(cache: Cache, config: Config, state: str) -> None:
     """Every kept row again, period by period of about ``PART_MESSAGES`` messages: each
     period's leads from the threads active in it, read whole (exact, as ``LeadSet.limit_to``
-    is), so memory is that of one period."""
+    is), so memory is that of one period. The volume counts each period's messages, and
+    those before the first thread start or after the last apart."""
     roster = Roster(config)
     first, last, top = cache.thread_span_bounds()
-    frames = []
+    rows, blocks, volume = [], [], []
     if first is not None and last is not None:
         n = max(1, -(-cache.message_count() // PART_MESSAGES))
         end = last + 1
         edges = sorted({first + (end - first) * i // n for i in range(n)} | {end})
         for a, b in zip(edges, edges[1:], strict=False):
-            rows = _match(cache.messages(active=(a, b)), config, roster)
-            rows = rows[(rows["lead_time_ms"] >= a) & (rows["lead_time_ms"] < b)]
-            if not rows.empty:
-                frames.append(rows)
-    rows = pd.concat(frames) if frames else pd.DataFrame(columns=list(KEPT_COLUMNS))
-    cache.replace_kept_leads(rows, threads=None, state=state, max_id=top)
+            m = prepare(cache.messages(active=(a, b)), roster)
+            found = _match(m, config)
+            within = (found.rows["lead_time_ms"] >= a) & (found.rows["lead_time_ms"] < b)
+            rows.append(found.rows[within])
+            blocks.append(found.blocks[found.blocks["lead_id"].isin(found.rows["lead_id"][within])])
+            volume.append(volume_rows(
+                m[(m["time_ms"] >= a) & (m["time_ms"] < b) & (m["id"] <= top)]))
+        outside = cache.timed_messages([(-(2**62), first), (end, 2**62)], where="id <= ?",
+                                       params=(top,))
+    else:
+        outside = cache.timed_messages([(-(2**62), 2**62)], where="id <= ?", params=(top,))
+    volume.append(volume_rows(prepare(outside, roster)))
+    counts = _concat(volume, VOLUME_COLUMNS)
+    if not counts.empty:  # a bucket counted in two parts (messages on both sides of an edge)
+        counts = counts.groupby("bucket", sort=True).sum().reset_index()[list(VOLUME_COLUMNS)]
+    cache.replace_kept_leads(_concat(rows, KEPT_COLUMNS), _concat(blocks, BLOCK_KEPT_COLUMNS),
+                             counts, threads=None, state=state, max_id=top)
 
 
 def update(cache: Cache, config: Config, state: str, changes: Changes) -> None:
-    """Match the changed threads again and replace their rows."""
+    """Match the changed threads again and replace their rows; add the new messages (all
+    in changed threads) to the volume."""
     threads = sorted(changes.threads)
-    rows = _match(cache.messages_of_threads(threads), config, Roster(config)) if threads \
-        else pd.DataFrame(columns=list(KEPT_COLUMNS))
-    cache.replace_kept_leads(rows, threads=threads, state=state,
-                             max_id=max(changes.max_id, cache.kept_leads_state()[1]))
+    covered = cache.kept_leads_state()[1]
+    m = prepare(cache.messages_of_threads(threads), Roster(config)) if threads else None
+    if m is None or m.empty:
+        found = _match(pd.DataFrame(), config)
+        volume = pd.DataFrame(columns=list(VOLUME_COLUMNS))
+    else:
+        found = _match(m, config)
+        volume = volume_rows(m[(m["id"] > covered) & (m["id"] <= changes.max_id)])
+    cache.replace_kept_leads(found.rows, found.blocks, volume, threads=threads, state=state,
+                             max_id=max(changes.max_id, covered))

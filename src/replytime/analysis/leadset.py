@@ -110,7 +110,9 @@ class LeadSet:
         from replytime.analysis import kept
 
         rows = self.cache.kept_leads(since_ms, until_ms, self.as_of_ms, replied=replied)
-        leads = self._with_rule(kept.as_of(rows, self.config, self.as_of_ms))
+        rule = rows["rule"].reset_index(drop=True)  # as _with_rule adds it
+        leads = kept.as_of(rows, self.config, self.as_of_ms)
+        leads = leads.assign(rule=rule.astype(object).where(rule.notna(), None))
         # The column order of the other paths: rule, then the business times.
         times = [c for c in ("business_s", "business_age_s") if c in leads]
         return leads[[c for c in leads if c not in times] + times]
@@ -198,6 +200,8 @@ class LeadSet:
         that any report of the period reads of them."""
         if self.kept:
             scope = self.scope or Period(None, None)
+            if scope.since_ms is None and scope.until_ms is None:  # every lead: read once
+                return self._period_leads(scope)
             return self._kept_leads(scope.since_ms, scope.until_ms, replied=True)
         parts = self._parts()
         return self._leads_by_part(parts) if parts else self._whole_leads()
@@ -330,24 +334,43 @@ class LeadSet:
         return reply_blocks(self.messages, leads, self.config, self.as_of_ms)
 
     def _kept_blocks(self, leads: pd.DataFrame) -> pd.DataFrame:
-        """Reply blocks of kept leads (email leads: each from its own thread). An all-time
-        analysis of a big cache reads the messages part by part (``_parts``), each part
-        the threads active in it, for the leads of that part: memory of one part."""
-        from replytime.analysis.followon import reply_blocks
+        """Reply blocks of kept leads, from the kept blocks (``analysis.kept``): no message
+        read."""
+        from replytime.analysis.followon import kept_blocks_as_of, reply_blocks
 
         if leads.empty:  # no messages needed
             return reply_blocks(pd.DataFrame(), leads, self.config, self.as_of_ms)
-        parts = self._parts()
-        if not parts:
-            return reply_blocks(self.messages, leads, self.config, self.as_of_ms)
-        blocks = []
-        for period in parts:
-            chunk = metrics.in_period(leads, period)
-            if not chunk.empty:
-                part = LeadSet(self.cache, self.config, as_of=self.as_of, scope=period)
-                blocks.append(reply_blocks(part.messages, chunk, self.config, self.as_of_ms))
-        blocks = [b for b in blocks if not b.empty] or blocks[:1]
-        return pd.concat(blocks).sort_values(["lead_id", "block"]).reset_index(drop=True)
+        rows = self.cache.kept_blocks(int(leads["lead_time_ms"].min()),
+                                      int(leads["lead_time_ms"].max()), self.as_of_ms)
+        return kept_blocks_as_of(rows, leads, self.as_of_ms)
+
+    def reply_times(self, leads: pd.DataFrame) -> pd.DataFrame:
+        """The reply blocks of ``leads`` with what ``followon.overall_by_rep`` reads; of
+        kept leads only those columns are read."""
+        from replytime.analysis.followon import REPLY_TIME_COLUMNS, kept_reply_times
+
+        if not self.kept or leads.empty:
+            return self._blocks_of(leads)
+        rows = self.cache.kept_blocks(int(leads["lead_time_ms"].min()),
+                                      int(leads["lead_time_ms"].max()), self.as_of_ms,
+                                      REPLY_TIME_COLUMNS)
+        return kept_reply_times(rows, leads, self.as_of_ms)
+
+    def _kept_thread_sizes(self, leads: pd.DataFrame) -> pd.DataFrame:
+        """``metrics.thread_sizes`` of kept leads: messages and span from the threads
+        table, turns from the kept rows."""
+        if leads.empty:
+            return metrics.thread_sizes(self.messages, leads)
+        rows = self.cache.kept_thread_sizes(int(leads["lead_time_ms"].min()),
+                                            int(leads["lead_time_ms"].max()))
+        # By lead id (a kept lead is its thread's only one): integers, a fast isin.
+        rows = rows[rows["lead_id"].isin(leads["lead_id"])]
+        out = pd.DataFrame({
+            "messages": rows["messages"].astype("int64").to_numpy(),
+            "turns": rows["turns"].to_numpy(),
+            "duration_s": ((rows["last_ms"] - rows["first_ms"]) / 1000.0).to_numpy(),
+        }, index=rows["thread_id"].to_numpy())
+        return metrics.finish_thread_sizes(out, leads)
 
     def subjects(self, ids: pd.Series) -> pd.Series:
         """The subject of each message id in ``ids`` (indexed by id): from the messages

@@ -168,7 +168,7 @@ def sla_table(leads: pd.DataFrame, config: Config, basis: str) -> pd.DataFrame:
     )
 
 
-def _local_dates(ms: pd.Series, tz: ZoneInfo) -> pd.Series:
+def local_dates(ms: pd.Series, tz: ZoneInfo) -> pd.Series:
     return pd.to_datetime(ms, unit="ms", utc=True).dt.tz_convert(tz).dt.date
 
 
@@ -183,20 +183,30 @@ def volume_table(
     external messages, outbound messages to external recipients, all messages."""
     m = messages[messages["timed"]]
     m = _within(m, "time_ms", period)
+    return volume_from(leads, all_leads, period, tz, {
+        "inbound": local_dates(m.loc[~m["from_internal"] & m["from_addr"].notna(), "time_ms"],
+                                tz).value_counts(),
+        "outbound": local_dates(m.loc[m["from_internal"] & m["to_external"], "time_ms"],
+                                 tz).value_counts(),
+        "messages": local_dates(m["time_ms"], tz).value_counts(),
+    })
+
+
+def volume_from(leads: pd.DataFrame, all_leads: pd.DataFrame, period: Period, tz: ZoneInfo,
+                message_counts: dict[str, pd.Series]) -> pd.DataFrame:
+    """``volume_table`` from the messages' counts per local date (``inbound``, ``outbound``,
+    ``messages``: Series of counts indexed by date, dates without messages left out)."""
     replies = all_leads[all_leads["answered"]]
     replies = _within(replies.assign(t=replies["reply_time_ms"].astype("float64")), "t", period)
     parts = {
-        "leads": _local_dates(leads["lead_time_ms"], tz),
-        "first_replies": _local_dates(replies["t"], tz),
-        "inbound": _local_dates(m.loc[~m["from_internal"] & m["from_addr"].notna(), "time_ms"],
-                                tz),
-        "outbound": _local_dates(m.loc[m["from_internal"] & m["to_external"], "time_ms"], tz),
-        "messages": _local_dates(m["time_ms"], tz),
+        "leads": local_dates(leads["lead_time_ms"], tz).value_counts(),
+        "first_replies": local_dates(replies["t"], tz).value_counts(),
+        **message_counts,
     }
-    counts = pd.DataFrame({k: v.value_counts() for k, v in parts.items()}).fillna(0)
+    counts = pd.DataFrame(parts).fillna(0)
     if period.since_ms is not None and period.until_ms is not None:
-        first = _local_dates(pd.Series([period.since_ms]), tz).iloc[0]
-        last = _local_dates(pd.Series([period.until_ms - 1]), tz).iloc[0]
+        first = local_dates(pd.Series([period.since_ms]), tz).iloc[0]
+        last = local_dates(pd.Series([period.until_ms - 1]), tz).iloc[0]
     elif len(counts):
         first, last = min(counts.index), max(counts.index)
     else:
@@ -221,12 +231,23 @@ def thread_sizes(messages: pd.DataFrame, leads: pd.DataFrame) -> pd.DataFrame:
     g = m.groupby("thread_id")
     size = g.size()
     duration = (g["time_ms"].max() - g["time_ms"].min()) / 1000.0
-    # Turns: rep -> lead exchanges, i.e. switches from external to internal human senders.
-    human = m[~m["automated"] & m["timed"]].sort_values(["thread_id", "time_ms", "id"])
+    out = pd.DataFrame({"messages": size, "turns": thread_turns(m), "duration_s": duration})
+    return finish_thread_sizes(out, leads)
+
+
+def thread_turns(messages: pd.DataFrame) -> pd.Series:
+    """Per thread of ``messages`` (whole threads, prepared): turns, the rep -> lead
+    exchanges, i.e. switches from external to internal human senders."""
+    human = messages[~messages["automated"] & messages["timed"]].sort_values(
+        ["thread_id", "time_ms", "id"])
     side = human["from_internal"].astype("int8")
     prev = side.groupby(human["thread_id"]).shift()
-    turns = ((side == 1) & (prev == 0)).groupby(human["thread_id"]).sum()
-    out = pd.DataFrame({"messages": size, "turns": turns, "duration_s": duration})
+    return ((side == 1) & (prev == 0)).groupby(human["thread_id"]).sum()
+
+
+def finish_thread_sizes(out: pd.DataFrame, leads: pd.DataFrame) -> pd.DataFrame:
+    """``thread_sizes``' rows (messages, turns, duration_s by thread id) for the threads of
+    ``leads``, in their order."""
     out = out.reindex(leads["thread_id"].unique())
     out["messages"] = out["messages"].fillna(0).astype("int64")
     out["turns"] = out["turns"].fillna(0).astype("int64")

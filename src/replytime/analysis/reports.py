@@ -32,7 +32,7 @@ class Analysis(LeadSet):
         b = self.basis(basis)
         table = metrics.reps_table(leads, self.config, b, include_total=include_total)
         # Overall reply time (docs/definitions.md) is counted by responder.
-        blocks = self._blocks_of(leads)
+        blocks = self.reply_times(leads)
         overall = followon.overall_by_rep(blocks, b)
         if include_total:
             overall = pd.concat(
@@ -96,6 +96,12 @@ class Analysis(LeadSet):
 
     def volume(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        if self.kept and not (sel.reps or sel.team) and "messages" not in self.__dict__:
+            from replytime.analysis import kept
+
+            counts = kept.volume_counts(self.cache, self.config, sel.period, self.tz)
+            return metrics.volume_from(self.select(sel), self.all_leads, sel.period, self.tz,
+                                       counts)
         messages = self.messages
         if sel.reps or sel.team:
             # Per-rep volume: that rep's own mail (sent by or to one of their addresses).
@@ -117,6 +123,8 @@ class Analysis(LeadSet):
 
     def thread_sizes(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        if self.kept and "messages" not in self.__dict__:
+            return self._kept_thread_sizes(self.select(sel))
         return metrics.thread_sizes(self.messages, self.select(sel, with_messages=True))
 
     def threads(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:

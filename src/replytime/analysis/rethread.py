@@ -67,6 +67,17 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
     return changed
 
 
+def kept_lead_counts(cache: Cache, config: Config, as_of_ms: int) -> tuple[int, int, int] | None:
+    """(leads, unanswered, clamped) as of ``as_of_ms`` counted in the kept lead table, after
+    bringing it up to date; None when leads are not kept for ``config`` (form rules, label
+    filters). Without pandas: `status` on a current cache starts and ends quickly."""
+    refresh_threads(cache, config)
+    want = _kept_state(config)
+    if want is None or cache.kept_leads_state()[0] != want:
+        return None
+    return cache.kept_lead_counts(as_of_ms)
+
+
 def _kept_state(config: Config) -> str | None:
     # As kept.state_for, without importing pandas before it is needed.
     if config.leads.forms or config.leads.labels:

@@ -14,7 +14,9 @@ mbox the absolute path, ``#`` and the byte offset of the message's ``From`` line
 Files are not read again when unchanged: the cache keeps, per account, each file's size,
 mtime, inode (``files`` table; ``FileStates``), and a file found the same is passed over
 from a stat alone. An mbox that only grew is read from where its last complete message
-ended (``Boundary``), after checking that what was read before is still there.
+ended (``Boundary``), after checking that what was read before is still there. A Maildir's
+cur/ or new/ whose mtime is as when all its files were stored is not even listed
+(``FOLDERS_STATE``).
 
 Folder and file names do not become labels. Export folder names are arbitrary (``cur``/``new``,
 notmuch nesting, whatever a user named the unpacked archive), so a label taken from them would
@@ -34,7 +36,7 @@ import stat
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from replytime.errors import UsageError
 from replytime.model import PROBLEM_TRUNCATED, MessageRecord, stored_message
@@ -353,13 +355,38 @@ def _stat(st: os.stat_result) -> Stat:
     return (*_key(st), time.time_ns())
 
 
+def _key_of(st: Stat) -> tuple[int, int]:
+    """(mtime_ns, inode) of a Stat; mtime -1 when modified just before it was taken."""
+    _, mtime_ns, ino, taken = st
+    return (-1 if mtime_ns > taken - RACY_NS else mtime_ns), ino
+
+
 def _file_row(path: str, st: Stat, boundary: Boundary | None = None) -> FileRow:
-    size, mtime_ns, ino, taken = st
-    if mtime_ns > taken - RACY_NS:
-        mtime_ns = -1
+    size = st[0]
+    mtime_ns, ino = _key_of(st)
     if boundary is None:
         return maildir_location(path), path, size, mtime_ns, ino, None, None
     return path, path, size, mtime_ns, ino, boundary.offset, boundary.digest
+
+
+# The account state's key for its Maildir folders: cur/ or new/ path -> [mtime_ns, inode,
+# files], recorded once every file listed in it was stored or found unchanged and its
+# mtime is older than RACY_NS. An unchanged folder is then not even listed (as `notmuch
+# new` trusts directory mtimes): a file added, removed or renamed there (a new message, a
+# move from new/ to cur/, a flag) changes its folder's mtime. A message file rewritten in
+# place does not, and is not read again until its folder changes (Maildir messages are
+# never rewritten; README.md, "Commands").
+FOLDERS_STATE = "maildir_folders"
+
+
+class Folder(NamedTuple):
+    """A cur/ or new/ whose files were just handed out as units: its path, its Stat before
+    it was listed, how many files it held and how many of them were to read."""
+
+    path: str
+    stat: Stat
+    files: int
+    fresh: int
 
 
 def mbox_digest(f: BinaryIO, end: int) -> str:
@@ -401,11 +428,18 @@ WORKER_NICE = 10
 _FILE, _DIR, _OTHER = 0, 1, 2
 
 
-def _walk(path: str, seen: set[tuple[int, int]]) -> Iterator[tuple[list[str], bool] | Found]:
-    """Files under a directory as runs (paths in order, and whether they could be big
-    mboxes), or skipped places (Found), depth first in name order so results are the same
-    whatever the listing order. Runs, not single paths: a cur/ of 100,000 messages is one
-    list, not 100,000 trips through nested generators."""
+# A run of files found by _walk: the paths in order, whether they could be big mboxes, and
+# for a Maildir's cur/ or new/ holding files only, its path and Stat (taken before listing).
+Run = tuple[list[str], bool, "tuple[str, Stat] | None"]
+
+
+def _walk(path: str, seen: set[tuple[int, int]],
+          trusted: Callable[[str, os.stat_result], bool] | None = None
+          ) -> Iterator[Run | Found]:
+    """Files under a directory as runs, or skipped places (Found), depth first in name order
+    so results are the same whatever the listing order. Runs, not single paths: a cur/ of
+    100,000 messages is one list, not 100,000 trips through nested generators. A cur/ or
+    new/ that ``trusted`` finds unchanged is not listed at all."""
     # Only names are kept while a directory is read (a cur/ of a million messages costs
     # ~100 MB of names, not the ~350 MB of a million DirEntry objects), and sorted by kind.
     by_kind: tuple[list[str], list[str], list[str]] = ([], [], [])
@@ -414,6 +448,10 @@ def _walk(path: str, seen: set[tuple[int, int]]) -> Iterator[tuple[list[str], bo
         if (st.st_dev, st.st_ino) in seen:  # a symlink loop, or a folder given twice
             return
         seen.add((st.st_dev, st.st_ino))
+        folder = os.path.basename(path) in ("cur", "new")
+        if folder and trusted is not None and trusted(path, st):
+            return
+        taken = _stat(st)
         with os.scandir(path) as it:
             for entry in it:
                 name = entry.name
@@ -430,13 +468,13 @@ def _walk(path: str, seen: set[tuple[int, int]]) -> Iterator[tuple[list[str], bo
     files, dirs, others = by_kind
     is_maildir = "cur" in dirs or "new" in dirs
     # Files in a Maildir's cur/ or new/ are single messages: no need to stat each one.
-    check = os.path.basename(path) not in ("cur", "new")
+    check = not folder
     for lst in by_kind:
         lst.sort()
     prefix = path + os.sep
     if not dirs and not others:  # a folder of files only, such as a Maildir's cur/
-        if files:
-            yield [prefix + name for name in files], check
+        if files or folder:
+            yield [prefix + name for name in files], check, (path, taken) if folder else None
         return
     merged = heapq.merge(
         ((n, _FILE) for n in files), ((n, _DIR) for n in dirs), ((n, _OTHER) for n in others)
@@ -447,17 +485,17 @@ def _walk(path: str, seen: set[tuple[int, int]]) -> Iterator[tuple[list[str], bo
             run.append(prefix + name)
             continue
         if run:
-            yield run, check
+            yield run, check, None
             run = []
         if kind == _DIR:
             # tmp/ of a Maildir holds deliveries in progress; .notmuch is a database.
             if name == ".notmuch" or (name == "tmp" and is_maildir):
                 continue
-            yield from _walk(prefix + name, seen)
+            yield from _walk(prefix + name, seen, trusted)
         else:
             yield maildir_location(prefix + name), None, REASON_NOT_FILE
     if run:
-        yield run, check
+        yield run, check, None
 
 
 def _big_mbox(path: str, mbox_range: int) -> int:
@@ -480,12 +518,25 @@ class FileStates:
     its new name is recorded (``renamed``), nothing is read. An mbox that only grew, its
     start and the bytes before its last complete message unchanged, is read from there."""
 
-    def __init__(self, load: Callable[[], dict[str, tuple[Any, ...]]]) -> None:
+    def __init__(self, load: Callable[[], dict[str, tuple[Any, ...]]],
+                 folders: dict[str, list[int]] | None = None) -> None:
         self._load = load
         self._known: dict[str, tuple[Any, ...]] | None = None
+        self.folders = folders or {}  # FOLDERS_STATE of the account's state
         self.unchanged = 0  # files passed over
         self.grown = 0  # mbox files read from where their last import ended
         self.renamed: list[FileRow] = []
+
+    def folder_unchanged(self, path: str, st: os.stat_result) -> bool:
+        """Whether a Maildir's cur/ or new/ is as its last import left it: the same mtime
+        and inode as when every file in it was read or found unchanged. Adding, removing or
+        renaming a file in a folder changes its mtime; rewriting a file in place does not,
+        and a Maildir's messages are never rewritten (``FOLDERS_STATE``)."""
+        state = self.folders.get(path)
+        if state is None or state[:2] != list(_key(st)[1:]):
+            return False
+        self.unchanged += state[2]
+        return True
 
     def known(self) -> dict[str, tuple[Any, ...]]:
         if self._known is None:
@@ -563,31 +614,42 @@ def _units(
     files: list[str] = []
     for p in paths:
         path = os.path.abspath(os.fspath(p))
-        items: Iterator[tuple[list[str], bool] | Found]
+        items: Iterator[Run | Found]
         try:
             mode = os.stat(path).st_mode
         except OSError as exc:
             items = iter([(path, None, _reason(exc))])
         else:
             if stat.S_ISDIR(mode):
-                items = _walk(path, seen)
+                items = _walk(path, seen, states.folder_unchanged if states else None)
             elif stat.S_ISREG(mode):
-                items = iter([([path], True)])
+                items = iter([([path], True, None)])
             else:
                 items = iter([(path, None, REASON_NOT_FILE)])
         for item in items:
-            if len(item) == 3:  # a skipped place
+            if not isinstance(item[0], list):  # a skipped place
                 if files:
                     yield ("files", files)
                     files = []
                 yield ("found", item)
                 continue
-            run, check = item  # type: ignore[misc]
+            run, check, folder = item  # type: ignore[misc]
             if not check:  # Maildir messages: units straight from the run
-                files.extend(run if states is None else states.maildir_new(run))
+                if folder is not None:  # its files in units of their own, between marks
+                    if files:
+                        yield ("files", files)
+                        files = []
+                    yield ("folder", None)
+                fresh = run if states is None else states.maildir_new(run)
+                files.extend(fresh)
                 while len(files) >= unit_files:
                     yield ("files", files[:unit_files])
                     del files[:unit_files]
+                if folder is not None:
+                    if files:
+                        yield ("files", files)
+                        files = []
+                    yield ("folder", Folder(*folder, len(run), len(fresh)))
             else:
                 for file in run:
                     start: int | None = 0
@@ -669,16 +731,18 @@ def _rows(found: Iterable[Found], account: str
     return rows, locations, skipped
 
 
-def _work(unit: Unit, keep: Sequence[str], account: str) -> UnitRows:
+def _work(unit: Unit, keep: Sequence[str], account: str) -> UnitRows | Folder | None:
     if unit[0] == "state":  # names of files passed over: nothing to read
         return [], [], [], [(account, *row) for row in unit[1]]
+    if unit[0] == "folder":  # a cur/ or new/ starts (None) or ends: for the writer
+        return unit[1]
     states: list[FileRow] = []
     rows, locations, skipped = _rows(_run(unit, keep, states), account)
     return rows, locations, skipped, [(account, *row) for row in states]
 
 
 def _found(units: Iterator[Unit], keep: Sequence[str], account: str, workers: int,
-           on_wait: Callable[[], object] | None = None) -> Iterator[UnitRows]:
+           on_wait: Callable[[], object] | None = None) -> Iterator[UnitRows | Folder | None]:
     """Results of all units in order; with workers > 1, parsed in a pool of that many
     processes while this one writes. At most a few units are in flight, so memory stays
     flat however far the walk runs ahead."""
@@ -695,7 +759,7 @@ def _found(units: Iterator[Unit], keep: Sequence[str], account: str, workers: in
             yield _work(unit, keep, account)
         return
     # A place already known to be skipped needs no worker; it keeps its place in the order.
-    jobs = (Done(_work(unit, keep, account)) if unit[0] in ("found", "state")
+    jobs = (Done(_work(unit, keep, account)) if unit[0] in ("found", "state", "folder")
             else (unit, keep, account) for unit in rest)
     # A deep window: while the writer commits a big batch (~0.3 s), the workers keep parsing
     # the next units instead of idling (12 units of 1,000 files: ~15 MB of results).
@@ -789,7 +853,8 @@ def import_paths(
     kept = sorted({k.lower() for k in keep})
     state = cache.account_state(account)
     same_keep = state.get("kept_headers") == kept
-    states = FileStates(lambda: cache.file_states(account)) if same_keep else None
+    folders: dict[str, list[int]] = dict(state.get(FOLDERS_STATE, {})) if same_keep else {}
+    states = FileStates(lambda: cache.file_states(account), folders) if same_keep else None
     rows: list[tuple[Any, ...]] = []
     locations: list[tuple[str, str, str, str]] = []
     skipped: list[tuple[str, str]] = []
@@ -797,16 +862,23 @@ def import_paths(
     reasons: dict[str, int] = {}
 
     size, commits = batch_size, 0
+    # Files of the cur/ or new/ being handed out that were recorded with a trusted mtime;
+    # whether the folders' state changed since the last write.
+    recorded = 0
+    folders_changed = False
 
     def flush() -> None:
-        nonlocal size, commits
+        nonlocal size, commits, folders_changed
         # The first batch read with other kept headers than the files recorded before: those
         # are forgotten and the new headers noted with it, so a rerun after a crash passes
         # over what this import recorded, and only that.
         renew = not same_keep and not commits
+        new_state = None
+        if renew or folders_changed:  # with the files recorded so far, or after them
+            new_state = {**state, "kept_headers": kept, FOLDERS_STATE: folders}
+            folders_changed = False
         cache.write_rows(account, rows, locations, account_type="files", skipped=skipped,
-                         files=files, forget_files=renew,
-                         state={**state, "kept_headers": kept} if renew else None)
+                         files=files, forget_files=renew, state=new_state)
         if progress is not None:
             progress.advance(len(rows) + len(skipped))
         rows.clear()
@@ -828,7 +900,22 @@ def import_paths(
     # The deferred indexes: see SQLiteCache.bulk_write. Closing ``found`` stops the worker
     # pool at once if writing failed.
     with cache.bulk_write(), contextlib.closing(found):
-        for unit_rows, unit_locations, unit_skipped, unit_files in found:
+        for result in found:
+            if result is None:  # a cur/ or new/ starts
+                recorded = 0
+                continue
+            if isinstance(result, Folder):
+                mtime_ns, ino = _key_of(result.stat)
+                trusted = mtime_ns != -1 and recorded == result.fresh
+                if trusted or result.path in folders:
+                    folders_changed = True
+                    if trusted:
+                        folders[result.path] = [mtime_ns, ino, result.files]
+                    else:
+                        del folders[result.path]
+                continue
+            unit_rows, unit_locations, unit_skipped, unit_files = result
+            recorded += sum(1 for row in unit_files if row[4] != -1)
             if unit_skipped:
                 # Rare: place by place, messages and skipped places in their order.
                 nxt = 0
@@ -865,10 +952,11 @@ def import_paths(
             where = ", ".join(str(p) for p in roots)
             detail = "; ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
             raise UsageError(f"no mail found in {where}" + (f" ({detail})" if detail else ""))
-        if rows or skipped or files:
+        if rows or skipped or files or folders_changed:
             flush()
         if not same_keep:  # every file was read with these
-            cache.set_state(account, {**state, "kept_headers": kept}, account_type="files")
+            cache.set_state(account, {**state, "kept_headers": kept, FOLDERS_STATE: folders},
+                            account_type="files")
     after = cache.message_count()
     stats.seconds = time.monotonic() - started
     stats.extra = {"new": after - before, "unchanged": unchanged, "grown": grown,

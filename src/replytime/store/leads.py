@@ -46,17 +46,68 @@ LEADS_TABLE_SQL = """
     CREATE INDEX leads_thread ON leads(thread_id);
 """
 
+# Migration 8: what status and the reports read instead of the messages. The partial index
+# holds only the few messages with problems (status counts the malformed ones from it).
+# ``turns`` is the lead thread's rep -> lead exchanges (``report threads``); lead_blocks the
+# reply blocks of each kept lead as of everything cached (``report reps``, ``--all-replies``);
+# message_volume the timed messages per VOLUME_BUCKET_MS of UTC time (``report volume``).
+# Kept rows are rebuilt after the migration (leads_state cleared).
+KEPT_TABLES_SQL = """
+    CREATE INDEX messages_problems ON messages(problems) WHERE problems <> 0;
+    ALTER TABLE leads ADD COLUMN turns INTEGER;
+    CREATE TABLE lead_blocks (
+        lead_id INTEGER NOT NULL,
+        block INTEGER NOT NULL,            -- 1-based; block 1 is the lead itself
+        thread_id TEXT NOT NULL,
+        block_start_ms INTEGER NOT NULL,
+        block_message_id TEXT,
+        reply_message_id TEXT,             -- NULL: unanswered as of everything cached
+        reply_time_ms INTEGER,
+        responder TEXT,
+        business_s REAL,
+        PRIMARY KEY (lead_id, block)
+    ) WITHOUT ROWID;
+    CREATE INDEX lead_blocks_thread ON lead_blocks(thread_id);
+    CREATE TABLE message_volume (
+        bucket INTEGER PRIMARY KEY,        -- time_ms // VOLUME_BUCKET_MS
+        inbound INTEGER NOT NULL,
+        outbound INTEGER NOT NULL,
+        messages INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    DELETE FROM meta WHERE key = 'leads_state';
+"""
+#: 15 minutes: every UTC offset in use is a multiple, so a bucket lies within one local day
+#: (one that does not is counted from its messages: ``analysis.kept.volume_counts``)
+VOLUME_BUCKET_MS = 15 * 60 * 1000
+VOLUME_COLUMNS = ("bucket", "inbound", "outbound", "messages")
+#: the kept block columns, in table order
+BLOCK_KEPT_COLUMNS = (
+    "lead_id", "block", "thread_id", "block_start_ms", "block_message_id", "reply_message_id",
+    "reply_time_ms", "responder", "business_s",
+)
+
 #: the kept columns, in table order (``matcher.LEAD_COLUMNS`` without ``answered``, which is
 #: ``reply_id IS NOT NULL``, plus ``business_s``)
 KEPT_COLUMNS = (
     "lead_id", "thread_id", "kind", "lead_message_id", "lead_from", "lead_time_ms",
     "addressed_rep", "reply_id", "reply_message_id", "reply_time_ms", "reply_from",
-    "responder", "rep", "response_s", "clamped", "business_s",
+    "responder", "rep", "response_s", "clamped", "business_s", "turns",
 )
 _INSERT = (f"INSERT INTO leads ({', '.join(KEPT_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in KEPT_COLUMNS)})")
-_SELECT = f"SELECT {', '.join(KEPT_COLUMNS)} FROM leads"
-_ORDER = " ORDER BY lead_time_ms, lead_id"  # match_leads' order
+# With the rule that grouped each lead's thread (the threads table, as last rebuilt).
+_SELECT_RULE = (f"SELECT {', '.join('l.' + c for c in KEPT_COLUMNS)}, t.rule FROM leads l "
+                "LEFT JOIN threads t ON t.thread_id = l.thread_id")
+_ORDER = " ORDER BY l.lead_time_ms, l.lead_id"  # match_leads' order
+_INSERT_BLOCKS = (f"INSERT INTO lead_blocks ({', '.join(BLOCK_KEPT_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' for _ in BLOCK_KEPT_COLUMNS)})")
+# New messages' counts are added to their buckets' (a rebuild starts from an empty table).
+_ADD_VOLUME = (
+    "INSERT INTO message_volume (bucket, inbound, outbound, messages) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (bucket) DO UPDATE SET inbound = message_volume.inbound + excluded.inbound, "
+    "outbound = message_volume.outbound + excluded.outbound, "
+    "messages = message_volume.messages + excluded.messages"
+)
 _CHUNK = 50_000  # rows bound per executemany: memory of one chunk of tuples at a time
 
 
@@ -94,26 +145,36 @@ class KeptLeads:
                 self.set_meta("leads_state", "")
 
     # -- writes -------------------------------------------------------------------------
-    def replace_kept_leads(self, rows: pd.DataFrame, *, threads: Sequence[str] | None,
+    def replace_kept_leads(self, rows: pd.DataFrame, blocks: pd.DataFrame,
+                           volume: pd.DataFrame, *, threads: Sequence[str] | None,
                            state: str, max_id: int) -> None:
-        """In one transaction: drop the rows of ``threads`` (every row when None), write
-        ``rows`` (``KEPT_COLUMNS``), and record that the table is exact for ``state`` up to
-        message ``max_id``."""
+        """In one transaction: drop the rows and blocks of ``threads`` (every row, block and
+        volume count when None), write ``rows`` (``KEPT_COLUMNS``) and ``blocks``
+        (``BLOCK_KEPT_COLUMNS``), add ``volume`` (``VOLUME_COLUMNS``: the counts of the
+        messages after those covered before), and record that the tables are exact for
+        ``state`` up to message ``max_id``."""
         with self.transaction():
             if threads is None:
-                self._execute("DELETE FROM leads")
+                for table in ("leads", "lead_blocks", "message_volume"):
+                    self._execute(f"DELETE FROM {table}")
             elif threads:
-                self._execute(f"DELETE FROM leads WHERE thread_id IN ({self.json_values})",
-                              (json.dumps(list(threads)),))
-            for chunk in _bound_rows(rows):
-                self._executemany(_INSERT, chunk)
+                ids = (json.dumps(list(threads)),)
+                for table in ("leads", "lead_blocks"):
+                    self._execute(
+                        f"DELETE FROM {table} WHERE thread_id IN ({self.json_values})", ids)
+            for sql, frame, columns in ((_INSERT, rows, KEPT_COLUMNS),
+                                        (_INSERT_BLOCKS, blocks, BLOCK_KEPT_COLUMNS),
+                                        (_ADD_VOLUME, volume, VOLUME_COLUMNS)):
+                for chunk in _bound_rows(frame, columns):
+                    self._executemany(sql, chunk)
             self.set_meta("leads_state", state)
             self.set_meta("leads_max_id", str(int(max_id)))
 
     # -- reads --------------------------------------------------------------------------
     def kept_leads(self, since_ms: int | None, until_ms: int | None, as_of_ms: int,
                    *, replied: bool = False) -> pd.DataFrame:
-        """Kept rows with lead time in [since, until) (None = open) and at most ``as_of``;
+        """Kept rows with lead time in [since, until) (None = open) and at most ``as_of``,
+        and their thread's ``rule``;
         ``replied`` adds those whose first reply is in [since, until) (``report volume``
         and the weekly flow count first replies sent in the period, whatever the lead's
         time). In lead time order, typed as ``_frame`` reads them."""
@@ -134,7 +195,7 @@ class KeptLeads:
             else:
                 where.append(lead_span)
                 params += span_params
-        return self._frame(f"{_SELECT} WHERE {' AND '.join(where)}{_ORDER}", params)
+        return self._frame(f"{_SELECT_RULE} WHERE {' AND '.join(where)}{_ORDER}", params)
 
     def kept_lead_counts(self, as_of_ms: int) -> tuple[int, int, int]:
         """(leads, unanswered, clamped) as of ``as_of``: a first reply after it does not
@@ -148,6 +209,52 @@ class KeptLeads:
             (int(as_of_ms), int(as_of_ms), int(as_of_ms)),
         ).fetchone()
         return int(row[0]), int(row[1]), int(row[2])
+
+    def kept_blocks(self, first_ms: int, last_ms: int, as_of_ms: int,
+                    columns: Sequence[str] = BLOCK_KEPT_COLUMNS) -> pd.DataFrame:
+        """Kept blocks (``columns`` of ``BLOCK_KEPT_COLUMNS``) starting at most at ``as_of``
+        of the leads with lead time in [first, last], in (lead, block) order."""
+        cols = ", ".join(f"b.{c}" for c in BLOCK_KEPT_COLUMNS if c in columns)
+        return self._frame(
+            f"SELECT {cols} FROM lead_blocks b JOIN leads l ON l.lead_id = b.lead_id "
+            "WHERE l.lead_time_ms >= ? AND l.lead_time_ms <= ? AND b.block_start_ms <= ? "
+            "ORDER BY b.lead_id, b.block", (int(first_ms), int(last_ms), int(as_of_ms)))
+
+    def kept_thread_sizes(self, first_ms: int, last_ms: int) -> pd.DataFrame:
+        """Per kept lead with lead time in [first, last]: its id and thread, the thread's
+        messages, first and last message time (the threads table) and turns."""
+        return self._frame(
+            "SELECT l.lead_id, l.thread_id, t.messages, t.first_ms, t.last_ms, l.turns "
+            "FROM leads l "
+            "JOIN threads t ON t.thread_id = l.thread_id "
+            "WHERE l.lead_time_ms >= ? AND l.lead_time_ms <= ?", (int(first_ms), int(last_ms)))
+
+    def kept_volume(self, first_bucket: int | None, end_bucket: int | None) -> pd.DataFrame:
+        """Kept message counts (``VOLUME_COLUMNS``) of the buckets in [first, end) (None:
+        open), in bucket order."""
+        where, params = ["1 = 1"], []
+        if first_bucket is not None:
+            where.append("bucket >= ?")
+            params.append(int(first_bucket))
+        if end_bucket is not None:
+            where.append("bucket < ?")
+            params.append(int(end_bucket))
+        return self._frame(f"SELECT {', '.join(VOLUME_COLUMNS)} FROM message_volume "
+                           f"WHERE {' AND '.join(where)} ORDER BY bucket", params)
+
+    def timed_messages(self, spans: Sequence[tuple[int, int]], *,
+                       where: str = "", params: Sequence[Any] = ()) -> pd.DataFrame:
+        """Threaded messages with a time in any of the [a, b) ``spans`` (and ``where``), with
+        what ``matcher.prepare`` needs, in id order."""
+        if not spans:
+            spans = [(0, 0)]
+        span = " OR ".join("(time_ms >= ? AND time_ms < ?)" for _ in spans)
+        extra = f" AND ({where})" if where else ""
+        df = self._frame(
+            "SELECT id, from_addr, to_addrs, cc_addrs, time_ms FROM messages "
+            f"WHERE thread_id IS NOT NULL AND ({span}){extra} ORDER BY id",
+            [int(v) for s in spans for v in s] + list(params))
+        return df
 
     def thread_span_bounds(self) -> tuple[int | None, int | None, int]:
         """(earliest, latest) thread start and the highest message id: where a full
@@ -178,12 +285,12 @@ class KeptLeads:
         return {int(i): s for i, s in rows}
 
 
-def _bound_rows(rows: pd.DataFrame) -> Iterator[list[tuple[Any, ...]]]:
-    """``rows`` as tuples of Python values (None for missing), a chunk at a time, built
-    column by column (no Python loop per row besides the driver's own)."""
+def _bound_rows(rows: pd.DataFrame, names: Sequence[str]) -> Iterator[list[tuple[Any, ...]]]:
+    """``rows``' columns ``names`` as tuples of Python values (None for missing), a chunk at
+    a time, built column by column (no Python loop per row besides the driver's own)."""
     for start in range(0, len(rows), _CHUNK):
         part = rows.iloc[start:start + _CHUNK]
-        columns = [_values(part[c]) for c in KEPT_COLUMNS]
+        columns = [_values(part[c]) for c in names]
         yield list(zip(*columns, strict=True))
 
 

@@ -29,7 +29,7 @@ from psycopg import errors as pg_errors
 
 from replytime.errors import CacheError, LockedError
 from replytime.store.base import ALERTS_TABLE, FILES_TABLE, CacheBase, maildir_places_sql
-from replytime.store.leads import LEADS_TABLE_SQL, KeptLeads
+from replytime.store.leads import KEPT_TABLES_SQL, LEADS_TABLE_SQL, KeptLeads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -118,6 +118,8 @@ MIGRATIONS: tuple[str, ...] = (
     ),
     LEADS_TABLE_SQL.replace(" INTEGER", " BIGINT").replace(" REAL", " DOUBLE PRECISION"),
     ALERTS_TABLE.replace(") WITHOUT ROWID", ")"),
+    KEPT_TABLES_SQL.replace(" INTEGER", " BIGINT").replace(" REAL", " DOUBLE PRECISION")
+    .replace(") WITHOUT ROWID", ")"),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
