@@ -22,7 +22,7 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 DEFAULT_SLA_BUCKETS = (300, 900, 3600, 14400, 86400)
 CONFIG_NAME = "replytime.toml"
 _INTERVAL_RE = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
-_ACCOUNT_TYPES = ("gmail", "imap", "files")
+_ACCOUNT_TYPES = ("gmail", "imap", "microsoft", "files")
 
 
 @dataclass(frozen=True)
