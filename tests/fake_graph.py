@@ -48,6 +48,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 USER = "rep@acme.example"
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 TENANT_ID = "9188040d-6c67-4c5b-b112-36a304b66dad"
+DAY = dt.timedelta(days=1)
+EST = dt.timezone(dt.timedelta(hours=-5))
 WELL_KNOWN = {"inbox": "Inbox", "sentitems": "Sent Items", "archive": "Archive",
               "deleteditems": "Deleted Items", "drafts": "Drafts"}
 
@@ -66,7 +68,7 @@ def make_ca(directory: Path) -> tuple[Path, Path, Path]:
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "replytime test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+          .not_valid_before(now - DAY).not_valid_after(now + 30 * DAY)
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
           .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                        content_commitment=False, key_encipherment=False,
@@ -78,7 +80,7 @@ def make_ca(directory: Path) -> tuple[Path, Path, Path]:
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
             .issuer_name(ca_name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+            .not_valid_before(now - DAY).not_valid_after(now + 30 * DAY)
             .add_extension(x509.SubjectAlternativeName([
                 x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
                 critical=False)
@@ -107,7 +109,7 @@ def make_client_certificate(directory: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "replytime app")])
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+            .not_valid_before(now - DAY).not_valid_after(now + 30 * DAY)
             .sign(key, hashes.SHA256()))
     c, k = directory / "app.pem", directory / "app.key"
     c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -210,8 +212,10 @@ def generate(box: Mailbox, n: int, *, seed: int = 1, start_ms: int = 1_780_000_0
         prospect = f"p{i % 997}@prospect{i % 7}.example"
         mid = f"<m{i}.{seed}@prospect.example>"
         conv = f"AAQkAD{i:08d}"
-        headers = [("Received", f"from mx by acme; {dt.datetime.fromtimestamp(t / 1000, dt.UTC):%a, %d %b %Y %H:%M:%S +0000}"),
-                   ("Date", dt.datetime.fromtimestamp(t / 1000 - 5, dt.timezone(dt.timedelta(hours=-5))).strftime("%a, %d %b %Y %H:%M:%S -0500")),
+        received = dt.datetime.fromtimestamp(t / 1000, dt.UTC)
+        date = dt.datetime.fromtimestamp(t / 1000 - 5, EST)
+        headers = [("Received", f"from mx by acme; {received:%a, %d %b %Y %H:%M:%S +0000}"),
+                   ("Date", f"{date:%a, %d %b %Y %H:%M:%S -0500}"),
                    ("From", f"{prospect}"), ("To", "sales@acme.example"),
                    ("Subject", f"Enquiry {i}"), ("Message-ID", mid)]
         if i % 11 == 3:
@@ -253,6 +257,8 @@ class FakeMicrosoft:
         self.max_concurrent = max_concurrent
         self.fault_rate, self.drop_rate, self.truncate_rate = fault_rate, drop_rate, truncate_rate
         self.retry_after = retry_after
+        self.fault_statuses: tuple[int, ...] = (429, 503, 500)
+        self.latency = 0.0  # seconds each Graph answer takes, as over a real network
         self.delta_ignores_expand = False
         self.revoked = False
         self.approve_device = True
@@ -267,7 +273,11 @@ class FakeMicrosoft:
         self.deltas: dict[str, tuple[str, str, int]] = {}  # deltatoken -> (box, folder, seq)
         self.in_flight: dict[str, int] = {}
         self.recent: dict[str, deque[float]] = {}
-        self.log: list[tuple[str, str, int]] = []  # (kind, path, status)
+        self.log: list[tuple[str, str, int]] = []  # (kind, path and query, status)
+        self.prefer: list[str] = []  # the Prefer header of every delta request
+        self.fail_after: int | None = None  # Graph answers 503 after this many requests
+        self.graph_requests = 0
+        self.peak = 0  # most Graph requests in flight at once
         self.refreshes = self.token_grants = 0
         self.throttled = self.faults = self.dropped = self.truncated = 0
         self.batch_parts = 0
@@ -504,7 +514,7 @@ class FakeMicrosoft:
             wait = self._admit(address, now)
             if wait is None and self.fault_rate and self.rng.random() < self.fault_rate:
                 self.faults += 1
-                status = self.rng.choice([429, 503, 500])
+                status = self.rng.choice(self.fault_statuses)
                 if status == 500:
                     return 500, {"error": {"code": "InternalServerError",
                                            "message": "fault"}}, {}
@@ -684,12 +694,20 @@ class _Handler(BaseHTTPRequestHandler):
         address = unquote(who.group(1)).lower() if who else USER
         with fake.lock:
             fake.in_flight[address] = fake.in_flight.get(address, 0) + 1
+            fake.peak = max(fake.peak, fake.in_flight[address])
             busy = fake.in_flight[address] > fake.max_concurrent
+            fake.graph_requests += 1
+            outage = fake.fail_after is not None and fake.graph_requests > fake.fail_after
             if fake._pending_retry is not None:
                 fake.retry_after_seen.append((fake._pending_retry, time.monotonic()))
                 fake._pending_retry = None
         try:
-            if busy:
+            if fake.latency:
+                time.sleep(fake.latency)
+            if outage:
+                status, rbody, headers = 503, {"error": {"code": "ServiceUnavailable",
+                                                         "message": "outage"}}, {}
+            elif busy:
                 status, rbody, headers = 429, {"error": {
                     "code": "ApplicationThrottled",
                     "message": "Application is over its MailboxConcurrency limit."}}, {
@@ -700,7 +718,9 @@ class _Handler(BaseHTTPRequestHandler):
                 status, rbody, headers = fake.graph(token, method, target, body,
                                                     self.headers.get("Prefer", ""))
             with fake.lock:
-                fake.log.append(("graph", target.split("?")[0], status))
+                fake.log.append(("graph", unquote(target), status))
+                if "/delta" in target:
+                    fake.prefer.append(self.headers.get("Prefer", ""))
                 if status == 429 and "Retry-After" in headers:
                     fake._pending_retry = time.monotonic() + float(headers["Retry-After"])
         finally:

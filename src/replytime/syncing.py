@@ -35,7 +35,8 @@ DEFAULT_MAX_JOBS = 4
 
 def choose_accounts(config: Config, names: Sequence[str] | None) -> list[Account]:
     """The accounts to sync: those named (each once, in order), else every gmail, imap and
-    microsoft account of the config. Refuses unknown names and file sources before anything starts."""
+    microsoft account of the config. Refuses unknown names and file sources before anything
+    starts."""
     if names:
         chosen: list[Account] = []
         for name in dict.fromkeys(names):

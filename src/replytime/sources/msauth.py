@@ -160,6 +160,10 @@ def settings(account: Account) -> MsSettings:
     if secret is not None and certificate is not None:
         raise ConfigError(f"{key}.client_certificate", "give a client secret or a "
                           "certificate, not both")
+    if (secret is not None or certificate is not None) and tenant.lower() in (
+            "organizations", "common", "consumers"):
+        raise ConfigError(f"{key}.tenant", "app-only access needs your tenant's id or "
+                          "domain (e.g. \"acme.example\"), not organizations or common")
     if (secret is not None or certificate is not None) and mailbox == "me":
         raise ConfigError(f"{key}.mailbox", "app-only access (a client secret or "
                           "certificate) needs the mailbox to read, e.g. \"rep@acme.example\"")

@@ -7,7 +7,7 @@ Each page's messages are committed with the link to the next page, so a sync kil
 point resumes at the page after the last commit and ends as an uninterrupted one would. A
 folder with nothing new costs one request.
 
-What a page row can be (docs/definitions.md, "Sources"):
+What a page row can be (docs/configuration.md, "Microsoft 365"):
 
 - a full row: ``$select`` asks only for what the cache needs, with
   ``internetMessageHeaders`` (In-Reply-To, References, the automated markers, the Date with
@@ -84,8 +84,6 @@ class Client:
     def __init__(self, s: MsSettings, options: dict[str, Any]) -> None:
         self.s = s
         self.base = s.graph_endpoint
-        self.tokens = TokenSource(s, s.graph_scopes())
-        self.http = s.session()
         key = f"accounts.{s.account}"
         self.max_attempts = int(_number(options, "max_attempts", 8, key))
         self.retry_base = float(_number(options, "retry_base", 0.5, key))
@@ -97,6 +95,8 @@ class Client:
         self.in_flight = threading.Semaphore(int(_number(options, "max_in_flight",
                                                          MAX_IN_FLIGHT, key)))
         self.page_size = int(_number(options, "page_size", PAGE_SIZE, key))
+        self.tokens = TokenSource(s, s.graph_scopes())
+        self.http = s.session()
         self._token: str | None = None
         self._token_lock = threading.Lock()
         self._count_lock = threading.Lock()
