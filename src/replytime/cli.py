@@ -189,7 +189,8 @@ def sync(
         "--jobs", "-j", min=1, help="Accounts synced at once (default: min(4, accounts))."
     )] = None,
 ) -> None:
-    """Fetch new mail headers from configured Gmail and IMAP accounts, several at once.
+    """Fetch new mail headers from configured Gmail, IMAP and Microsoft 365 accounts, several
+    at once.
 
     A failing account does not stop the others; the exit code is the worst one."""
     from replytime.syncing import choose_accounts, sync_accounts
