@@ -278,7 +278,7 @@ class FakeMicrosoft:
         self.fail_after: int | None = None  # Graph answers 503 after this many requests
         self.graph_requests = 0
         self.peak = 0  # most Graph requests in flight at once
-        self.refreshes = self.token_grants = 0
+        self.refreshes = self.token_grants = self.imap_logins = 0
         self.throttled = self.faults = self.dropped = self.truncated = 0
         self.batch_parts = 0
         self.retry_after_seen: list[tuple[float, float]] = []  # (429 sent at, next request at)
@@ -418,6 +418,13 @@ class FakeMicrosoft:
                          "https://microsoft.com/devicelogin and enter the code ABCD-EFGH."}
         if path.endswith("/oauth2/v2.0/token") and method == "POST":
             return self._token(form)
+        if path == "/introspect" and method == "POST":
+            # For Dovecot's oauth2 passdb: what Exchange Online checks at an XOAUTH2 login.
+            info = self.access.get(form.get("token", ""))
+            ok = info is not None and info["exp"] > time.time() and (
+                "IMAP.AccessAsUser.All" in info["scope"] or info["user"] is None)
+            self.imap_logins += 1
+            return 200, {"active": ok, "username": info["user"] if ok and info else None}
         return 404, {"error": "not_found"}
 
     def _token(self, form: dict[str, str]) -> tuple[int, Any]:

@@ -710,3 +710,54 @@ def test_auth_account_dispatches_on_its_type(fake: FakeMicrosoft, tmp_path: Path
     assert "is of type microsoft, not gmail" in capsys.readouterr().err
     db = str(tmp_path / "cli.sqlite")
     assert main(["--config", config, "--db", db, "sync", NAME]) == 0, capsys.readouterr().err
+
+
+# -- IMAP with Microsoft OAuth -------------------------------------------------------------
+
+def test_imap_with_microsoft_oauth_logs_in_to_dovecot_with_xoauth2(
+    fake: FakeMicrosoft, tmp_path: Path
+) -> None:
+    """Real Dovecot whose oauth2 passdb asks the fake identity platform whether the token
+    is active (as Exchange Online does), the real msal getting the token."""
+    from dovecot import Dovecot
+    from test_imap import BASE, lead
+
+    from replytime.sources import imap
+
+    d = Dovecot(tmp_path / "dovecot", oauth2_introspection=(f"{fake.url}/introspect", fake.ca))
+    d.start()
+    try:
+        for i in range(5):
+            d.add("INBOX", lead(i), BASE + 60 * i)
+        opts = {k: v for k, v in d.account_options().items() if k != "password_env"}
+        ms = fake.account_options(tmp_path / "imap.msal.json")
+        acct = Account("ms-imap", "imap", {**opts, "oauth": "microsoft", **{
+            k: ms[k] for k in ("client_id", "tenant", "token_cache", "authority_host",
+                               "ca_file")}})
+        msauth.device_sign_in(acct)
+        assert [i["scope"] for i in fake.access.values()] == [msauth.IMAP_SCOPE]
+        cache = open_cache(tmp_path / "c.sqlite")
+        stats = imap.sync(cache, acct, CONFIG)
+        assert stats.fetched == 5 and fake.imap_logins >= 1
+        # A revoked sign-in: the expired token cannot be refreshed, exit 3.
+        fake.expire_tokens()
+        fake.revoked = True
+        with pytest.raises(AuthError, match=r"run `replytime auth ms-imap`") as err:
+            imap.sync(cache, acct, CONFIG)
+        assert err.value.exit_code == 3
+        # A token Dovecot (Exchange) calls inactive: the login is refused, one line.
+        fake.revoked = False
+        fake.access.clear()
+        cache_file = Path(ms["token_cache"])
+        cache_file.unlink()
+        msauth.device_sign_in(acct)
+        fake.access.clear()  # msal still holds the token; the server no longer accepts it
+        with pytest.raises(AuthError, match="refused the XOAUTH2 token for rep@acme.example"):
+            imap.sync(cache, acct, CONFIG)
+    finally:
+        d.stop()
+    with pytest.raises(ConfigError, match=r"accounts\.x\.oauth: must be \"microsoft\""):
+        imap.Settings.from_account(Account("x", "imap", {**opts, "oauth": "google"}))
+    assert imap.Settings.from_account(Account("x", "imap", {"username": "a@b.c",
+                                                            "oauth": "microsoft"})
+                                      ).where == "outlook.office365.com:993"

@@ -282,7 +282,10 @@ def microsoft_access_token(account: Account) -> str:
     ``https://outlook.office365.com/.default``) from the account's msal settings."""
     from replytime.sources import msauth
 
-    s = msauth.settings(account)
+    o = account.options
+    # App-only IMAP reads the mailbox it logs in as.
+    s = msauth.settings(Account(account.name, account.type,
+                                {"mailbox": o.get("username", "me"), **o}))
     return msauth.TokenSource(s, s.imap_scopes()).token()
 
 
