@@ -31,6 +31,7 @@ import requests
 
 from replytime.config import Account
 from replytime.errors import AuthError, ConfigError, SourceUnreachable
+from replytime.sources import write_secret
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_GRAPH = "https://graph.microsoft.com/v1.0"
@@ -228,17 +229,7 @@ def load_cache(s: MsSettings, *, must_exist: bool = True) -> Any:
 
 def save_cache(cache: Any, path: Path) -> None:
     """Write the cache atomically, created 0600 (never on disk with wider permissions)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, cache.serialize().encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_secret(path, cache.serialize())
 
 
 # -- msal applications ------------------------------------------------------------------

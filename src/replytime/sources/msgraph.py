@@ -54,7 +54,7 @@ from replytime.progress import Progress
 from replytime.sources import SyncStats
 from replytime.sources.headers import record_from_fields
 from replytime.sources.msauth import MsSettings, TokenSource, settings
-from replytime.sources.retry import MovingWindowLimiter, backoff_delay
+from replytime.sources.retry import MovingWindowLimiter, backoff_delay, count_failures
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class Client:
         the message is gone). Failed parts are sent again."""
         pending = dict(urls)
         done: dict[str, dict[str, Any] | None] = {}
-        attempts: dict[str, int] = {}
+        attempts: dict[Any, int] = {}
         last = ""
         while pending:
             chunk = list(pending.items())[:MAX_BATCH]
@@ -247,10 +247,7 @@ class Client:
                 if status in (429, 503):
                     wait = after
             if failed:
-                worst = 0
-                for i in failed:
-                    attempts[i] = attempts.get(i, 0) + 1
-                    worst = max(worst, attempts[i])
+                worst = count_failures(attempts, failed)
                 if worst >= self.max_attempts:
                     raise self._give_up(what, last)
                 self._wait(worst - 1, wait)
