@@ -59,6 +59,20 @@ def signed_in(tmp_path: Path, fake: FakeMicrosoft, **options: Any) -> Account:
     return acct
 
 
+def synced(tmp_path: Path, fake: FakeMicrosoft) -> tuple[Any, Account]:
+    """A cache after a first sync of the signed-in user's mailbox, and its account."""
+    acct = signed_in(tmp_path, fake)
+    cache = open_cache(tmp_path / "c.sqlite")
+    msgraph.sync(cache, acct, CONFIG)
+    return cache, acct
+
+
+def inbox_ids(box: Mailbox) -> list[str]:
+    inbox = box.folder("inbox")
+    assert inbox is not None
+    return sorted(m.id for m in box.messages.values() if m.folder == inbox.id)
+
+
 def expected(box: Mailbox, folders: tuple[str, ...] = ("inbox", "sentitems")
              ) -> dict[str, tuple[Any, ...]]:
     """Per location, what the cache must hold, from the fake's own data."""
@@ -140,11 +154,9 @@ def test_default_page_size_is_graphs_largest(fake: FakeMicrosoft, tmp_path: Path
 def test_incremental_applies_new_deleted_moved_and_leaves_read_changes(
     fake: FakeMicrosoft, tmp_path: Path
 ) -> None:
-    acct = signed_in(tmp_path, fake)
-    cache = open_cache(tmp_path / "c.sqlite")
-    msgraph.sync(cache, acct, CONFIG)
+    cache, acct = synced(tmp_path, fake)
     box = fake.box
-    inbox = sorted(m.id for m in box.messages.values() if m.folder == box.folder("inbox").id)
+    inbox = inbox_ids(box)
     fake.add_message(box, "inbox", "Fresh lead")
     fake.delete(box, inbox[0])
     fake.move(box, inbox[1], "archive")  # out of the synced folders
@@ -159,9 +171,7 @@ def test_incremental_applies_new_deleted_moved_and_leaves_read_changes(
 
 
 def test_nothing_new_costs_one_request_per_folder(fake: FakeMicrosoft, tmp_path: Path) -> None:
-    acct = signed_in(tmp_path, fake)
-    cache = open_cache(tmp_path / "c.sqlite")
-    msgraph.sync(cache, acct, CONFIG)
+    cache, acct = synced(tmp_path, fake)
     mark = len(fake.log)
     stats = msgraph.sync(cache, acct, CONFIG)
     assert stats.fetched == stats.removed == 0
@@ -176,9 +186,7 @@ def test_nothing_new_costs_one_request_per_folder(fake: FakeMicrosoft, tmp_path:
 def test_changed_row_never_blanks_and_unknown_ones_are_fetched_whole(
     fake: FakeMicrosoft, tmp_path: Path
 ) -> None:
-    acct = signed_in(tmp_path, fake)
-    cache = open_cache(tmp_path / "c.sqlite")
-    msgraph.sync(cache, acct, CONFIG)
+    cache, acct = synced(tmp_path, fake)
     before = cached(cache)
     box = fake.box
     inbox = sorted(m.id for m in box.messages.values() if m.folder == box.folder("inbox").id)
@@ -229,11 +237,9 @@ def _per_page(total: int, size: int) -> list[int]:
 def test_expired_delta_link_restarts_the_folder_and_reconciles(
     fake: FakeMicrosoft, tmp_path: Path
 ) -> None:
-    acct = signed_in(tmp_path, fake)
-    cache = open_cache(tmp_path / "c.sqlite")
-    msgraph.sync(cache, acct, CONFIG)
+    cache, acct = synced(tmp_path, fake)
     box = fake.box
-    inbox = sorted(m.id for m in box.messages.values() if m.folder == box.folder("inbox").id)
+    inbox = inbox_ids(box)
     fake.delete(box, inbox[3])
     fake.add_message(box, "inbox", "After the expiry")
     fake.expire_sync()  # every delta link now answers 410 SyncStateNotFound
@@ -264,7 +270,7 @@ def test_expired_next_link_mid_round_restarts_that_round(
 def test_folders_by_display_name_and_since(fake: FakeMicrosoft, tmp_path: Path) -> None:
     box = fake.box
     leads = box.add_folder("Web leads")
-    moved = sorted(m.id for m in box.messages.values() if m.folder == box.folder("inbox").id)
+    moved = inbox_ids(box)
     for mid in moved[:30]:
         box.messages[mid].folder = leads.id
     acct = signed_in(tmp_path, fake, folders=["Web leads", "Inbox"], since="2026-05-28T21:30:00Z")
@@ -550,9 +556,7 @@ def test_no_token_in_output_or_debug_logs(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    acct = signed_in(tmp_path, fake)
-    cache = open_cache(tmp_path / "c.sqlite")
-    msgraph.sync(cache, acct, CONFIG)
+    cache, acct = synced(tmp_path, fake)
     fake.expire_tokens()
     msgraph.sync(cache, acct, CONFIG)  # a refresh
     fake.expire_tokens()
@@ -761,3 +765,21 @@ def test_imap_with_microsoft_oauth_logs_in_to_dovecot_with_xoauth2(
     assert imap.Settings.from_account(Account("x", "imap", {"username": "a@b.c",
                                                             "oauth": "microsoft"})
                                       ).where == "outlook.office365.com:993"
+
+
+def test_the_templates_microsoft_account_is_valid_as_written() -> None:
+    import tomllib
+
+    from replytime.config import TEMPLATE, parse_config
+
+    block = TEMPLATE[TEMPLATE.index('# name = "sales-m365"') - len("# [[accounts]]\n"):]
+    keep = ("[[accounts]]", "name", "type", "client_id", "tenant", "token_cache", "mailbox",
+            "folders", "since", "scope")
+    lines = [line[2:] for line in block.splitlines()
+             if line.startswith("# ") and line[2:].split(" ")[0] in keep]
+    config = parse_config(tomllib.loads("\n".join(lines)))
+    (acct,) = config.accounts
+    s = msauth.settings(acct)
+    assert (acct.type, s.tenant, s.mailbox, s.scope) == ("microsoft", "organizations", "me",
+                                                         "read")
+    assert msgraph._since(acct.options["since"], "since") == msgraph._ms("2026-01-01T00:00:00Z")
