@@ -783,3 +783,20 @@ def test_the_templates_microsoft_account_is_valid_as_written() -> None:
     assert (acct.type, s.tenant, s.mailbox, s.scope) == ("microsoft", "organizations", "me",
                                                          "read")
     assert msgraph._since(acct.options["since"], "since") == msgraph._ms("2026-01-01T00:00:00Z")
+
+
+def test_pinned_session_keeps_its_verify_over_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import requests
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", SYSTEM_CA)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    session = msauth.PinnedSession(str(tmp_path / "ca.pem"))
+    settings = session.merge_environment_settings("https://graph.microsoft.com/", {}, None,
+                                                  None, None)
+    assert settings["verify"] == str(tmp_path / "ca.pem")
+    assert settings["proxies"]["https"] == "http://proxy.invalid:3128"  # proxies still work
+    plain = requests.Session()
+    assert plain.merge_environment_settings("https://x/", {}, None, None, None)[
+        "verify"] == SYSTEM_CA  # what a plain session would have done

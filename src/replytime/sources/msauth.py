@@ -50,8 +50,7 @@ class PinnedSession(requests.Session):
 
     def __init__(self, verify: str | bool = True) -> None:
         super().__init__()
-        self.verify = verify
-        self.trust_env = False  # no proxies or .netrc credentials from the environment
+        self.verify = verify  # proxies (HTTPS_PROXY, NO_PROXY) still come from the environment
 
     def merge_environment_settings(
         self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
