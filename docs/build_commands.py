@@ -53,11 +53,12 @@ SECTIONS: list[tuple[str, str, list[list[str]], list[list[str]]]] = [
     ("import", "Reads mail files into the cache: headers only, streamed. Importing the same "
      "files again adds nothing.", [["import"]],
      [["--db", "acme.sqlite", "import", MAILBOX], ["--db", "acme.sqlite", "import", MAILBOX]]),
-    ("sync", "Fetches new mail from the Gmail and IMAP accounts of the config, several at "
-     "once; incremental and resumable. (The example has no account, so only its help is "
+    ("sync", "Fetches new mail from the Gmail, IMAP and Microsoft 365 accounts of the config, "
+     "several at once; incremental and resumable. (The example has no account, so only its help is "
      "shown.)", [["sync"]], []),
-    ("auth gmail", "Runs Google's OAuth flow once per Gmail account and saves the token with "
-     "mode 0600.", [["auth", "gmail"]], []),
+    ("auth", "Signs in to a mail account once: Google's OAuth flow for Gmail, Microsoft's "
+     "device-code flow (msal) for Microsoft 365 and Outlook.com; the token is saved with mode "
+     "0600.", [["auth"]], []),
     ("status", "What is cached, per source, with the data-quality counts.", [["status"]],
      [["--db", "acme.sqlite", "status"]]),
     ("report", "Every report kind, as a terminal table by default on a terminal (CSV when "

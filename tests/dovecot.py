@@ -48,11 +48,11 @@ first_valid_gid = 0
 mail_uid = {mail_uid}
 mail_gid = {mail_gid}
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{mechanisms}
 auth_failure_delay = 0
 mail_location = maildir:{data}/mail/%u
 mailbox_list_index = no
-{ssl}
+{ssl}{oauth2}
 passdb {{
   driver = passwd-file
   args = scheme=SHA512-CRYPT {root}/passwd
@@ -156,6 +156,9 @@ class Dovecot:
     password: str = PASSWORD
     proc: subprocess.Popen[bytes] | None = None
     cert: Path | None = None
+    # An OAuth2 token introspection endpoint (RFC 7662, POST) and the CA that signs its
+    # certificate: Dovecot then accepts XOAUTH2 logins whose token it calls active.
+    oauth2_introspection: tuple[str, Path] | None = None
     mail_uid: int = -1
     mail_gid: int = -1
     _seq: int = field(default=0, repr=False)
@@ -185,8 +188,19 @@ class Dovecot:
             (self.data / d).mkdir(exist_ok=True)
             os.chown(self.data / d, self.mail_uid, self.mail_gid)
         ssl = _SSL.format(mode=self.tls, root=self.root) if self.tls != "no" else "ssl = no\n"
+        oauth2 = mechanisms = ""
+        if self.oauth2_introspection is not None:
+            url, ca = self.oauth2_introspection
+            (self.root / "oauth2.conf.ext").write_text(
+                f"introspection_mode = post\nintrospection_url = {url}\n"
+                f"username_attribute = username\nactive_attribute = active\n"
+                f"active_value = true\ntls_ca_cert_file = {ca}\n")
+            mechanisms = " xoauth2 oauthbearer"
+            oauth2 = (f"\npassdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+                      f"  args = {self.root}/oauth2.conf.ext\n}}")
         conf = _CONFIG.format(
-            root=self.root, data=self.data, port=self.port, ssl=ssl,
+            root=self.root, data=self.data, port=self.port, ssl=ssl, oauth2=oauth2,
+            mechanisms=mechanisms,
             ssl_port=self.ssl_port if self.tls != "no" else 0, uid=uid, gid=gid,
             user=pwd.getpwuid(uid).pw_name, group=grp.getgrgid(gid).gr_name,
             login_user=self._login_user(), mail_uid=self.mail_uid, mail_gid=self.mail_gid,

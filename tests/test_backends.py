@@ -370,7 +370,7 @@ def test_sync_refuses_file_accounts_and_bad_jobs(tmp_path: Path) -> None:
     assert (r.returncode, r.stderr) == (
         2, "replytime: error: account 'disk' is a files source: use import\n")
     r = run("--config", str(cfg), "--db", db, "sync")
-    assert r.returncode == 2 and "no gmail or imap accounts in the config" in r.stderr
+    assert r.returncode == 2 and "no gmail, imap or microsoft accounts in the config" in r.stderr
     r = run("--config", str(cfg), "--db", db, "sync", "--jobs", "0", "disk")
     assert r.returncode == 2 and "--jobs" in r.stderr
     assert not Path(db).exists()

@@ -95,7 +95,7 @@ def test_schedule_precedence() -> None:
         ({"leads": {"forms": [{"from": "a@x", "lead_address": "body"}]}},
          "config: leads.forms[0].lead_address: must be"),
         ({"accounts": [{"name": "a", "type": "pop3"}]},
-         "config: accounts[0].type: must be one of gmail, imap, files"),
+         "config: accounts[0].type: must be one of gmail, imap, microsoft, files"),
     ],
 )
 def test_mistakes_name_the_key(data: dict, message: str) -> None:

@@ -26,8 +26,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-auth_app = typer.Typer(help="Authorise access to a mail account.", no_args_is_help=True)
-app.add_typer(auth_app, name="auth")
 send_app = typer.Typer(help="Mail a report to the recipients of [delivery].",
                        no_args_is_help=True)
 app.add_typer(send_app, name="send")
@@ -109,24 +107,49 @@ def init(
 
 
 # -- auth -----------------------------------------------------------------------------------
-@auth_app.command("gmail")
-def auth_gmail(
-    account: Annotated[str, typer.Argument(help="Account name from the config.")],
+@app.command("auth", no_args_is_help=True,
+             context_settings={"allow_extra_args": True})
+def auth(
+    ctx: typer.Context,
+    account: Annotated[str, typer.Argument(metavar="ACCOUNT",
+                                           help="Account name from the config.")],
     no_browser: Annotated[bool, typer.Option(
-        "--no-browser", help="For servers: print the URL and paste the code back."
+        "--no-browser", help="Gmail, for servers: print the URL and paste the code back."
     )] = False,
     metadata: Annotated[bool, typer.Option(
-        "--metadata", help="Ask only for gmail.metadata (no search queries possible)."
+        "--metadata", help="Gmail: ask only for gmail.metadata (no search queries possible)."
     )] = False,
 ) -> None:
-    """Run Google's OAuth flow for a Gmail ACCOUNT and save its token (mode 0600)."""
-    from replytime.sources import gmail
+    """Sign in to a mail ACCOUNT once and save its token (mode 0600).
 
+    Gmail: Google's OAuth flow. Microsoft 365 / Outlook.com (type microsoft, or imap with
+    oauth = "microsoft"): Microsoft's device-code flow; open the URL it prints on any
+    device and enter the code. `auth gmail ACCOUNT` is the older spelling."""
+    legacy_name = ctx.args[0] if len(ctx.args) == 1 else None
+    if len(ctx.args) > 1:
+        raise UsageError(f"unexpected arguments {' '.join(ctx.args)!r}")
+    if legacy_name is not None:
+        if account != "gmail":
+            raise UsageError(f"unexpected argument {legacy_name!r}: use `replytime auth ACCOUNT`")
+        account = legacy_name
     acct = _config().account(account)
-    if acct.type != "gmail":
+    if legacy_name is not None and acct.type != "gmail":
         raise UsageError(f"account {account!r} is of type {acct.type}, not gmail")
-    gmail.authorize(acct, no_browser=no_browser, scope="metadata" if metadata else None)
-    _summary(f"authorised {account}")
+    microsoft = acct.type == "microsoft" or (
+        acct.type == "imap" and str(acct.options.get("oauth", "")).lower() == "microsoft")
+    if acct.type == "gmail":
+        from replytime.sources import gmail
+
+        gmail.authorize(acct, no_browser=no_browser, scope="metadata" if metadata else None)
+        _summary(f"authorised {account}")
+    elif microsoft:
+        from replytime.sources import msauth
+
+        who = msauth.device_sign_in(acct)
+        _summary(f"authorised {account} as {who}")
+    else:
+        raise UsageError(f"account {account!r} ({acct.type}) has no sign-in: only gmail, "
+                         "microsoft and imap accounts with oauth = \"microsoft\" do")
 
 
 # -- import / sync --------------------------------------------------------------------------
@@ -182,7 +205,8 @@ def sync(
         "--jobs", "-j", min=1, help="Accounts synced at once (default: min(4, accounts))."
     )] = None,
 ) -> None:
-    """Fetch new mail headers from configured Gmail and IMAP accounts, several at once.
+    """Fetch new mail headers from configured Gmail, IMAP and Microsoft 365 accounts, several
+    at once.
 
     A failing account does not stop the others; the exit code is the worst one."""
     from replytime.syncing import choose_accounts, sync_accounts

@@ -22,7 +22,7 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 DEFAULT_SLA_BUCKETS = (300, 900, 3600, 14400, 86400)
 CONFIG_NAME = "replytime.toml"
 _INTERVAL_RE = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
-_ACCOUNT_TYPES = ("gmail", "imap", "files")
+_ACCOUNT_TYPES = ("gmail", "imap", "microsoft", "files")
 
 
 @dataclass(frozen=True)
@@ -826,6 +826,26 @@ buckets = ["5m", "15m", "1h", "4h", "24h"]
 # username = "sales@acme.example"
 # password_env = "REPLYTIME_IMAP_PASSWORD"   # or password_file / password_command
 # folders = ["INBOX", "Sent"]
+# oauth = "microsoft"                 # Exchange Online: XOAUTH2 with the msal keys below
+
+# Microsoft 365 / Outlook.com through Microsoft Graph (README.md, "Microsoft 365").
+# Sign in once with `replytime auth sales-m365` (a device code: works over SSH).
+# [[accounts]]
+# name = "sales-m365"
+# type = "microsoft"
+# client_id = "11111111-2222-3333-4444-555555555555"   # the app registration's client ID
+# tenant = "organizations"            # your tenant id or domain; "consumers" for Outlook.com
+# token_cache = "~/.local/share/replytime/sales-m365.msal.json"   # written 0600
+# mailbox = "me"                      # or "sales@acme.example" (shared / app-only)
+# folders = ["Inbox", "Sent Items"]   # well-known names or top-level display names
+# since = "2026-01-01"                # skip older messages
+# scope = "read"                      # Mail.Read; "basic" = Mail.ReadBasic (no Sent Items
+#                                     # In-Reply-To: threads by conversationId alone)
+# client_secret_env = "REPLYTIME_MS_SECRET"   # app-only: or client_secret_file, or
+# client_certificate = "~/app.pem"            # client_certificate (+ client_certificate_key)
+# graph_endpoint = "https://graph.microsoft.com/v1.0"    # national clouds, tests
+# authority_host = "https://login.microsoftonline.com"
+# ca_file = "~/private-ca.pem"        # trusted for both, over REQUESTS_CA_BUNDLE
 
 # `replytime send weekly`: mail the weekly summary (and mail alerts) through this server.
 # [delivery]

@@ -29,13 +29,14 @@ from replytime.errors import INTERNAL_ERROR, ReplytimeError, UsageError
 from replytime.progress import Progress
 from replytime.sources import SyncStats
 
-SYNCABLE = ("gmail", "imap")
+SYNCABLE = ("gmail", "imap", "microsoft")
 DEFAULT_MAX_JOBS = 4
 
 
 def choose_accounts(config: Config, names: Sequence[str] | None) -> list[Account]:
-    """The accounts to sync: those named (each once, in order), else every gmail and imap
-    account of the config. Refuses unknown names and file sources before anything starts."""
+    """The accounts to sync: those named (each once, in order), else every gmail, imap and
+    microsoft account of the config. Refuses unknown names and file sources before anything
+    starts."""
     if names:
         chosen: list[Account] = []
         for name in dict.fromkeys(names):
@@ -46,7 +47,9 @@ def choose_accounts(config: Config, names: Sequence[str] | None) -> list[Account
         return chosen
     chosen = [a for a in config.accounts if a.type in SYNCABLE]
     if not chosen:
-        raise UsageError("no gmail or imap accounts in the config; add [[accounts]] or use import")
+        raise UsageError(
+            "no gmail, imap or microsoft accounts in the config; add [[accounts]] or use import"
+        )
     return chosen
 
 
@@ -59,6 +62,10 @@ def connector_for(account: Account) -> ModuleType:
         from replytime.sources import imap
 
         return imap
+    if account.type == "microsoft":
+        from replytime.sources import msgraph
+
+        return msgraph
     raise UsageError(f"account {account.name!r} is a {account.type} source: use import")
 
 

@@ -9,7 +9,9 @@ or ``cli`` (tests/test_layout.py checks it)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -23,3 +25,19 @@ class SyncStats:
     removed: int = 0
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # connector-specific figures
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write a token file atomically, readable by the owner only: created 0600 with O_EXCL,
+    so the secret is never on disk with wider permissions (its directory 0700 when made)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # in case the umask or the filesystem did something odd
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

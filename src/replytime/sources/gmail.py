@@ -41,9 +41,9 @@ from replytime.config import Account, Config
 from replytime.errors import AuthError, ConfigError, SourceUnreachable
 from replytime.model import MessageRecord
 from replytime.progress import Progress
-from replytime.sources import SyncStats
+from replytime.sources import SyncStats, write_secret
 from replytime.sources.headers import WANTED_HEADERS, record_from_fields
-from replytime.sources.retry import MovingWindowLimiter, backoff_delay
+from replytime.sources.retry import MovingWindowLimiter, backoff_delay, count_failures
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +85,7 @@ def _scope(account: Account, scope: str | None) -> str:
 
 def save_token(creds: Credentials, path: Path) -> None:
     """Write the authorized-user JSON atomically, readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    # O_EXCL + 0o600 at creation: the secret is never on disk with wider permissions.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # in case the umask or the filesystem did something odd
-        os.write(fd, creds.to_json().encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_secret(path, creds.to_json())
 
 
 def load_credentials(account: Account) -> tuple[Credentials, Path]:
@@ -295,7 +284,7 @@ class _Session:
         """Fetch ``ids`` with batch requests; after each batch, call
         ``on_batch(done [(id, body or None when gone)], still_pending ids)``."""
         pending = list(ids)
-        attempts: dict[str, int] = {}
+        attempts: dict[Any, int] = {}
         size = self.batch_size(api)
         whole_failures = 0
         while pending:
@@ -334,10 +323,7 @@ class _Session:
             pending = retry + [x for x in pending[len(chunk):] if x not in retry_set]
             on_batch(done, pending)
             if retry:
-                worst = 0
-                for item in retry:
-                    attempts[item] = attempts.get(item, 0) + 1
-                    worst = max(worst, attempts[item])
+                worst = count_failures(attempts, retry)
                 if worst >= self.max_attempts:
                     raise self._give_up(api, failed_whole)
                 self.retries += 1

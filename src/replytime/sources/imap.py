@@ -5,7 +5,8 @@ How a sync goes:
 - Connect with implicit TLS (``ssl``), ``starttls`` or, to a loopback address only, plaintext
   (``none``). Certificates are verified; ``ca_file`` trusts a private CA. The password comes
   from ``password_env``, ``password_file`` or ``password_command``; ``oauth_token_file``
-  (a google-auth authorized-user JSON) logs in to Gmail with XOAUTH2 instead.
+  (a google-auth authorized-user JSON) logs in to Gmail with XOAUTH2 instead; ``oauth =
+  "microsoft"`` logs in to Exchange Online with XOAUTH2 and an msal token (``msauth.py``).
 - Per folder, the account state keeps ``uidvalidity`` and ``last_uid``. ``STATUS`` tells
   whether anything arrived; only then the folder is examined (read-only) and
   ``UID SEARCH UID last+1:*`` lists the new UIDs. A changed UIDVALIDITY resyncs that folder
@@ -71,6 +72,7 @@ DEFAULT_RETRIES = 5
 DEFAULT_RETRY_DELAY = 1.0  # seconds; doubled per retry (capped), full jitter
 DEFAULT_TIMEOUT = 60.0
 GMAIL_ALL_MAIL = "[Gmail]/All Mail"
+MICROSOFT_HOST = "outlook.office365.com"  # Exchange Online IMAP (with oauth = "microsoft")
 # Gmail's system labels as the Gmail API names them, so lead filters work for both sources.
 _GMAIL_SYSTEM_LABELS = {
     b"\\Inbox": "INBOX",
@@ -98,6 +100,7 @@ class Settings:
     folders: tuple[str, ...]  # empty: INBOX and the \Sent folder (or Gmail's All Mail)
     ca_file: str | None = None
     oauth_token_file: str | None = None
+    oauth: str | None = None  # "microsoft": XOAUTH2 with an msal token (sources/msauth.py)
     chunk: int = DEFAULT_CHUNK
     retries: int = DEFAULT_RETRIES
     retry_delay: float = DEFAULT_RETRY_DELAY
@@ -111,7 +114,14 @@ class Settings:
         security = str(o.get("security", "ssl")).lower()
         if security not in ("ssl", "starttls", "none"):
             raise ConfigError(f"{key}.security", "must be ssl, starttls or none")
-        host = o.get("host")
+        oauth = o.get("oauth")
+        if oauth is not None and str(oauth).lower() != "microsoft":
+            raise ConfigError(f"{key}.oauth", "must be \"microsoft\" (Gmail tokens: "
+                              "oauth_token_file)")
+        oauth = "microsoft" if oauth is not None else None
+        if oauth and o.get("oauth_token_file"):
+            raise ConfigError(f"{key}.oauth", "give oauth or oauth_token_file, not both")
+        host = o.get("host", MICROSOFT_HOST if oauth else None)
         if not isinstance(host, str) or not host.strip():
             raise ConfigError(f"{key}.host", "is required (the IMAP server's name)")
         host = host.strip()
@@ -149,6 +159,7 @@ class Settings:
             folders=tuple(dict.fromkeys(folders)),
             ca_file=ca_file,
             oauth_token_file=token_file,
+            oauth=oauth,
             chunk=_positive(o, "fetch_chunk", DEFAULT_CHUNK, int, key),
             retries=int(_positive(o, "retries", DEFAULT_RETRIES, int, key, allow_zero=True)),
             retry_delay=float(_positive(o, "retry_delay", DEFAULT_RETRY_DELAY, float, key,
@@ -222,6 +233,18 @@ def oauth_access_token(token_file: str, account: str) -> str:
     return str(creds.token)
 
 
+def microsoft_access_token(account: Account) -> str:
+    """An access token for Exchange Online IMAP (IMAP.AccessAsUser.All, or the app's
+    ``https://outlook.office365.com/.default``) from the account's msal settings."""
+    from replytime.sources import msauth
+
+    o = account.options
+    # App-only IMAP reads the mailbox it logs in as.
+    s = msauth.settings(Account(account.name, account.type,
+                                {"mailbox": o.get("username", "me"), **o}))
+    return msauth.TokenSource(s, s.imap_scopes()).token()
+
+
 def _write_private(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     try:
@@ -257,7 +280,7 @@ def connect(s: Settings, account: Account) -> IMAPClient:
     """Open, secure and authenticate a connection. Transient failures raise OSError or
     imaplib.IMAP4.abort (the caller retries); permanent ones (a refused login, an untrusted
     certificate, no STARTTLS) raise AuthError, SourceUnreachable or ConfigError."""
-    password = None if s.oauth_token_file else get_password(account)
+    password = None if s.oauth_token_file or s.oauth else get_password(account)
     ctx = _ssl_context(s) if s.security != "none" else None
     try:
         client = IMAPClient(
@@ -278,7 +301,9 @@ def connect(s: Settings, account: Account) -> IMAPClient:
             except ssl.SSLCertVerificationError as exc:
                 raise _tls_failure(s, exc) from None
         try:
-            if s.oauth_token_file:
+            if s.oauth == "microsoft":
+                client.oauth2_login(s.username, microsoft_access_token(account))
+            elif s.oauth_token_file:
                 token = oauth_access_token(s.oauth_token_file, s.account)
                 client.oauth2_login(s.username, token)
             else:
@@ -300,9 +325,10 @@ def _auth_message(s: Settings, server_said: str) -> str:
     # The server's words help ("[AUTHENTICATIONFAILED]", "[ALERT] Application-specific
     # password required"); they never contain the password we sent.
     said = server_said.strip().strip("[]'\"b")[:200]
-    how = "XOAUTH2 token" if s.oauth_token_file else "password"
+    how = "XOAUTH2 token" if s.oauth_token_file or s.oauth else "password"
     extra = (
-        " (an IMAP token needs the https://mail.google.com/ scope)" if s.oauth_token_file else ""
+        " (an IMAP token needs the https://mail.google.com/ scope)" if s.oauth_token_file
+        else f"; if the sign-in is old, run `replytime auth {s.account}`" if s.oauth else ""
     )
     return f"IMAP server {s.where} refused the {how} for {s.username}{extra}: {said}"
 

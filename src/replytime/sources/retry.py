@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 
 
 def backoff_delay(
@@ -24,6 +24,16 @@ def backoff_delay(
     """Seconds to wait before retry number ``attempt`` (0 = first retry), full jitter."""
     ceiling = min(cap, base * (2**attempt))
     return (rng or random).uniform(0.0, ceiling)
+
+
+def count_failures(attempts: dict[Hashable, int], failed: Iterable[Hashable]) -> int:
+    """Add one failed attempt to each of ``failed``; the most attempts any of them has had
+    (batch parts that failed again are retried until one reaches the limit)."""
+    worst = 0
+    for item in failed:
+        attempts[item] = attempts.get(item, 0) + 1
+        worst = max(worst, attempts[item])
+    return worst
 
 
 class MovingWindowLimiter:
