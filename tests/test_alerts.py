@@ -400,7 +400,7 @@ def test_a_schema_6_cache_gets_the_alerts_table(backend: str) -> None:
                                + "".join(LITE[:6]) + "INSERT INTO schema_version VALUES (6);")
     c = open_cache(backend)
     try:
-        assert SCHEMA_VERSION == 7 and c.schema_version == 7
+        assert SCHEMA_VERSION >= 7 and c.schema_version == SCHEMA_VERSION
         assert c.alerted("slack", ["<a>", "<b>"]) == set()
         c.mark_alerted("slack", ["<a>", "<b>"])
         c.mark_alerted("slack", ["<a>"])  # again: kept once, first time kept

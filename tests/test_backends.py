@@ -68,7 +68,7 @@ def test_same_tables_columns_and_indexes(tmp_path: Path, pg_server: PostgresServ
     lite = open_cache(tmp_path / "c.sqlite")
     pg = open_cache(pg_server.create_database())
     tables = ["accounts", "alerts", "files", "leads", "locations", "messages", "meta",
-              "schema_version", "skipped", "thread_links", "threads"]
+              "schema_version", "skipped", "thread_keys", "thread_links", "threads"]
     lite_tables = sorted(r[0] for r in lite.conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'"))
     pg_tables = sorted(r[0] for r in pg.conn.execute(
@@ -88,7 +88,7 @@ def test_same_tables_columns_and_indexes(tmp_path: Path, pg_server: PostgresServ
         "AND indexname NOT LIKE '%%_pkey' AND indexname NOT LIKE '%%_key'")}
     assert lite_idx == pg_idx == {"messages_time", "messages_thread", "locations_msg",
                                   "threads_span", "threads_start", "leads_time",
-                                  "leads_reply_time", "leads_thread"}
+                                  "leads_reply_time", "leads_thread", "thread_keys_thread"}
 
 
 def test_example_mailbox_gives_identical_reports(tmp_path: Path,

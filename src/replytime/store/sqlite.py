@@ -29,6 +29,7 @@ from replytime.store.base import (
     ALERTS_TABLE,
     FILES_TABLE,
     THREAD_INPUT_COLUMNS,
+    THREAD_KEYS_TABLE,
     THREADS_SQL,
     CacheBase,
     maildir_places_sql,
@@ -204,6 +205,12 @@ MIGRATIONS: tuple[str, ...] = (
     LEADS_TABLE_SQL,
     # 7: the stale-lead alerts already delivered (`replytime alert`).
     ALERTS_TABLE,
+    # 8: taken by another branch (replaced by its migration when merged).
+    "SELECT 1;",
+    # 9: per thread, digests of the links new messages could join it by, so an import of a
+    # few messages regroups only the threads they reach (analysis/rethread.py). Filled by
+    # the next full regroup (no threads_max_id in meta until then).
+    THREAD_KEYS_TABLE,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
