@@ -168,32 +168,26 @@ def link_keys(df: pd.DataFrame, found: Threading,
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from replytime.analysis.threads import _address_pairs, normalise_subject
+    from replytime.analysis.threads import _address_pairs, _normalise
     from replytime.lists import arrow_strings
 
     if df.empty:
         return pd.DataFrame({"thread_id": pd.Series([], dtype=object),
                              "key": pd.Series([], dtype=object)})
-    n = len(df)
-    codes, names = pd.factorize(found.thread_id.to_numpy(dtype=object))
-    msg_keys = arrow_strings(df["msg_key"])
-    msg_keys = msg_keys.combine_chunks() if isinstance(msg_keys, pa.ChunkedArray) else msg_keys
-    rows, tokens = _references(df)
-    held = pc.is_in(tokens, value_set=msg_keys).to_numpy(zero_copy_only=False)
-    links = [(rows[~held], ["r:" + t for t in tokens.filter(pa.array(~held)).to_pylist()])]
+    codes, names, heads = found.member, found.rule.index.to_numpy(dtype=object), found.heads
+    rows, tokens = found.placeholders
+    links = [(rows, ["r:" + t for t in tokens.to_pylist()])]
     prov = np.flatnonzero(df["provider_thread_id"].notna().to_numpy())
     links.append((prov, ["p:" + str(p) for p in df["provider_thread_id"].iloc[prov]]))
 
-    # Each thread's first message: least (time, key), time missing last (as group_threads).
     time_ms = df["time_ms"].to_numpy(dtype="float64")
-    order = pc.sort_indices(pa.table({"time": pa.array(time_ms), "key": msg_keys}),
-                            sort_keys=[("time", "ascending"), ("key", "ascending")]).to_numpy()
-    place = np.empty(n, dtype=np.int64)
-    place[order] = np.arange(n)
-    least = np.full(len(names), n, dtype=np.int64)
-    np.minimum.at(least, codes, place)
-    heads = order[least]
-    subjects = normalise_subject(df["subject"].iloc[heads]).to_numpy(dtype=object)
+    # Normalised once per distinct subject (threads.normalise_subject's rule).
+    subject = pc.fill_null(arrow_strings(df["subject"]), "")
+    subject = subject.combine_chunks() if isinstance(subject, pa.ChunkedArray) else subject
+    encoded_subject = pc.dictionary_encode(subject.take(pa.array(heads)))
+    normal = np.array([_normalise(x) for x in encoded_subject.dictionary.to_pylist()] or [""],
+                      dtype=object)
+    subjects = normal[encoded_subject.indices.to_numpy()]
     ok = ~np.isnan(time_ms[heads]) & (subjects != "")
     people = np.flatnonzero(ok[codes])
     if "automated" in df:
