@@ -46,8 +46,10 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
     """Re-assign thread ids when there is something to do: a message without one (new, or
     changed since: the upsert clears it), a message removed, or another internal roster
     (the subject rule depends on who is external); always with ``force``. An import or sync
-    that wrote nothing new therefore costs no threading at all. The threads table records
-    the rule that grouped each thread, thread_links the subject rule's joins.
+    that wrote nothing new therefore costs no threading at all. Only new messages under
+    the same roster regroup just the threads they can reach (``_regroup_new``); anything
+    else, or ``force``, regroups every message. The threads table records the rule that
+    grouped each thread, thread_links the subject rule's joins.
 
     Then bring the kept leads up to date: the threads whose messages changed are matched
     again, or every lead when the config they were kept for changed (docs/definitions.md,
@@ -234,10 +236,11 @@ def _reach(new: pd.DataFrame) -> tuple[list[str], list[str]]:
 def _regroup_new(cache: Cache, capture: Callable[[Keyed], Callable[[pd.DataFrame], Grouping]],
                  is_internal: Callable[[pd.Series], pd.Series] | None) -> int | None:
     """Group the messages without a thread id with every thread they can change, and
-    write only that (see the module docstring). None when this cannot be exact: no
-    thread_keys, or a message that had a thread id lost it (an upsert changed it: its old
-    thread is unknown); the caller regroups everything then. ``capture(found)`` gives the
-    assignment to write: the grouping ``found``, seen by ``kept.capturing``."""
+    write only that (see the module docstring). None when this cannot be exact (no
+    thread_keys, or a message that had a thread id lost it: an upsert changed it, its old
+    thread is unknown) or would not pay (over 50,000 new messages and a fifth of the
+    cache); the caller regroups everything then. ``capture(found)`` gives the assignment
+    to write: the grouping ``found``, seen by ``kept.capturing``."""
     import pandas as pd
 
     from replytime.analysis.threads import group_threads
@@ -247,6 +250,8 @@ def _regroup_new(cache: Cache, capture: Callable[[Keyed], Callable[[pd.DataFrame
         return None
     new = cache.unthreaded_inputs()
     if new.empty or bool((new["id"] <= top).any()):
+        return None
+    if len(new) > max(top // 4, 50_000):  # much of the cache is new: one pass costs less
         return None
     referenced, keys = _reach(new)
     asked = set(keys)
