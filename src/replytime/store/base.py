@@ -186,6 +186,7 @@ THREAD_KEYS_TABLE = """
     ) WITHOUT ROWID;
     CREATE INDEX thread_keys_thread ON thread_keys(thread_id);
 """
+THREAD_KEYS_INDEX_SQL = "CREATE INDEX thread_keys_thread ON thread_keys(thread_id)"
 THREAD_KEYS_SQL = "INSERT INTO thread_keys (key, thread_id) VALUES (?, ?)"
 
 # What threads.group_threads reads: every message, in id order. ``automated`` and
@@ -513,7 +514,7 @@ class CacheBase(ABC):
                 if keys is None:
                     self._execute("DELETE FROM meta WHERE key = 'threads_max_id'")
                 else:
-                    self._insert_thread_keys(keys)
+                    self._insert_thread_keys(keys, fresh=True)
                     top = int(inputs["id"].max()) if len(inputs) else 0
                     self.set_meta("threads_max_id", str(top))
                 self.set_meta("threads_fingerprint", fingerprint)
@@ -581,8 +582,11 @@ class CacheBase(ABC):
             self.set_meta("threads_max_id", str(int(max_id)))
         return len(changed)
 
-    def _insert_thread_keys(self, keys: pd.DataFrame) -> None:
-        """Insert (key, thread_id) rows (inside a transaction); a backend may bulk-load."""
+    def _insert_thread_keys(self, keys: pd.DataFrame, *, fresh: bool = False) -> None:
+        """Insert (key, thread_id) rows (inside a transaction), in key order: the primary
+        key's order, so each insert appends. ``fresh``: into an empty table (a backend may
+        build its index afterwards instead)."""
+        keys = keys.sort_values(["key", "thread_id"])
         self._executemany(THREAD_KEYS_SQL, zip(keys["key"].tolist(),
                                                keys["thread_id"].astype(str).tolist(),
                                                strict=True))

@@ -327,7 +327,7 @@ class PostgresCache(KeptLeads, CacheBase):
             "WHERE messages.id = u.id"
         )
 
-    def _insert_thread_keys(self, keys: pd.DataFrame) -> None:
+    def _insert_thread_keys(self, keys: pd.DataFrame, *, fresh: bool = False) -> None:
         # COPY: a full regroup writes a row or more per thread (millions at 5M messages).
         with self.conn.cursor() as cur, cur.copy("COPY thread_keys (key, thread_id) FROM STDIN") \
                 as cp:
