@@ -571,9 +571,10 @@ class CacheBase(ABC):
         keys = getattr(found, "keys", None)
         with self._threads_lock(), self.transaction():
             self._apply_thread_ids(changed.index.tolist(), changed.tolist())
-            for table in ("thread_links", "threads", "thread_keys"):
-                self._execute(f"DELETE FROM {table} WHERE thread_id IN ({self.json_values})",
-                              (gone,))
+            where = f"WHERE thread_id IN ({self.json_values})"
+            self._execute(f"DELETE FROM thread_links {where}", (gone,))
+            self._execute(f"DELETE FROM threads {where}", (gone,))
+            self._execute(f"DELETE FROM thread_keys {where}", (gone,))
             if links:
                 self._executemany(THREAD_LINKS_SQL, links)
             self._execute(THREADS_OF_SQL.format(ids=self.json_values), (json.dumps(fresh),))
