@@ -69,7 +69,7 @@ def test_same_tables_columns_and_indexes(tmp_path: Path, pg_server: PostgresServ
     pg = open_cache(pg_server.create_database())
     tables = ["accounts", "alerts", "files", "lead_blocks", "leads", "locations",
               "message_volume", "messages", "meta", "schema_version", "skipped",
-              "thread_links", "threads"]
+              "thread_keys", "thread_links", "threads"]
     lite_tables = sorted(r[0] for r in lite.conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'"))
     pg_tables = sorted(r[0] for r in pg.conn.execute(
@@ -90,7 +90,7 @@ def test_same_tables_columns_and_indexes(tmp_path: Path, pg_server: PostgresServ
     assert lite_idx == pg_idx == {"messages_time", "messages_thread", "locations_msg",
                                   "threads_span", "threads_start", "leads_time",
                                   "leads_reply_time", "leads_thread", "messages_problems",
-                                  "lead_blocks_thread"}
+                                  "lead_blocks_thread", "thread_keys_thread"}
 
 
 def test_example_mailbox_gives_identical_reports(tmp_path: Path,

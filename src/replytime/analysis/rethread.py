@@ -1,22 +1,55 @@
 """Keep thread ids current after writes, and the kept lead table with them
 (``replytime.analysis.kept``). Checking costs a few small queries and loads no pandas, so a
-sync or import that brought nothing new starts and ends quickly."""
+sync or import that brought nothing new starts and ends quickly.
+
+New messages under the same roster regroup only what they can change (``_regroup_new``),
+exactly as a full regroup would (docs/definitions.md, "Threads"). A thread is a union of
+reference components; only these links join or change them:
+
+- references: a new message's In-Reply-To / References naming a cached message, or naming
+  (or being) a Message-ID that a cached thread references but does not hold (a
+  placeholder), or a provider thread id a cached thread holds;
+- the subject rule, which pairs components within one (normalised subject, external
+  participant) group, each with the one before it in start order: a new or changed
+  component changes the pairs of every group it is (or was) in, and only those. Every
+  component of a subject-rule thread has the subject of the thread's first message.
+
+thread_keys holds a digest per thread of each such link (``link_keys``): its placeholders,
+provider ids, and (first message's normalised subject, external participant) pairs. The
+new messages plus every thread reached, repeated until nothing more is reached, is a set
+whose groups are complete: ``group_threads`` on it gives what it gives on the whole cache,
+and every other thread keeps its groups, so its id. Thread names depend only on their own
+messages (the smallest provider id, else the first message's key), and the order of
+components with equal starts is by their smallest message id, which reading in id order
+keeps. A digest collision only reaches more threads.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from replytime.analysis.threads import Threading
     from replytime.config import Config
     from replytime.store import Cache
+    from replytime.store.base import Grouping
 
 
 def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int:
     """Re-assign thread ids when there is something to do: a message without one (new, or
     changed since: the upsert clears it), a message removed, or another internal roster
     (the subject rule depends on who is external); always with ``force``. An import or sync
-    that wrote nothing new therefore costs no threading at all. The threads table records
-    the rule that grouped each thread, thread_links the subject rule's joins.
+    that wrote nothing new therefore costs no threading at all. Only new messages under
+    the same roster regroup just the threads they can reach (``_regroup_new``); anything
+    else, or ``force``, regroups every message. The threads table records the rule that
+    grouped each thread, thread_links the subject rule's joins.
 
     Then bring the kept leads up to date: the threads whose messages changed are matched
     again, or every lead when the config they were kept for changed (docs/definitions.md,
@@ -38,7 +71,6 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
     # pandas and Arrow compute: imported only when there is threading to do
     from replytime.analysis import kept
     from replytime.analysis.matcher import Roster
-    from replytime.analysis.threads import group_threads
 
     # One process at a time brings threads and kept leads up to date together; the others
     # wait, then find them current.
@@ -54,9 +86,16 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
         if redo_threads:
             cache.invalidate_kept_leads()  # until the rows match the new thread ids
             roster = Roster(config)
-            assign = kept.capturing(lambda df: group_threads(df, roster.is_internal),
-                                    covered, changes)
-            changed = cache.rebuild_threads(assign, fingerprint)
+            regrouped = None
+            if not force and cache.get_meta("threads_fingerprint") == fingerprint:
+                regrouped = _regroup_new(
+                    cache, lambda found: kept.capturing(lambda df: found, covered, changes),
+                    roster.is_internal)
+            if regrouped is None:
+                changed = cache.rebuild_threads(kept.capturing(
+                    lambda df: keyed(df, roster.is_internal), covered, changes), fingerprint)
+            else:
+                changed = regrouped
         if want is None:
             return changed
         if incremental and not changes.modified:
@@ -83,3 +122,170 @@ def _kept_state(config: Config) -> str | None:
     if config.leads.forms or config.leads.labels:
         return None
     return config.leads_fingerprint()
+
+
+@dataclass(frozen=True)
+class Keyed:
+    """A ``threads.Threading`` with its thread_keys rows (``link_keys``)."""
+
+    thread_id: pd.Series
+    rule: pd.Series
+    links: pd.DataFrame
+    keys: pd.DataFrame
+
+
+def keyed(df: pd.DataFrame, is_internal: Callable[[pd.Series], pd.Series] | None) -> Keyed:
+    """``group_threads`` of ``df`` with the thread_keys rows of its threads."""
+    from replytime.analysis.threads import group_threads
+
+    found = group_threads(df, is_internal)
+    return Keyed(found.thread_id, found.rule, found.links, link_keys(df, found, is_internal))
+
+
+def digest(link: str) -> str:
+    """A thread_keys key: 64 bits of BLAKE2b, hex (a collision only reaches more threads)."""
+    return hashlib.blake2b(link.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def _references(df: pd.DataFrame) -> tuple[np.ndarray, pa.Array]:
+    """(row, Message-ID) for every In-Reply-To and References entry of the rows without a
+    provider thread id: the references ``threads.group_threads`` follows."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from replytime.lists import arrow_strings, concat_chunks
+
+    plain = df["provider_thread_id"].isna().to_numpy()
+    irt = arrow_strings(df["in_reply_to"])
+    irt_ok = plain & pc.fill_null(pc.not_equal(irt, ""), False).to_numpy(zero_copy_only=False)
+    refs = pc.split_pattern(pc.fill_null(arrow_strings(df["refs"]), ""), " ")
+    flat = concat_chunks([pc.list_flatten(refs)], pa.large_string()).combine_chunks()
+    parent = concat_chunks([pc.list_parent_indices(refs)], pa.int64()).to_numpy()
+    ref_ok = plain[parent] & pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
+    rows = np.concatenate([np.flatnonzero(irt_ok), parent[ref_ok]])
+    tokens = concat_chunks([pc.filter(irt, pa.array(irt_ok)), flat.filter(pa.array(ref_ok))],
+                           pa.large_string()).combine_chunks()
+    return rows, tokens
+
+
+def link_keys(df: pd.DataFrame, found: Threading,
+              is_internal: Callable[[pd.Series], pd.Series] | None) -> pd.DataFrame:
+    """The thread_keys rows (thread_id, key) of the threads of ``df`` as grouped in
+    ``found`` (see the module docstring): digests of "r:" + each Message-ID its messages
+    reference that none of them has, "p:" + each provider thread id, and, when its first
+    message is dated and has a subject, "s:" + that normalised subject + "\x1f" + each
+    external participant of its people's messages (as the subject rule counts them)."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from replytime.analysis.threads import _address_pairs, _normalise
+    from replytime.lists import arrow_strings
+
+    if df.empty:
+        return pd.DataFrame({"thread_id": pd.Series([], dtype=object),
+                             "key": pd.Series([], dtype=object)})
+    codes, names, heads = found.member, found.rule.index.to_numpy(dtype=object), found.heads
+    rows, tokens = found.placeholders
+    links = [(rows, ["r:" + t for t in tokens.to_pylist()])]
+    prov = np.flatnonzero(df["provider_thread_id"].notna().to_numpy())
+    links.append((prov, ["p:" + str(p) for p in df["provider_thread_id"].iloc[prov]]))
+
+    time_ms = df["time_ms"].to_numpy(dtype="float64")
+    # Normalised once per distinct subject (threads.normalise_subject's rule).
+    subject = pc.fill_null(arrow_strings(df["subject"]), "")
+    subject = subject.combine_chunks() if isinstance(subject, pa.ChunkedArray) else subject
+    encoded_subject = pc.dictionary_encode(subject.take(pa.array(heads)))
+    normal = np.array([_normalise(x) for x in encoded_subject.dictionary.to_pylist()] or [""],
+                      dtype=object)
+    subjects = normal[encoded_subject.indices.to_numpy()]
+    ok = ~np.isnan(time_ms[heads]) & (subjects != "")
+    people = np.flatnonzero(ok[codes])
+    if "automated" in df:
+        people = people[~df["automated"].to_numpy(dtype=bool)[people]]
+    at, addrs = _address_pairs(df, people)
+    if len(at):
+        encoded = pc.dictionary_encode(addrs)
+        values = encoded.dictionary.to_numpy(zero_copy_only=False)
+        external = np.ones(len(values), dtype=bool)
+        if is_internal is not None:
+            external = ~is_internal(pd.Series(values, dtype=object)).to_numpy(dtype=bool)
+        addr = encoded.indices.to_numpy().astype(np.int64)
+        thread = codes[people[at]]
+        keep = external[addr]
+        pairs = np.unique(thread[keep] * len(values) + addr[keep])
+        thread, addr = np.divmod(pairs, len(values))
+        links.append((heads[thread], [f"s:{subjects[t]}\x1f{values[a]}"
+                                      for t, a in zip(thread.tolist(), addr.tolist(),
+                                                      strict=True)]))
+    row = np.concatenate([r for r, _ in links]).astype(np.int64)
+    text = [t for _, ts in links for t in ts]
+    out = pd.DataFrame({"thread_id": names[codes[row]], "link": text})
+    out = out.drop_duplicates()
+    distinct = pd.unique(out["link"])
+    hashed = dict(zip(distinct, map(digest, distinct), strict=True))
+    out = pd.DataFrame({"thread_id": out["thread_id"].to_numpy(),
+                        "key": out["link"].map(hashed).to_numpy()})
+    return out.drop_duplicates().reset_index(drop=True)
+
+
+def _reach(new: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(Message-IDs the new messages reference, thread_keys they may share with a cached
+    thread): their references, their own keys (a cached thread's placeholders) and their
+    provider thread ids."""
+    _, tokens = _references(new)
+    referenced = sorted(set(tokens.to_pylist()))
+    own = new["msg_key"].astype(str).tolist()
+    provider = new["provider_thread_id"].dropna().astype(str).tolist()
+    keys = [digest("r:" + k) for k in {*referenced, *own}]
+    keys += [digest("p:" + p) for p in set(provider)]
+    return referenced, keys
+
+
+def _regroup_new(cache: Cache, capture: Callable[[Keyed], Callable[[pd.DataFrame], Grouping]],
+                 is_internal: Callable[[pd.Series], pd.Series] | None) -> int | None:
+    """Group the messages without a thread id with every thread they can change, and
+    write only that (see the module docstring). None when this cannot be exact (no
+    thread_keys, or a message that had a thread id lost it: an upsert changed it, its old
+    thread is unknown) or would not pay (over 50,000 new messages and a fifth of the
+    cache); the caller regroups everything then. ``capture(found)`` gives the assignment
+    to write: the grouping ``found``, seen by ``kept.capturing``."""
+    import pandas as pd
+
+    from replytime.analysis.threads import group_threads
+
+    top = cache.threads_max_id()
+    if top is None:
+        return None
+    new = cache.unthreaded_inputs()
+    if new.empty or bool((new["id"] <= top).any()):
+        return None
+    if len(new) > max(top // 4, 50_000):  # much of the cache is new: one pass costs less
+        return None
+    referenced, keys = _reach(new)
+    asked = set(keys)
+    reached = cache.threads_reached(referenced, keys)
+    threads: set[str] = set()
+    frames = [new]
+    while True:
+        if reached:
+            threads |= reached
+            frames.append(cache.thread_inputs_of(sorted(reached)))
+        inputs = pd.concat(frames, ignore_index=True).sort_values("id", ignore_index=True)
+        # The groups the components are in now, and were in (the reached threads' keys).
+        grouped = group_threads(inputs, is_internal)
+        found = Keyed(grouped.thread_id, grouped.rule, grouped.links,
+                      link_keys(inputs, grouped, is_internal))
+        wanted = set(found.keys["key"])
+        wanted |= cache.keys_of_threads(sorted(reached))
+        wanted -= asked
+        asked |= wanted
+        reached = cache.threads_reached([], sorted(wanted)) - threads if wanted else set()
+        if not reached:
+            break
+    # The last grouping is of these inputs: nothing more was reached.
+    capture(found)(inputs)
+    return cache.regroup_threads(inputs, found, sorted(threads),
+                                 max(top, int(new["id"].max())))

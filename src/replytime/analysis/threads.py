@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -86,11 +86,12 @@ def connected(size: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _reference_components(
     df: pd.DataFrame, has_provider: np.ndarray, keys: pa.Array | pa.ChunkedArray
-) -> np.ndarray:
+) -> tuple[np.ndarray, Placeholders]:
     """Connected component of each message over its edges: to its provider thread, or (no
     provider id) to every Message-ID in In-Reply-To and References. Built with Arrow
     compute, so a million messages cost Arrow buffers, not a Python string per reference.
-    ``keys`` is the msg_key column as Arrow strings."""
+    ``keys`` is the msg_key column as Arrow strings. Also the references to Message-IDs no
+    message of ``df`` has (placeholders)."""
     n = len(df)
     rows = pa.array(np.arange(n, dtype=np.int64))
     plain = pa.array(~has_provider)
@@ -113,10 +114,18 @@ def _reference_components(
     labels = concat_chunks(
         [keys, prov_labels, pc.filter(irt, irt_ok), pc.filter(flat, ref_ok)], text
     )
-    codes = pc.dictionary_encode(labels).combine_chunks().indices.to_numpy()
+    encoded = pc.dictionary_encode(labels).combine_chunks()
+    codes = encoded.indices.to_numpy()
     size = int(codes.max()) + 1 if len(codes) else 0
     self_codes = codes[:n]
-    return connected(size, self_codes[edge_src], codes[n:])[self_codes]
+    # A reference (after the provider labels) to a label no message has: a placeholder.
+    target = codes[n:]
+    held = np.zeros(size, dtype=bool)
+    held[self_codes] = True
+    missing = np.flatnonzero(~held[target])
+    missing = missing[missing >= len(prov_rows)]
+    placeholders = (edge_src[missing], encoded.dictionary.take(pa.array(target[missing])))
+    return connected(size, self_codes[edge_src], target)[self_codes], placeholders
 
 
 def _heads(comp: np.ndarray, place: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,6 +137,10 @@ def _heads(comp: np.ndarray, place: np.ndarray, order: np.ndarray) -> tuple[np.n
     return labels, order[least[labels]]
 
 
+#: (row, Message-ID) of each reference to a Message-ID no message has
+Placeholders = tuple[np.ndarray, pa.Array]
+
+
 @dataclass(frozen=True)
 class Threading:
     """A thread assignment and how it came about.
@@ -136,11 +149,18 @@ class Threading:
     ``RULES`` per thread, indexed by thread id. ``links``: one row per reference component
     the subject rule joined to an earlier one (``LINK_COLUMNS``): the thread it ended in,
     the key of the component's earliest message, the key of the earliest message of the
-    component it was joined to, and the participant address they share."""
+    component it was joined to, and the participant address they share. ``member``: per
+    message, its thread's position in ``rule``; ``heads``: per thread (``rule`` order), the
+    row of its earliest message; ``placeholders``: references to Message-IDs no message
+    has (for analysis/rethread.py)."""
 
     thread_id: pd.Series
     rule: pd.Series
     links: pd.DataFrame
+    member: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    heads: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    placeholders: Placeholders = field(
+        default_factory=lambda: (np.zeros(0, np.int64), pa.array([], pa.large_string())))
 
 
 def assign_threads(
@@ -170,7 +190,7 @@ def group_threads(
     n = len(df)
     has_provider = df["provider_thread_id"].notna().to_numpy()
     keys = arrow_strings(df["msg_key"])  # once: components, order and names all use it
-    ref_comp = _reference_components(df, has_provider, keys)
+    ref_comp, placeholders = _reference_components(df, has_provider, keys)
 
     # Every "earliest message" below is the least (time, key), time missing (NaN) last: each
     # row's place in that order, so a group's earliest row is its least place (an integer
@@ -223,6 +243,7 @@ def group_threads(
         pd.Series(name[comp], index=df["id"].to_numpy()),
         pd.Series(rule, index=name[labels]),
         pd.DataFrame({c: to_series(links[c].combine_chunks()) for c in LINK_COLUMNS}),
+        np.searchsorted(labels, comp), heads, placeholders,
     )
 
 

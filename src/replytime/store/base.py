@@ -170,6 +170,24 @@ THREADS_SQL = (
 THREAD_LINKS_SQL = (
     "INSERT INTO thread_links (thread_id, joined_key, to_key, address) VALUES (?, ?, ?, ?)"
 )
+# THREADS_SQL for the threads bound as one JSON array (an incremental regroup): through the
+# thread index, not a pass over the table.
+THREADS_OF_SQL = THREADS_SQL.replace("WHERE thread_id IS NOT NULL", "WHERE thread_id IN ({ids})")
+
+# Schema 9: per thread, a digest of every link by which a new message could join or change
+# it (analysis/rethread.py, ``link_keys``), so an import of a few messages regroups only the
+# threads they reach instead of the whole cache. ``threads_max_id`` in meta: the highest
+# message id they cover (absent: not filled; the next refresh regroups everything).
+THREAD_KEYS_TABLE = """
+    CREATE TABLE thread_keys (
+        key TEXT NOT NULL,            -- digest of a placeholder, provider id or subject+address
+        thread_id TEXT NOT NULL,
+        PRIMARY KEY (key, thread_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX thread_keys_thread ON thread_keys(thread_id);
+"""
+THREAD_KEYS_INDEX_SQL = "CREATE INDEX thread_keys_thread ON thread_keys(thread_id)"
+THREAD_KEYS_SQL = "INSERT INTO thread_keys (key, thread_id) VALUES (?, ?)"
 
 # What threads.group_threads reads: every message, in id order. ``automated`` and
 # ``reply_to``: the subject rule's participants are people's From/To/Cc/Reply-To only.
@@ -178,6 +196,7 @@ THREAD_INPUT_COLUMNS = (
     "from_addr", "to_addrs", "cc_addrs", "reply_to", "automated", "time_ms", "thread_id",
 )
 THREAD_INPUTS_SQL = f"SELECT {', '.join(THREAD_INPUT_COLUMNS)} FROM messages ORDER BY id"
+_THREAD_INPUTS_WHERE = f"SELECT {', '.join(THREAD_INPUT_COLUMNS)} FROM messages WHERE "
 
 
 def utc_now_text() -> str:
@@ -467,11 +486,13 @@ class CacheBase(ABC):
     def rebuild_threads(
         self, assign: Callable[[pd.DataFrame], Grouping | pd.Series], fingerprint: str
     ) -> int:
-        """Re-assign every thread id and refill the threads and thread_links tables.
-        ``assign`` gives a ``Grouping`` (``analysis.threads.Threading``), or only the thread
-        ids (no subject-rule links then). Holds the cache-wide threads lock (waiting for
-        another process's rebuild to finish), so concurrent writers of different accounts
-        never interleave two rebuilds."""
+        """Re-assign every thread id and refill the threads, thread_links and thread_keys
+        tables, in one transaction. ``assign`` gives a ``Grouping``
+        (``analysis.threads.Threading``), or only the thread ids (no subject-rule links then);
+        a grouping with ``keys`` (thread_id, key rows) fills thread_keys, so the next
+        refresh may regroup only what new messages reach (``regroup_threads``). Holds the
+        cache-wide threads lock (waiting for another process's rebuild to finish), so
+        concurrent writers of different accounts never interleave two rebuilds."""
         import pandas as pd  # not at import: `replytime import` starts without it
 
         with self._threads_lock():
@@ -482,15 +503,97 @@ class CacheBase(ABC):
             links = [] if isinstance(found, pd.Series) else list(
                 found.links[["thread_id", "joined_key", "to_key", "address"]]
                 .itertuples(index=False, name=None))
-            changed = self.set_threads(ids, current)
+            keys = None if isinstance(found, pd.Series) else getattr(found, "keys", None)
+            new = ids.reindex(current.index)
+            changed = new[new.notna() & new.ne(current)]
             with self.transaction():
+                self._apply_thread_ids(changed.index.tolist(), changed.tolist())
                 self._execute("DELETE FROM thread_links")
                 if links:  # few: the subject rule's joins only
                     self._executemany(THREAD_LINKS_SQL, links)
                 self._execute("DELETE FROM threads")
                 self._execute(self.threads_sql)
+                self._execute("DELETE FROM thread_keys")
+                if keys is None:
+                    self._execute("DELETE FROM meta WHERE key = 'threads_max_id'")
+                else:
+                    self._insert_thread_keys(keys, fresh=True)
+                    top = int(inputs["id"].max()) if len(inputs) else 0
+                    self.set_meta("threads_max_id", str(top))
                 self.set_meta("threads_fingerprint", fingerprint)
-        return changed
+        return len(changed)
+
+    # -- an incremental regroup (analysis/rethread.py) --------------------------------------
+    def threads_max_id(self) -> int | None:
+        """The highest message id thread_keys covers; None when they are not kept."""
+        value = self.get_meta("threads_max_id")
+        return int(value) if value else None
+
+    def unthreaded_inputs(self) -> pd.DataFrame:
+        """The thread inputs of the messages without a thread id, in id order."""
+        return self._frame(_THREAD_INPUTS_WHERE + "thread_id IS NULL ORDER BY id")
+
+    def thread_inputs_of(self, thread_ids: Sequence[str]) -> pd.DataFrame:
+        """The thread inputs of every message of these threads, in id order."""
+        return self._frame(
+            _THREAD_INPUTS_WHERE + f"thread_id IN ({self.json_values}) ORDER BY id",
+            (json.dumps(sorted(thread_ids)),))
+
+    def threads_reached(self, msg_keys: Sequence[str], keys: Sequence[str]) -> set[str]:
+        """The threads holding a message with one of ``msg_keys``, or a thread_keys row with
+        one of ``keys``; both through their indexes."""
+        rows = self._execute(
+            f"SELECT thread_id FROM messages WHERE msg_key IN ({self.json_values}) "
+            "AND thread_id IS NOT NULL UNION "
+            f"SELECT thread_id FROM thread_keys WHERE key IN ({self.json_values})",
+            (json.dumps(sorted(set(msg_keys))), json.dumps(sorted(set(keys)))),
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def keys_of_threads(self, thread_ids: Sequence[str]) -> set[str]:
+        """The thread_keys of these threads."""
+        rows = self._execute(
+            f"SELECT key FROM thread_keys WHERE thread_id IN ({self.json_values})",
+            (json.dumps(sorted(thread_ids)),),
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def regroup_threads(self, inputs: pd.DataFrame, found: Grouping,
+                        old_threads: Sequence[str], max_id: int) -> int:
+        """Write the grouping ``found`` of ``inputs`` (new messages and every old thread
+        they can change, ``old_threads``; analysis/rethread.py): the thread ids that
+        changed, and the threads, thread_links and thread_keys rows of the old threads and
+        the new ones, in one transaction. Returns how many messages changed thread."""
+        current = inputs.set_index("id")["thread_id"]
+        new = found.thread_id.reindex(current.index)
+        changed = new[new.notna() & new.ne(current)]
+        fresh = sorted(set(found.thread_id.astype(str)))
+        gone = json.dumps(sorted(set(old_threads) | set(fresh)))
+        links = list(found.links[["thread_id", "joined_key", "to_key", "address"]]
+                     .itertuples(index=False, name=None))
+        keys = getattr(found, "keys", None)
+        with self._threads_lock(), self.transaction():
+            self._apply_thread_ids(changed.index.tolist(), changed.tolist())
+            where = f"WHERE thread_id IN ({self.json_values})"
+            self._execute(f"DELETE FROM thread_links {where}", (gone,))
+            self._execute(f"DELETE FROM threads {where}", (gone,))
+            self._execute(f"DELETE FROM thread_keys {where}", (gone,))
+            if links:
+                self._executemany(THREAD_LINKS_SQL, links)
+            self._execute(THREADS_OF_SQL.format(ids=self.json_values), (json.dumps(fresh),))
+            if keys is not None:
+                self._insert_thread_keys(keys)
+            self.set_meta("threads_max_id", str(int(max_id)))
+        return len(changed)
+
+    def _insert_thread_keys(self, keys: pd.DataFrame, *, fresh: bool = False) -> None:
+        """Insert (key, thread_id) rows (inside a transaction), in key order: the primary
+        key's order, so each insert appends. ``fresh``: into an empty table (a backend may
+        build its index afterwards instead)."""
+        keys = keys.sort_values(["key", "thread_id"])
+        self._executemany(THREAD_KEYS_SQL, zip(keys["key"].tolist(),
+                                               keys["thread_id"].astype(str).tolist(),
+                                               strict=True))
 
     def thread_rules(self, thread_ids: Sequence[str]) -> dict[str, str]:
         """The rule (threads.RULES) that grouped each of these threads, as last rebuilt."""

@@ -28,7 +28,13 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from replytime.errors import CacheError, LockedError
-from replytime.store.base import ALERTS_TABLE, FILES_TABLE, CacheBase, maildir_places_sql
+from replytime.store.base import (
+    ALERTS_TABLE,
+    FILES_TABLE,
+    THREAD_KEYS_TABLE,
+    CacheBase,
+    maildir_places_sql,
+)
 from replytime.store.leads import KEPT_TABLES_SQL, LEADS_TABLE_SQL, KeptLeads
 
 if TYPE_CHECKING:
@@ -120,6 +126,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALERTS_TABLE.replace(") WITHOUT ROWID", ")"),
     KEPT_TABLES_SQL.replace(" INTEGER", " BIGINT").replace(" REAL", " DOUBLE PRECISION")
     .replace(") WITHOUT ROWID", ")"),
+    THREAD_KEYS_TABLE.replace(") WITHOUT ROWID", ")"),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -320,6 +327,14 @@ class PostgresCache(KeptLeads, CacheBase):
             "UPDATE messages SET thread_id = u.thread_id FROM thread_updates u "
             "WHERE messages.id = u.id"
         )
+
+    def _insert_thread_keys(self, keys: pd.DataFrame, *, fresh: bool = False) -> None:
+        # COPY: a full regroup writes a row or more per thread (millions at 5M messages).
+        with self.conn.cursor() as cur, cur.copy("COPY thread_keys (key, thread_id) FROM STDIN") \
+                as cp:
+            for row in zip(keys["key"].tolist(), keys["thread_id"].astype(str).tolist(),
+                           strict=True):
+                cp.write_row(row)
 
     def has_unthreaded(self) -> bool:
         # Walk the thread_id index from its NULL end: "WHERE thread_id IS NULL LIMIT 1" was
