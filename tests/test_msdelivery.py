@@ -187,3 +187,24 @@ def test_delivery_defaults_to_exchange_onlines_smtp_endpoint(tmp_path: Path) -> 
                    '[delivery]\noauth_account = "m"\n')
     with pytest.raises(ConfigError, match=r"delivery\.username: is required with oauth_account"):
         load_config(cfg)
+
+
+def test_app_only_sends_with_the_apps_default_scope(
+        example: Path, tmp_path: Path, fake: FakeMicrosoft, smtp: SMTPServer,  # noqa: F811
+        ) -> None:
+    fake.client_secret = "app-secret-value"
+    ms = fake.account_options(tmp_path / "unused.msal.json")
+    acct = {"name": NAME, "type": "microsoft", "tenant": "acme.example",
+            "mailbox": USER, "client_secret_env": "REPLYTIME_MS_SECRET",
+            **{k: ms[k] for k in ("client_id", "authority_host", "graph_endpoint",
+                                  "ca_file")}}
+    delivery = smtp.toml(host="127.0.0.1").replace(
+        'username = "reports@acme.example"\npassword_env = "REPLYTIME_SMTP_PW"\n',
+        toml({"oauth_account": NAME}))
+    cfg = configure(example, tmp_path, f"[[accounts]]\n{toml(acct)}\n{delivery}")
+    r = send(example, cfg, env={**ENV, "REPLYTIME_MS_SECRET": "app-secret-value"})
+    assert r.returncode == 0, r.stderr
+    assert [i["scope"] for i in fake.access.values()] == [msauth.IMAP_APP_SCOPE]
+    assert smtp.messages[0].login == USER  # username: the account's mailbox
+    assert not (tmp_path / "unused.msal.json").exists()  # app-only keeps nothing on disk
+    assert leaks(fake, r.stdout + r.stderr) == [] and "app-secret-value" not in r.stderr
