@@ -242,6 +242,11 @@ def add(box: Mailbox, folder: str, props: dict[str, Any], headers: list[tuple[st
 
 # -- the server ----------------------------------------------------------------------------
 
+def _resource(scope: str) -> str:
+    """The resource a scope is for (its URL without the permission); bare names: Graph."""
+    return scope.rsplit("/", 1)[0] if "://" in scope else "https://graph.microsoft.com"
+
+
 class FakeMicrosoft:
     def __init__(self, cert_dir: Path, *, seed: int = 7, page_cap: int = 1000,
                  limit: int = 10_000, window: float = 600.0, max_concurrent: int = 4,
@@ -269,6 +274,11 @@ class FakeMicrosoft:
         self.refresh: dict[str, str] = {}  # refresh token -> user
         self.issued: list[str] = []  # every secret handed out, for leak checks
         self.device_codes: dict[str, str] = {}
+        # Delegated consent: scopes the user agreed to at a device-code sign-in, plus what
+        # an admin consented for the whole tenant. A refresh for anything else is refused
+        # (AADSTS65001), as the identity platform does.
+        self.consented: dict[str, set[str]] = {}
+        self.admin_consented: set[str] = set()
         self.rounds: dict[str, dict[str, Any]] = {}  # skiptoken -> round state
         self.deltas: dict[str, tuple[str, str, int]] = {}  # deltatoken -> (box, folder, seq)
         self.in_flight: dict[str, int] = {}
@@ -442,6 +452,13 @@ class FakeMicrosoft:
                              "error_description": "AADSTS70016: pending"}
             scope = " ".join(s for s in self.device_codes.pop(form["device_code"]).split()
                              if s not in ("openid", "profile", "offline_access"))
+            # The consent page takes scopes of several resources; the token does not.
+            if len({_resource(s) for s in scope.split()}) > 1:
+                return 400, {"error": "invalid_scope", "error_codes": [28000],
+                             "error_description": "AADSTS28000: Provided value for the input "
+                             "parameter scope is not valid because it contains more than one "
+                             "resource."}
+            self.consented.setdefault(USER, set()).update(scope.split())
             self.token_grants += 1
             return 200, self._tokens(USER, scope, True)
         if grant == "refresh_token":
@@ -450,6 +467,12 @@ class FakeMicrosoft:
                 return 400, {"error": "invalid_grant", "error_codes": [70000],
                              "error_description": "AADSTS70000: The provided grant has "
                              "expired due to it being revoked."}
+            if not set(scope.split()) <= self.consented.get(user, set()) | self.admin_consented:
+                return 400, {"error": "invalid_grant", "error_codes": [65001],
+                             "suberror": "consent_required",
+                             "error_description": "AADSTS65001: The user or administrator "
+                             "has not consented to use the application. Send an interactive "
+                             "authorization request for this user and resource."}
             self.refreshes += 1
             del self.refresh[form["refresh_token"]]  # rotated
             return 200, self._tokens(user, scope, True)
@@ -460,6 +483,15 @@ class FakeMicrosoft:
             self.token_grants += 1
             return 200, self._tokens(None, scope, False)
         return 400, {"error": "unsupported_grant_type"}
+
+    def smtp_login(self, user: str, token: str) -> bool:
+        """Exchange Online's SMTP AUTH check of an XOAUTH2 login: a live token for
+        SMTP.Send of that user (or an app-only one)."""
+        with self.lock:
+            info = self.access.get(token)
+            return info is not None and info["exp"] > time.time() and (
+                "https://outlook.office.com/SMTP.Send" in info["scope"].split()
+                and info["user"] == user or info["user"] is None)
 
     def _client_ok(self, form: dict[str, str]) -> bool:
         if self.client_secret is not None and form.get("client_secret") == self.client_secret:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import re
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,9 @@ class _Handler:
     data_faults: list[str] = field(default_factory=list)  # replies to the next DATA
     lock: threading.Lock = field(default_factory=threading.Lock)
     auth_strings: list[bytes] = field(default_factory=list)  # XOAUTH2 responses received
+    # Exchange Online's way instead: ask the identity platform (tests/fake_graph.py
+    # ``smtp_login``) whether the token is valid for the user; refused: 535 5.7.3 at once.
+    token_check: Callable[[str, str], bool] | None = None
 
     async def auth_XOAUTH2(self, server: Any, args: list[str]) -> AuthResult:  # noqa: N802
         """SASL XOAUTH2 as Gmail's SMTP does it: the initial response in the AUTH line;
@@ -55,6 +60,13 @@ class _Handler:
         else:
             raw = base64.b64decode(args[1])
         self.auth_strings.append(raw)
+        if self.token_check is not None:
+            m = re.fullmatch(rb"user=([^\x01]+)\x01auth=Bearer ([^\x01]+)\x01\x01", raw)
+            if m and self.token_check(m[1].decode(), m[2].decode()):
+                return AuthResult(success=True, handled=False,
+                                  auth_data=LoginPassword(m[1], b""))
+            return AuthResult(success=False, handled=False,
+                              message="535 5.7.3 Authentication unsuccessful")
         if raw == f"user={USER}\x01auth=Bearer {TOKEN}\x01\x01".encode():
             return AuthResult(success=True, handled=False,
                               auth_data=LoginPassword(USER.encode(), b""))
@@ -90,11 +102,12 @@ class SMTPServer:
     """``security``: ``starttls`` (plain connection, STARTTLS required before AUTH and
     MAIL) or ``ssl`` (TLS from the first byte)."""
 
-    def __init__(self, root: Path, security: str = "starttls") -> None:
+    def __init__(self, root: Path, security: str = "starttls",
+                 token_check: Callable[[str, str], bool] | None = None) -> None:
         self.cert = make_cert(root / "smtp-tls")
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(self.cert, self.cert.with_name("key.pem"))
-        self.handler = _Handler()
+        self.handler = _Handler(token_check=token_check)
         self.port = free_port()
         self.security = security
         kw: dict[str, Any] = {"authenticator": _authenticator, "auth_required": True,

@@ -132,20 +132,22 @@ def auth(
         if account != "gmail":
             raise UsageError(f"unexpected argument {legacy_name!r}: use `replytime auth ACCOUNT`")
         account = legacy_name
-    acct = _config().account(account)
+    cfg = _config()
+    acct = cfg.account(account)
     if legacy_name is not None and acct.type != "gmail":
         raise UsageError(f"account {account!r} is of type {acct.type}, not gmail")
-    microsoft = acct.type == "microsoft" or (
-        acct.type == "imap" and str(acct.options.get("oauth", "")).lower() == "microsoft")
     if acct.type == "gmail":
         from replytime.sources import gmail
 
         gmail.authorize(acct, no_browser=no_browser, scope="metadata" if metadata else None)
         _summary(f"authorised {account}")
-    elif microsoft:
+    elif acct.microsoft_sign_in:
         from replytime.sources import msauth
 
-        who = msauth.device_sign_in(acct)
+        # The [delivery] account signs in for SMTP.Send too (docs/configuration.md,
+        # "`[delivery]`").
+        smtp = cfg.delivery is not None and cfg.delivery.oauth_account == acct.name
+        who = msauth.device_sign_in(acct, smtp=smtp)
         _summary(f"authorised {account} as {who}")
     else:
         raise UsageError(f"account {account!r} ({acct.type}) has no sign-in: only gmail, "
@@ -753,13 +755,17 @@ def send_weekly(
 
 def _mail_oauth_token(cfg: Any) -> str | None:
     """An access token for [delivery] oauth_account (its sync's Google token, refreshed
-    when expired), or None without one."""
+    when expired; or its Microsoft sign-in's, for SMTP.Send), or None without one."""
     d = cfg.delivery
     if d is None or d.oauth_account is None:
         return None
+    acct = cfg.account(d.oauth_account)
+    if acct.microsoft_sign_in:
+        from replytime.sources.msauth import smtp_access_token
+
+        return smtp_access_token(acct, d.username)
     from replytime.sources.imap import oauth_access_token
 
-    acct = cfg.account(d.oauth_account)
     token_file = os.path.expanduser(os.path.expandvars(str(acct.options["oauth_token_file"])))
     return oauth_access_token(token_file, acct.name)
 

@@ -73,6 +73,15 @@ class Account:
     type: str
     options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def microsoft_sign_in(self) -> bool:
+        """Signed in with msal: ``type = "microsoft"``, or imap with ``oauth = "microsoft"``."""
+        return self.type == "microsoft" or (
+            self.type == "imap" and str(self.options.get("oauth", "")).lower() == "microsoft")
+
+
+MICROSOFT_SMTP = "smtp.office365.com"  # Exchange Online's SMTP AUTH endpoint (587, STARTTLS)
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -92,7 +101,8 @@ class Delivery:
     retries: int = 3
     # password_env / password_file / password_command, as given (read by ``password``)
     secret: dict[str, Any] = field(default_factory=dict)
-    # An [[accounts]] entry whose oauth_token_file signs in (SASL XOAUTH2) instead.
+    # An [[accounts]] entry whose sign-in (its oauth_token_file, or its Microsoft msal
+    # sign-in) gives the SASL XOAUTH2 token instead.
     oauth_account: str | None = None
 
     def password(self) -> str | None:
@@ -668,18 +678,26 @@ def _parse_delivery(table: Any, accounts: list[Account]) -> Delivery:
     oauth_account = table.get("oauth_account")
     if oauth_account is not None:
         # Sign in as that account's sync does (an IMAP account's Google token; scope
-        # https://mail.google.com/ covers SMTP too): no second secret to keep.
+        # https://mail.google.com/ covers SMTP too; or a Microsoft account's msal sign-in,
+        # asking for SMTP.Send): no second secret to keep.
         _expect(oauth_account, str, f"{key}.oauth_account", "an account name")
         acct = next((a for a in accounts if a.name == oauth_account), None)
-        if acct is None or not acct.options.get("oauth_token_file"):
+        if acct is None or not (acct.options.get("oauth_token_file")
+                                or acct.microsoft_sign_in):
             raise ConfigError(f"{key}.oauth_account", f"needs an [[accounts]] entry named "
-                              f"{oauth_account!r} with oauth_token_file")
+                              f"{oauth_account!r} with oauth_token_file, of type "
+                              "microsoft, or with oauth = \"microsoft\"")
         if secret_keys & set(table):
             raise ConfigError(f"{key}.oauth_account", "give either oauth_account or a "
                               "password_env/_file/_command, not both")
-        username = username or acct.options.get("username")
+        mailbox = acct.options.get("mailbox")
+        username = username or acct.options.get("username") or (
+            mailbox if acct.microsoft_sign_in and mailbox not in (None, "me") else None)
         if not isinstance(username, str):
-            raise ConfigError(f"{key}.username", "is required with oauth_account")
+            raise ConfigError(f"{key}.username", "is required with oauth_account (the "
+                              "address it signs in as)")
+        if acct.microsoft_sign_in and host is None:
+            host = MICROSOFT_SMTP
     ca_file = _path(table.get("ca_file"), f"{key}.ca_file")
     return Delivery(
         sender=sender,
@@ -856,7 +874,9 @@ buckets = ["5m", "15m", "1h", "4h", "24h"]
 # security = "starttls"               # ssl | starttls | none (loopback only)
 # username = "replytime@acme.example"
 # password_env = "REPLYTIME_SMTP_PASSWORD"   # or password_file / password_command
-# oauth_account = "sales-imap"        # or: the Google sign-in of that account's sync
+# oauth_account = "sales-imap"        # or: the Google sign-in of that account's sync;
+#                                     # a Microsoft account: smtp.office365.com, SMTP.Send
+#                                     # (sign in again with `replytime auth` after adding it)
 # attach_csv = true
 
 # `replytime alert` (cron, every few minutes): post leads open longer than older_than,

@@ -37,6 +37,9 @@ DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_GRAPH = "https://graph.microsoft.com/v1.0"
 IMAP_SCOPE = "https://outlook.office.com/IMAP.AccessAsUser.All"
 IMAP_APP_SCOPE = "https://outlook.office365.com/.default"
+# SMTP AUTH (XOAUTH2) to smtp.office365.com, for [delivery] oauth_account; app-only uses
+# IMAP_APP_SCOPE, whose .default covers the app's SMTP.SendAsApp role.
+SMTP_SCOPE = "https://outlook.office.com/SMTP.Send"
 # Delegated Graph permissions by `scope` (README.md, "Microsoft 365", why Mail.Read).
 GRAPH_SCOPES = {"read": "Mail.Read", "basic": "Mail.ReadBasic"}
 
@@ -98,6 +101,9 @@ class MsSettings:
 
     def imap_scopes(self) -> list[str]:
         return [IMAP_APP_SCOPE] if self.app_only else [IMAP_SCOPE]
+
+    def smtp_scopes(self) -> list[str]:
+        return [IMAP_APP_SCOPE] if self.app_only else [SMTP_SCOPE]
 
     def session(self) -> PinnedSession:
         return PinnedSession(self.ca_file or True)
@@ -340,10 +346,12 @@ class TokenSource:
         return str(result["access_token"])
 
 
-def device_sign_in(account: Account, scopes: list[str] | None = None) -> str:
+def device_sign_in(account: Account, scopes: list[str] | None = None, *,
+                   smtp: bool = False) -> str:
     """``replytime auth ACCOUNT``: msal's device-code flow; prints where to go and the code
     (stderr), waits for the user, stores the token cache (0600). Returns the signed-in
-    user's name as Microsoft reports it."""
+    user's name as Microsoft reports it. ``smtp``: the account is [delivery]
+    oauth_account, so consent to SMTP.Send is asked for too."""
     s = settings(account)
     if s.app_only:
         raise ConfigError(f"accounts.{s.account}",
@@ -352,22 +360,49 @@ def device_sign_in(account: Account, scopes: list[str] | None = None) -> str:
     cache = load_cache(s, must_exist=False)
     app = _app(s, cache)
     scopes = scopes or (s.imap_scopes() if account.type == "imap" else s.graph_scopes())
+    # A token request may name one resource only (Microsoft answers AADSTS28000 to more):
+    # SMTP.Send joins IMAP's request (both outlook.office.com); beside Graph it is a token
+    # of its own, silent when the consent covers it already, else a second code to enter.
+    extra = [x for x in (s.smtp_scopes() if smtp else []) if x not in scopes]
+    same = [x for x in extra if _resource(x) == _resource(scopes[0])]
     try:
-        flow = app.initiate_device_flow(scopes=scopes)
-        if "user_code" not in flow:
-            raise _refused(s, flow)
-        print(flow.get("message") or f"To sign in, open {flow['verification_uri']} and "
-              f"enter the code {flow['user_code']}", file=sys.stderr, flush=True)
-        result = app.acquire_token_by_device_flow(flow)
+        result = _device_flow(s, app, scopes + same)
+        others = [x for x in extra if x not in same]
+        if others:
+            held = app.acquire_token_silent_with_error(others, app.get_accounts()[0])
+            if not held or "access_token" not in held:
+                _device_flow(s, app, others)
     except requests.RequestException as exc:
         raise SourceUnreachable(f"cannot reach {s.authority_host} ({_describe(exc)})") from None
-    if "access_token" not in result:
-        code = result.get("error", "")
-        if code in ("authorization_declined", "expired_token", "bad_verification_code"):
-            raise AuthError(f"Microsoft sign-in did not complete ({code})")
-        raise _refused(s, result)
     save_cache(cache, s.token_cache)
     claims = result.get("id_token_claims") or {}
     with contextlib.suppress(AttributeError):
         return str(claims.get("preferred_username") or claims.get("name") or account.name)
     return account.name
+
+
+def _resource(scope: str) -> str:
+    return scope.rsplit("/", 1)[0] if "://" in scope else "https://graph.microsoft.com"
+
+
+def _device_flow(s: MsSettings, app: Any, scopes: list[str]) -> dict[str, Any]:
+    flow = app.initiate_device_flow(scopes=scopes)
+    if "user_code" not in flow:
+        raise _refused(s, flow)
+    print(flow.get("message") or f"To sign in, open {flow['verification_uri']} and "
+          f"enter the code {flow['user_code']}", file=sys.stderr, flush=True)
+    result: dict[str, Any] = app.acquire_token_by_device_flow(flow)
+    if "access_token" not in result:
+        code = result.get("error", "")
+        if code in ("authorization_declined", "expired_token", "bad_verification_code"):
+            raise AuthError(f"Microsoft sign-in did not complete ({code})")
+        raise _refused(s, result)
+    return result
+
+
+def smtp_access_token(account: Account, username: str) -> str:
+    """An access token for Exchange Online's SMTP AUTH as ``username`` ([delivery]
+    oauth_account naming ``account``): SMTP.Send, or the app's .default app-only."""
+    s = settings(Account(account.name, account.type, {"mailbox": username,
+                                                      **account.options}))
+    return TokenSource(s, s.smtp_scopes()).token()
