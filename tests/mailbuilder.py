@@ -25,6 +25,28 @@ BASE_CONFIG = {
 }
 
 
+# The same team as a config file, one address per rep (the CLI tests write it next to a
+# cache; [delivery] or [alerts] tables can follow it).
+TEAM_TOML = """\
+[team]
+internal_domains = ["acme.example"]
+shared_inboxes = ["sales@acme.example"]
+timezone = "UTC"
+[[reps]]
+name = "Alice"
+emails = ["alice@acme.example"]
+team = "East"
+[[reps]]
+name = "Bob"
+emails = ["bob@acme.example"]
+team = "East"
+[[reps]]
+name = "Carol"
+emails = ["carol@acme.example"]
+team = "West"
+"""
+
+
 def at(day: int = 0, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
     return MONDAY + timedelta(days=day, hours=hour, minutes=minute, seconds=second)
 

@@ -22,34 +22,14 @@ import pytest
 from replytime.config import parse_config
 from replytime.errors import ConfigError
 from replytime.store import SCHEMA_VERSION, open_cache
-from tests.mailbuilder import Mailbox, at
+from tests.mailbuilder import TEAM_TOML, Mailbox, at
 from tests.smtpd import PASSWORD, SMTPServer
 from tests.webhook import TOKEN, WebhookServer, slack_problem, teams_problem
 
 SCRIPT = Path(sys.executable).with_name("replytime")
 AS_OF = at(3, 12)  # Thursday 5 Nov 2026 12:00 UTC
 
-CONFIG = """
-[team]
-internal_domains = ["acme.example"]
-shared_inboxes = ["sales@acme.example"]
-timezone = "UTC"
-
-[[reps]]
-name = "Alice"
-emails = ["alice@acme.example"]
-team = "East"
-
-[[reps]]
-name = "Bob"
-emails = ["bob@acme.example"]
-team = "East"
-
-[[reps]]
-name = "Carol"
-emails = ["carol@acme.example"]
-team = "West"
-"""
+CONFIG = "\n" + TEAM_TOML
 
 
 def lead(mb: Mailbox, who: str, to: str, when: object, reply: tuple[str, object] | None = None,

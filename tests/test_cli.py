@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.mailbuilder import Mailbox, at
+from tests.mailbuilder import TEAM_TOML, Mailbox, at
 
 SCRIPT = Path(sys.executable).with_name("replytime")
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,13 +40,7 @@ def workspace(tmp_path: Path) -> tuple[Path, Path]:
     mb.send("quinn@other.example", "carol@acme.example", at(2, 9), subject="Hello")
     mb.analysis().cache.close()
     cfg = tmp_path / "replytime.toml"
-    cfg.write_text(
-        '[team]\ninternal_domains = ["acme.example"]\nshared_inboxes = ["sales@acme.example"]\n'
-        'timezone = "UTC"\n'
-        '[[reps]]\nname = "Alice"\nemails = ["alice@acme.example"]\nteam = "East"\n'
-        '[[reps]]\nname = "Bob"\nemails = ["bob@acme.example"]\nteam = "East"\n'
-        '[[reps]]\nname = "Carol"\nemails = ["carol@acme.example"]\nteam = "West"\n'
-    )
+    cfg.write_text(TEAM_TOML)
     return tmp_path / "cache.sqlite", cfg
 
 

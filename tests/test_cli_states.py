@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.forked_cli import ForkedCLI, Result
-from tests.mailbuilder import Mailbox
+from tests.mailbuilder import TEAM_TOML, Mailbox
 from tests.states import BUILDERS, LEADLESS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,23 +32,7 @@ SCRIPT = Path(sys.executable).with_name("replytime")
 EXAMPLES = ROOT / "examples"
 CASES = int(os.environ.get("REPLYTIME_STATE_CASES", "600"))
 
-CONFIG = """\
-[team]
-internal_domains = ["acme.example"]
-shared_inboxes = ["sales@acme.example"]
-timezone = "UTC"
-[[reps]]
-name = "Alice"
-emails = ["alice@acme.example"]
-team = "East"
-[[reps]]
-name = "Bob"
-emails = ["bob@acme.example"]
-team = "East"
-[[reps]]
-name = "Carol"
-emails = ["carol@acme.example"]
-team = "West"
+CONFIG = TEAM_TOML + """\
 [delivery]
 from = "replytime@acme.example"
 to = ["manager@acme.example"]

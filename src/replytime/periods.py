@@ -72,12 +72,14 @@ class Period:
     until_ms: int | None
 
     def label(self, tz: ZoneInfo | timezone) -> str:
-        def fmt(ms: int | None) -> str:
-            if ms is None:
-                return "…"
-            return datetime.fromtimestamp(ms / 1000, tz).strftime("%Y-%m-%d %H:%M")
+        return f"{local_minute(self.since_ms, tz)} – {local_minute(self.until_ms, tz)}"
 
-        return f"{fmt(self.since_ms)} – {fmt(self.until_ms)}"
+
+def local_minute(ms: int | None, tz: ZoneInfo | timezone) -> str:
+    """``2026-11-02 09:00`` in ``tz``; ``…`` for an open end."""
+    if ms is None:
+        return "…"
+    return datetime.fromtimestamp(ms / 1000, tz).strftime("%Y-%m-%d %H:%M")
 
 
 def check_period(period: Period, as_of_ms: int, tz: ZoneInfo | timezone,
@@ -85,13 +87,13 @@ def check_period(period: Period, as_of_ms: int, tz: ZoneInfo | timezone,
     """Refuse a period that cannot hold a lead (docs/definitions.md, "Periods"): empty or
     inverted, or starting after the as-of time, when none of its leads can be known yet."""
     since, until = period.since_ms, period.until_ms
-    start, end = period.label(tz).split(" – ")
     if since is not None and since > as_of_ms:
-        as_of = Period(as_of_ms, None).label(tz).split(" – ")[0]
-        raise UsageError(f"{flag}: the period starts at {start}, after the as-of time "
-                         f"{as_of}: no lead of it can be known yet (--as-of looks back)")
+        raise UsageError(f"{flag}: the period starts at {local_minute(since, tz)}, after the "
+                         f"as-of time {local_minute(as_of_ms, tz)}: no lead of it can be known "
+                         "yet (--as-of looks back)")
     if since is not None and until is not None and since >= until:
-        raise UsageError(f"{flag}: the period is empty: {start} is not before {end}")
+        raise UsageError(f"{flag}: the period is empty: {local_minute(since, tz)} is not "
+                         f"before {local_minute(until, tz)}")
 
 
 def _ms(dt: datetime) -> int:
