@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from replytime.analysis import kept, rethread
 from tests.pg import PostgresServer
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -27,3 +29,19 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return str(tmp_path / "cache.sqlite")
     server: PostgresServer = request.getfixturevalue("pg_server")
     return server.create_database()
+
+
+@contextmanager
+def no_kept_table(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The path without the kept lead table: leads paired from the messages on every
+    report (as with form rules or label filters)."""
+    with monkeypatch.context() as m:
+        m.setattr(rethread, "_kept_state", lambda config: None)
+        m.setattr(kept, "state_for", lambda config: None)
+        yield
+
+
+@pytest.fixture
+def without_kept_table(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    with no_kept_table(monkeypatch):
+        yield

