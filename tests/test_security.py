@@ -77,12 +77,12 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({"new", "table", "same", "last5.format(d=d)", "maildir"}),
     frozenset({"new", "sub", "table", "last5.format(d=d)", "maildir"}),
     # store/leads.py: the kept table's constant column list and "?" placeholders, its
-    # columns picked from its constant KEPT_READ, its constant rule join and ORDER BY, "?"
-    # filters joined by AND, the dialect's JSON-array subquery (thread ids bound as one "?"
-    # JSON parameter), "?" marks for a few ids
+    # columns picked from its constant KEPT_COLUMNS, its constant ORDER BY, "?" filters
+    # joined by AND, the dialect's JSON-array subquery (thread ids bound as one "?" JSON
+    # parameter), "?" marks for a few ids
     frozenset({"', '.join('?' for _ in KEPT_COLUMNS)", "', '.join(KEPT_COLUMNS)"}),
     frozenset({"', '.join(KEPT_COLUMNS)"}),
-    frozenset({"cols", "join", "' AND '.join(where)", "_ORDER"}),
+    frozenset({"cols", "' AND '.join(where)", "_ORDER"}),
     frozenset({"marks"}),
     # store/leads.py, schema 8: the kept blocks' and volume's constant column lists and "?"
     # placeholders, constant table names, "?" filters joined by AND, "?" time spans and a
@@ -190,6 +190,28 @@ def test_csv_cells_are_neutralised_unless_raw(hostile_cache: tuple[Path, Path, P
     assert got == want
     assert sorted(row["lead_from"] for row in rows) == [f"p{i}@client.example"
                                                         for i in range(len(DANGEROUS))]
+
+
+def test_to_csv_prefixes_only_text_cells_that_start_a_formula() -> None:
+    """Column by column: text, mixed object, numbers and an object column without text."""
+    import pandas as pd
+
+    from replytime.output.render import to_csv
+
+    df = pd.DataFrame({
+        "text": pd.Series(["=1+1", "ok", None, "-2", "@a", "\tx", "a=b"], dtype="str"),
+        "mixed": pd.Series([None, "+x", 3, "fine", "\rcr", 1.5, True], dtype=object),
+        "number": [-1, 2, 3, 4, 5, 6, 7],
+        "flags": pd.Series([True, False, None, True, False, True, False], dtype=object),
+    })
+    rows = list(csv.reader(io.StringIO(to_csv(df), newline="")))
+    assert rows[1:] == [
+        ["'=1+1", "", "-1", "True"], ["ok", "'+x", "2", "False"], ["", "3", "3", ""],
+        ["'-2", "fine", "4", "True"], ["'@a", "'\rcr", "5", "False"],
+        ["'\tx", "1.5", "6", "True"], ["a=b", "True", "7", "False"],
+    ]
+    raw = list(csv.reader(io.StringIO(to_csv(df, raw=True), newline="")))
+    assert [r[0] for r in raw[1:]] == ["=1+1", "ok", "", "-2", "@a", "\tx", "a=b"]
 
 
 # -- ~ and $VARS -------------------------------------------------------------------------------

@@ -226,16 +226,24 @@ class Kept:
     blocks: pd.DataFrame
 
 
-def _match(m: pd.DataFrame, config: Config) -> Kept:
-    """The email leads of ``m`` (whole threads, prepared), their turns and reply blocks as
-    of everything cached."""
+def _match(m: pd.DataFrame, config: Config, cache: Cache) -> Kept:
+    """The email leads of ``m`` (whole threads, prepared), their turns, thread rule and
+    size, and reply blocks as of everything cached."""
     if m.empty:
         return Kept(pd.DataFrame(columns=list(KEPT_COLUMNS)),
                     pd.DataFrame(columns=list(BLOCK_KEPT_COLUMNS)))
     leads = match_leads(m, config, EVERYTHING_MS)
     leads = leads.assign(business_s=business_s(leads, config))
-    turns = thread_turns(m[m["thread_id"].isin(leads["thread_id"])])
+    mine = m[m["thread_id"].isin(leads["thread_id"])]
+    turns = thread_turns(mine)
     leads["turns"] = leads["thread_id"].map(turns).fillna(0).astype("int64")
+    # As metrics.thread_sizes counts them: every cached message of the thread.
+    g = mine.groupby("thread_id")
+    leads["thread_messages"] = leads["thread_id"].map(g.size()).astype("int64")
+    for column, how in (("thread_first_ms", "min"), ("thread_last_ms", "max")):
+        leads[column] = leads["thread_id"].map(g["time_ms"].agg(how)).astype("Int64")
+    rules = cache.thread_rules(leads["thread_id"].unique().tolist())
+    leads["rule"] = leads["thread_id"].map(rules) if rules else None
     blocks = reply_blocks(m, leads, config, EVERYTHING_MS)
     return Kept(leads[list(KEPT_COLUMNS)], blocks[list(BLOCK_KEPT_COLUMNS)])
 
@@ -276,7 +284,7 @@ def rebuild(cache: Cache, config: Config, state: str) -> None:
         edges = sorted({first + (end - first) * i // n for i in range(n)} | {end})
         for a, b in zip(edges, edges[1:], strict=False):
             m = prepare(cache.messages(active=(a, b)), roster)
-            found = _match(m, config)
+            found = _match(m, config, cache)
             within = (found.rows["lead_time_ms"] >= a) & (found.rows["lead_time_ms"] < b)
             rows.append(found.rows[within])
             blocks.append(found.blocks[found.blocks["lead_id"].isin(found.rows["lead_id"][within])])
@@ -301,10 +309,10 @@ def update(cache: Cache, config: Config, state: str, changes: Changes) -> None:
     covered = cache.kept_leads_state()[1]
     m = prepare(cache.messages_of_threads(threads), Roster(config)) if threads else None
     if m is None or m.empty:
-        found = _match(pd.DataFrame(), config)
+        found = _match(pd.DataFrame(), config, cache)
         volume = pd.DataFrame(columns=list(VOLUME_COLUMNS))
     else:
-        found = _match(m, config)
+        found = _match(m, config, cache)
         volume = volume_rows(m[(m["id"] > covered) & (m["id"] <= changes.max_id)])
     cache.replace_kept_leads(found.rows, found.blocks, volume, threads=threads, state=state,
                              max_id=max(changes.max_id, covered))

@@ -66,8 +66,9 @@ class LeadSet:
         self.scope: Period | None = None
         self._form_start: int | None = None  # form leads before this are not exact
         self._sql_leads: dict[tuple[int | None, int | None], pd.DataFrame] = {}
-        # (since, until, replied, tally) -> leads read from the kept table
-        self._kept_frames: dict[tuple[int | None, int | None, bool, bool], pd.DataFrame] = {}
+        # (since, until, replied, unanswered, tally) -> leads read from the kept table
+        self._kept_frames: dict[tuple[int | None, int | None, bool, bool, bool],
+                                pd.DataFrame] = {}
         self.tz = zone(config.timezone)
         self.now = utc_now()
         if isinstance(as_of, str):
@@ -109,20 +110,22 @@ class LeadSet:
         return kept.usable(self.cache, self.config)
 
     def _kept_leads(self, since_ms: int | None, until_ms: int | None, *,
-                    replied: bool = False, tally: bool = False) -> pd.DataFrame:
+                    replied: bool = False, unanswered: bool = False,
+                    tally: bool = False) -> pd.DataFrame:
         """Leads of [since, until) from the kept table (``replied``: and those first
-        answered in it), each read once. ``tally``: only the columns the tallies need
-        (``kept.TALLY_READ``), for reports that count and summarise rather than list; a
-        frame of every column serves them too."""
+        answered in it; ``unanswered``: only those not answered as of ``as_of``), each
+        read once. ``tally``: only the columns the tallies need (``kept.TALLY_READ``), for
+        reports that count and summarise rather than list; a frame of every column serves
+        them too."""
         from replytime.analysis import kept
 
-        key = (since_ms, until_ms, replied)
+        key = (since_ms, until_ms, replied, unanswered)
         for k in ((*key, False), (*key, True))[:2 if tally else 1]:
             if k in self._kept_frames:
                 return self._kept_frames[k]
         columns = kept.TALLY_READ if tally else KEPT_READ
         rows = self.cache.kept_leads(since_ms, until_ms, self.as_of_ms, replied=replied,
-                                     columns=columns)
+                                     unanswered=unanswered, columns=columns)
         leads = kept.as_of(rows, self.config, self.as_of_ms)
         if not tally:
             rule = rows["rule"].reset_index(drop=True)  # as _with_rule adds it
@@ -311,15 +314,16 @@ class LeadSet:
         return Selection(period, reps, team)
 
     def select(self, sel: Selection, *, with_messages: bool = False,
-               tally: bool = False) -> pd.DataFrame:
+               tally: bool = False, unanswered: bool = False) -> pd.DataFrame:
         """The selected leads; ``with_messages``: the caller reads the messages too;
         ``tally``: the caller reads only ``kept.TALLY_READ``'s columns and what ``kept.as_of``
-        derives from them (read alone from the kept table)."""
-        leads = self._period_leads(sel.period, with_messages, tally)
+        derives from them (read alone from the kept table); ``unanswered``: the caller
+        reads only the unanswered ones (the only ones read from the kept table)."""
+        leads = self._period_leads(sel.period, with_messages, tally, unanswered)
         return metrics.select(leads, sel.reps, sel.team, self.config)
 
     def _period_leads(self, period: Period, with_messages: bool = False,
-                      tally: bool = False) -> pd.DataFrame:
+                      tally: bool = False, unanswered: bool = False) -> pd.DataFrame:
         """Leads with lead time in ``period``. For a limited analysis whose messages are not
         needed (and not read yet) and without form rules (form leads search every thread),
         they are paired in the database (``cache.pairing``: window functions over the
@@ -327,7 +331,8 @@ class LeadSet:
         messages a week's `report leads` takes 1.25 s instead of 1.4-1.9 s. Where the
         messages are read anyway (reps, threads, volume) pairing them in pandas is faster."""
         if self.kept:  # the period's rows, selected by lead time in the database
-            return self._kept_leads(period.since_ms, period.until_ms, tally=tally)
+            return self._kept_leads(period.since_ms, period.until_ms, tally=tally,
+                                    unanswered=unanswered)
         key = (period.since_ms, period.until_ms)
         if key in self._sql_leads:
             return self._sql_leads[key]

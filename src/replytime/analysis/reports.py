@@ -56,7 +56,7 @@ class Analysis(LeadSet):
         from replytime.analysis.followon import stale_leads
 
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
-        table = metrics.unanswered_table(self.select(sel), self.as_of_ms)
+        table = metrics.unanswered_table(self.select(sel, unanswered=True), self.as_of_ms)
         if older_than is None:
             return table
         try:

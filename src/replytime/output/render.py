@@ -69,10 +69,17 @@ def machine_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _neutralise(value: object) -> object:
-    if isinstance(value, str) and value.startswith(_CSV_TRIGGERS):
-        return "'" + value
-    return value
+def _neutralise(column: pd.Series) -> pd.Series:
+    """``column`` with its text cells that start with a trigger prefixed by a quote."""
+    try:
+        hit = column.str.startswith(_CSV_TRIGGERS, na=False).astype(bool)
+    except AttributeError:  # an object column without any text: nothing to prefix
+        return column
+    if not hit.any():
+        return column
+    out = column.copy()
+    out[hit] = "'" + column[hit]
+    return out
 
 
 def to_csv(df: pd.DataFrame, *, raw: bool = False) -> str:
@@ -82,7 +89,7 @@ def to_csv(df: pd.DataFrame, *, raw: bool = False) -> str:
         df = df.copy()
         for col in df.columns:
             if df[col].dtype == object or pd.api.types.is_string_dtype(df[col]):
-                df[col] = df[col].map(_neutralise)
+                df[col] = _neutralise(df[col])
     # RFC 4180 line ends: the csv writer quotes a cell holding a character of the line
     # terminator, so a CR in a cell is quoted instead of splitting the row in a spreadsheet.
     return df.to_csv(index=False, lineterminator="\r\n")

@@ -76,6 +76,17 @@ KEPT_TABLES_SQL = """
     ) WITHOUT ROWID;
     DELETE FROM meta WHERE key = 'leads_state';
 """
+# Migration 10: what the reports read of a lead's thread, kept on its row (a kept lead is
+# its thread's only one, and its row is matched again whenever the thread changes): the
+# rule that grouped it, its messages and span (``report leads`` and ``report threads`` read
+# no threads table: joining it cost half of an all-time read at a million messages).
+KEPT_THREAD_SQL = """
+    ALTER TABLE leads ADD COLUMN rule TEXT;
+    ALTER TABLE leads ADD COLUMN thread_messages INTEGER;
+    ALTER TABLE leads ADD COLUMN thread_first_ms INTEGER;
+    ALTER TABLE leads ADD COLUMN thread_last_ms INTEGER;
+    DELETE FROM meta WHERE key = 'leads_state';
+"""
 #: 15 minutes: every UTC offset in use is a multiple, so a bucket lies within one local day
 #: (one that does not is counted from its messages: ``analysis.kept.volume_counts``)
 VOLUME_BUCKET_MS = 15 * 60 * 1000
@@ -91,15 +102,14 @@ BLOCK_KEPT_COLUMNS = (
 KEPT_COLUMNS = (
     "lead_id", "thread_id", "kind", "lead_message_id", "lead_from", "lead_time_ms",
     "addressed_rep", "reply_id", "reply_message_id", "reply_time_ms", "reply_from",
-    "responder", "rep", "response_s", "clamped", "business_s", "turns",
+    "responder", "rep", "response_s", "clamped", "business_s", "turns", "rule",
+    "thread_messages", "thread_first_ms", "thread_last_ms",
 )
 _INSERT = (f"INSERT INTO leads ({', '.join(KEPT_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in KEPT_COLUMNS)})")
-#: what ``kept_leads`` reads by default: every kept column and ``rule``, how the lead's
-#: thread was grouped (the threads table, as last rebuilt)
-KEPT_READ = (*KEPT_COLUMNS, "rule")
-_RULE_JOIN = " LEFT JOIN threads t ON t.thread_id = l.thread_id"
-_ORDER = " ORDER BY l.lead_time_ms, l.lead_id"  # match_leads' order
+#: what ``kept_leads`` reads by default: every kept column but the thread's size
+KEPT_READ = KEPT_COLUMNS[:KEPT_COLUMNS.index("thread_messages")]
+_ORDER = " ORDER BY lead_time_ms, lead_id"  # match_leads' order
 _INSERT_BLOCKS = (f"INSERT INTO lead_blocks ({', '.join(BLOCK_KEPT_COLUMNS)}) "
                   f"VALUES ({', '.join('?' for _ in BLOCK_KEPT_COLUMNS)})")
 # New messages' counts are added to their buckets' (a rebuild starts from an empty table).
@@ -173,15 +183,19 @@ class KeptLeads:
 
     # -- reads --------------------------------------------------------------------------
     def kept_leads(self, since_ms: int | None, until_ms: int | None, as_of_ms: int,
-                   *, replied: bool = False,
+                   *, replied: bool = False, unanswered: bool = False,
                    columns: Sequence[str] = KEPT_READ) -> pd.DataFrame:
         """Kept rows with lead time in [since, until) (None = open) and at most ``as_of``:
         their ``columns`` of ``KEPT_READ``, in that order (fewer columns, less to read: an
         all-time tally reads ~200k rows at a million messages);
         ``replied`` adds those whose first reply is in [since, until) (``report volume``
         and the weekly flow count first replies sent in the period, whatever the lead's
-        time). In lead time order, typed as ``_frame`` reads them."""
+        time); ``unanswered``: only the leads not answered as of ``as_of``. In lead time
+        order, typed as ``_frame`` reads them."""
         where, params = ["lead_time_ms <= ?"], [int(as_of_ms)]
+        if unanswered:  # a first reply after as_of is none yet (docs/definitions.md)
+            where.append("(reply_id IS NULL OR reply_time_ms > ?)")
+            params.append(int(as_of_ms))
         span, span_params = [], []
         if since_ms is not None:
             span.append("{c} >= ?")
@@ -198,11 +212,9 @@ class KeptLeads:
             else:
                 where.append(lead_span)
                 params += span_params
-        cols = ", ".join("t.rule" if c == "rule" else f"l.{c}" for c in KEPT_READ
-                         if c in columns)
-        join = _RULE_JOIN if "rule" in columns else ""
-        return self._frame(f"SELECT {cols} FROM leads l{join} WHERE {' AND '.join(where)}"
-                           f"{_ORDER}", params)
+        cols = ", ".join(c for c in KEPT_COLUMNS if c in columns)
+        return self._frame(f"SELECT {cols} FROM leads WHERE {' AND '.join(where)}{_ORDER}",
+                           params)
 
     def kept_lead_counts(self, as_of_ms: int) -> tuple[int, int, int]:
         """(leads, unanswered, clamped) as of ``as_of``: a first reply after it does not
@@ -233,12 +245,11 @@ class KeptLeads:
 
     def kept_thread_sizes(self, first_ms: int, last_ms: int) -> pd.DataFrame:
         """Per kept lead with lead time in [first, last]: its id and thread, the thread's
-        messages, first and last message time (the threads table) and turns."""
+        messages, first and last message time, and turns."""
         return self._frame(
-            "SELECT l.lead_id, l.thread_id, t.messages, t.first_ms, t.last_ms, l.turns "
-            "FROM leads l "
-            "LEFT JOIN threads t ON t.thread_id = l.thread_id "
-            "WHERE l.lead_time_ms >= ? AND l.lead_time_ms <= ?", (int(first_ms), int(last_ms)))
+            "SELECT lead_id, thread_id, thread_messages AS messages, thread_first_ms AS "
+            "first_ms, thread_last_ms AS last_ms, turns FROM leads "
+            "WHERE lead_time_ms >= ? AND lead_time_ms <= ?", (int(first_ms), int(last_ms)))
 
     def kept_volume(self, first_bucket: int | None, end_bucket: int | None) -> pd.DataFrame:
         """Kept message counts (``VOLUME_COLUMNS``) of the buckets in [first, end) (None:

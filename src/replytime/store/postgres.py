@@ -35,7 +35,7 @@ from replytime.store.base import (
     CacheBase,
     maildir_places_sql,
 )
-from replytime.store.leads import KEPT_TABLES_SQL, LEADS_TABLE_SQL, KeptLeads
+from replytime.store.leads import KEPT_TABLES_SQL, KEPT_THREAD_SQL, LEADS_TABLE_SQL, KeptLeads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -127,6 +127,7 @@ MIGRATIONS: tuple[str, ...] = (
     KEPT_TABLES_SQL.replace(" INTEGER", " BIGINT").replace(" REAL", " DOUBLE PRECISION")
     .replace(") WITHOUT ROWID", ")"),
     THREAD_KEYS_TABLE.replace(") WITHOUT ROWID", ")"),
+    KEPT_THREAD_SQL.replace(" INTEGER", " BIGINT"),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -35,7 +35,7 @@ from replytime.store.base import (
     CacheBase,
     maildir_places_sql,
 )
-from replytime.store.leads import KEPT_TABLES_SQL, LEADS_TABLE_SQL, KeptLeads
+from replytime.store.leads import KEPT_TABLES_SQL, KEPT_THREAD_SQL, LEADS_TABLE_SQL, KeptLeads
 
 # The index on thread ids (as the first migration creates it), and from how many updated
 # thread ids on it is dropped and built again instead of updated row by row.
@@ -212,6 +212,8 @@ MIGRATIONS: tuple[str, ...] = (
     # few messages regroups only the threads they reach (analysis/rethread.py). Filled by
     # the next full regroup (no threads_max_id in meta until then).
     THREAD_KEYS_TABLE,
+    # 10: each kept lead's thread rule and size on its row (store.leads.KEPT_THREAD_SQL).
+    KEPT_THREAD_SQL,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
