@@ -83,6 +83,8 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({"', '.join('?' for _ in KEPT_COLUMNS)", "', '.join(KEPT_COLUMNS)"}),
     frozenset({"', '.join(KEPT_COLUMNS)"}),
     frozenset({"cols", "' AND '.join(where)", "_ORDER"}),
+    # kept_tally: its constant "answered as of ?" test, columns picked from KEPT_COLUMNS
+    frozenset({"' AND '.join(where)", "_ANSWERED", "cols"}),
     frozenset({"marks"}),
     # store/leads.py, schema 8: the kept blocks' and volume's constant column lists and "?"
     # placeholders, constant table names, "?" filters joined by AND, "?" time spans and a

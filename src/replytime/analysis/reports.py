@@ -92,16 +92,24 @@ class Analysis(LeadSet):
     def sla(self, sel: Selection | None = None, basis: Basis | None = None,
             **kw: object) -> pd.DataFrame:
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
-        return metrics.sla_table(self.select(sel, tally=True), self.config, self.basis(basis))
+        b = self.basis(basis)
+        if self._counted_in_cache(sel):  # the period's durations alone
+            column = metrics.duration_column(b)
+            leads = self._kept_tally(sel, (column,))
+            leads[column] = leads[column].astype("float64").where(leads["answered"])
+        else:
+            leads = self.select(sel, tally=True)
+        return metrics.sla_table(leads, self.config, b)
 
     def volume(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
-        if self.kept and not (sel.reps or sel.team) and "messages" not in self.__dict__:
+        if self._counted_in_cache(sel) and "messages" not in self.__dict__:
             from replytime.analysis import kept
 
             counts = kept.volume_counts(self.cache, self.config, sel.period, self.tz)
-            return metrics.volume_from(self.select(sel, tally=True),
-                                       self._all_kept(tally=True), sel.period, self.tz, counts)
+            leads = self._kept_tally(sel, ("lead_time_ms",))
+            replies = self._kept_tally(sel, ("reply_time_ms",), by="reply_time_ms")
+            return metrics.volume_from(leads, replies, sel.period, self.tz, counts)
         messages = self.messages
         if sel.reps or sel.team:
             # Per-rep volume: that rep's own mail (sent by or to one of their addresses).
@@ -128,4 +136,21 @@ class Analysis(LeadSet):
         return metrics.thread_sizes(self.messages, self.select(sel, with_messages=True))
 
     def threads(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
-        return metrics.threads_table(self.thread_sizes(sel, **kw))
+        sel = sel or self.selection(**kw)  # type: ignore[arg-type]
+        if self._counted_in_cache(sel):  # each lead's thread size, kept on its row
+            sizes = self._kept_tally(sel, ("thread_messages",))
+            return metrics.threads_table(sizes.rename(columns={"thread_messages": "messages"}))
+        return metrics.threads_table(self.thread_sizes(sel))
+
+    def _counted_in_cache(self, sel: Selection) -> bool:
+        """Whether a count over ``sel`` reads only the kept columns it counts: kept leads,
+        no rep or team (attribution is derived as of as_of: ``kept.as_of``)."""
+        return self.kept and not (sel.reps or sel.team)
+
+    def _kept_tally(self, sel: Selection, columns: tuple[str, ...],
+                    by: str = "lead_time_ms") -> pd.DataFrame:
+        """``answered`` (as of as_of) and ``columns`` of the kept leads of ``sel``'s period
+        (``by`` lead or first-reply time)."""
+        p = sel.period
+        rows = self.cache.kept_tally(p.since_ms, p.until_ms, self.as_of_ms, columns, by=by)
+        return rows.assign(answered=rows["answered"].astype(bool))

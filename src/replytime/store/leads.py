@@ -194,19 +194,12 @@ class KeptLeads:
         order, typed as ``_frame`` reads them."""
         where, params = ["lead_time_ms <= ?"], [int(as_of_ms)]
         if unanswered:  # a first reply after as_of is none yet (docs/definitions.md)
-            where.append("(reply_id IS NULL OR reply_time_ms > ?)")
+            where.append(f"NOT {_ANSWERED}")
             params.append(int(as_of_ms))
-        span, span_params = [], []
-        if since_ms is not None:
-            span.append("{c} >= ?")
-            span_params.append(int(since_ms))
-        if until_ms is not None:
-            span.append("{c} < ?")
-            span_params.append(int(until_ms))
-        if span:
-            lead_span = " AND ".join(s.format(c="lead_time_ms") for s in span)
+        lead_span, span_params = _span("lead_time_ms", since_ms, until_ms)
+        if lead_span:
             if replied:
-                reply_span = " AND ".join(s.format(c="reply_time_ms") for s in span)
+                reply_span, _ = _span("reply_time_ms", since_ms, until_ms)
                 where.append(f"(({lead_span}) OR ({reply_span}))")
                 params += span_params * 2
             else:
@@ -215,6 +208,23 @@ class KeptLeads:
         cols = ", ".join(c for c in KEPT_COLUMNS if c in columns)
         return self._frame(f"SELECT {cols} FROM leads WHERE {' AND '.join(where)}{_ORDER}",
                            params)
+
+    def kept_tally(self, since_ms: int | None, until_ms: int | None, as_of_ms: int,
+                   columns: Sequence[str], *, by: str = "lead_time_ms") -> pd.DataFrame:
+        """For the kept leads with lead time at most ``as_of`` and ``by`` (``lead_time_ms``
+        or ``reply_time_ms``) in [since, until): ``answered`` (1 when first answered at most
+        at ``as_of``, else 0) and their ``columns`` of ``KEPT_COLUMNS``, in no particular
+        order: what a count over a period needs, and nothing else."""
+        if by not in ("lead_time_ms", "reply_time_ms"):
+            raise ValueError(f"kept_tally: by {by!r}")
+        where, params = ["lead_time_ms <= ?"], [int(as_of_ms)]
+        span, span_params = _span(by, since_ms, until_ms)
+        if span:
+            where.append(span)
+            params += span_params
+        cols = "".join(f", {c}" for c in KEPT_COLUMNS if c in columns)
+        return self._frame(f"SELECT CASE WHEN {_ANSWERED} THEN 1 ELSE 0 END AS answered{cols} "
+                           f"FROM leads WHERE {' AND '.join(where)}", [int(as_of_ms), *params])
 
     def kept_lead_counts(self, as_of_ms: int) -> tuple[int, int, int]:
         """(leads, unanswered, clamped) as of ``as_of``: a first reply after it does not
@@ -305,6 +315,24 @@ class KeptLeads:
         rows = self._execute(f"SELECT id, subject FROM messages WHERE id IN ({marks})",
                              [int(i) for i in ids]).fetchall()
         return {int(i): s for i, s in rows}
+
+
+#: answered as of a bound ``?``: a first reply after as_of is none yet (docs/definitions.md,
+#: "First reply")
+_ANSWERED = "(reply_id IS NOT NULL AND reply_time_ms <= ?)"
+
+
+def _span(column: str, since_ms: int | None, until_ms: int | None) -> tuple[str, list[int]]:
+    """``column`` in [since, until) (None = open) as "?" filters joined by AND ("" for all
+    time), and their parameters."""
+    parts, params = [], []
+    if since_ms is not None:
+        parts.append(f"{column} >= ?")
+        params.append(int(since_ms))
+    if until_ms is not None:
+        parts.append(f"{column} < ?")
+        params.append(int(until_ms))
+    return " AND ".join(parts), params
 
 
 def _bound_rows(rows: pd.DataFrame, names: Sequence[str]) -> Iterator[list[tuple[Any, ...]]]:
