@@ -225,6 +225,13 @@ def reports(db: str, config: Path, as_of: str) -> dict[str, str]:
                 continue
             out[f"{kind} {name}"] = cli("--config", str(config), "--db", db, "report", kind,
                                         "--format", "csv", "--as-of", as_of, *period)
+    # A rep and a team chosen: the tallies then attribute every lead as of as_of in pandas
+    # instead of counting in the cache.
+    for kind, chosen in (("reps", ["--rep", "Alice"]), ("sla", ["--team", "West"]),
+                         ("volume", ["--rep", "Bob"]), ("threads", ["--team", "East"])):
+        out[f"{kind} {' '.join(chosen)}"] = cli("--config", str(config), "--db", db, "report",
+                                                 kind, "--format", "csv", "--as-of", as_of,
+                                                 *chosen)
     out["blocks"] = cli("--config", str(config), "--db", db, "report", "leads",
                         "--all-replies", "--format", "csv", "--as-of", as_of)
     out["blocks week"] = cli("--config", str(config), "--db", db, "report", "leads",

@@ -83,6 +83,8 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({"', '.join('?' for _ in KEPT_COLUMNS)", "', '.join(KEPT_COLUMNS)"}),
     frozenset({"', '.join(KEPT_COLUMNS)"}),
     frozenset({"cols", "' AND '.join(where)", "_ORDER"}),
+    # kept_blocks: columns picked from BLOCK_KEPT_COLUMNS, constant "?" filters
+    frozenset({"cols", "where"}),
     # kept_tally: its constant "answered as of ?" test, columns picked from KEPT_COLUMNS
     frozenset({"' AND '.join(where)", "_ANSWERED", "cols"}),
     frozenset({"marks"}),

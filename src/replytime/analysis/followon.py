@@ -130,11 +130,14 @@ def reply_blocks(
 REPLY_TIME_COLUMNS = ("lead_id", "block_start_ms", "reply_time_ms", "responder", "business_s")
 
 
-def kept_reply_times(rows: pd.DataFrame, leads: pd.DataFrame, as_of_ms: int) -> pd.DataFrame:
+def kept_reply_times(rows: pd.DataFrame, leads: pd.DataFrame | None, as_of_ms: int
+                     ) -> pd.DataFrame:
     """What ``overall_by_rep`` reads of ``kept_blocks_as_of`` (answered, responder,
     response_s, business_s), the same values, from ``REPLY_TIME_COLUMNS`` alone: no
-    message ids read for ``report reps``."""
-    rows = rows[rows["lead_id"].isin(leads["lead_id"])]
+    message ids read for ``report reps``. ``leads`` None: ``rows`` are already those of
+    the leads wanted."""
+    if leads is not None:
+        rows = rows[rows["lead_id"].isin(leads["lead_id"])]
     reply = rows["reply_time_ms"].astype("Int64")
     answered = (reply.notna() & (reply <= as_of_ms)).fillna(False).to_numpy(dtype=bool)
     reply = pd.array(reply.where(answered, pd.NA), dtype="Int64")

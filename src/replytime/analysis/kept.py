@@ -134,15 +134,20 @@ def as_of(rows: pd.DataFrame, config: Config, as_of_ms: int) -> pd.DataFrame:
         if column in out:
             out[column] = out[column].astype(object).where(answered, None)
     out["responder"] = Roster(config).rep_name(out["reply_from"]).where(answered, None)
-    # Attribution (section 3): the responder, else the addressed rep, else unassigned.
-    rep = np.where(out["responder"].notna(), out["responder"], out["addressed_rep"])
-    out["rep"] = pd.Series(rep, index=out.index, dtype=object).fillna(UNASSIGNED)
+    out["rep"] = attribution(out["responder"], out["addressed_rep"])
     out["clamped"] = out["clamped"].astype(bool) & answered
     for column in ("response_s", "business_s"):
         out[column] = out[column].astype("float64").where(answered, np.nan)
     out = out[[c for c in (*LEAD_COLUMNS, "business_s") if c in out]]
     out["business_age_s"] = business_age_s(out, config, as_of_ms)
     return out
+
+
+def attribution(responder: pd.Series, addressed_rep: pd.Series) -> pd.Series:
+    """Each lead's rep (docs/definitions.md, "Reps and attribution"): the responder (None
+    while unanswered), else the addressed rep, else unassigned."""
+    rep = np.where(responder.notna(), responder, addressed_rep)
+    return pd.Series(rep, index=responder.index, dtype=object).fillna(UNASSIGNED)
 
 
 def volume_counts(cache: Cache, config: Config, period: Period, tz: ZoneInfo

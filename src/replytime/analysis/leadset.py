@@ -371,10 +371,13 @@ class LeadSet:
                                       int(leads["lead_time_ms"].max()), self.as_of_ms)
         return kept_blocks_as_of(rows, leads, self.as_of_ms)
 
-    def reply_times(self, leads: pd.DataFrame, period: Period) -> pd.DataFrame:
+    def reply_times(self, leads: pd.DataFrame, period: Period, *,
+                    every: bool = False) -> pd.DataFrame:
         """The reply blocks of ``leads`` (of ``period``) with what
         ``followon.overall_by_rep`` reads; of kept leads only those columns are read, and
-        for all time without looking up each block's lead."""
+        for all time without looking up each block's lead. ``every``: ``leads`` are every
+        kept lead of the period (no rep or team chosen), so only the answered blocks are
+        read, and not their lead ids."""
         from replytime.analysis.followon import REPLY_TIME_COLUMNS, kept_reply_times
 
         if not self.kept or leads.empty:
@@ -382,6 +385,10 @@ class LeadSet:
         span: tuple[int | None, int | None] = (None, None)
         if period.since_ms is not None or period.until_ms is not None:
             span = int(leads["lead_time_ms"].min()), int(leads["lead_time_ms"].max())
+        if every:
+            columns = [c for c in REPLY_TIME_COLUMNS if c != "lead_id"]
+            rows = self.cache.kept_blocks(*span, self.as_of_ms, columns, answered=True)
+            return kept_reply_times(rows, None, self.as_of_ms)
         rows = self.cache.kept_blocks(*span, self.as_of_ms, REPLY_TIME_COLUMNS)
         return kept_reply_times(rows, leads, self.as_of_ms)
 

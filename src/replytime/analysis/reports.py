@@ -28,11 +28,15 @@ class Analysis(LeadSet):
         from replytime.analysis import followon
 
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
-        leads = self.select(sel, with_messages=True, tally=True)  # for the reply blocks
         b = self.basis(basis)
+        every = self._counted_in_cache(sel)
+        if every:  # attribution and durations alone
+            leads = self._kept_reps_tally(sel, metrics.duration_column(b))
+        else:
+            leads = self.select(sel, with_messages=True, tally=True)  # for the reply blocks
         table = metrics.reps_table(leads, self.config, b, include_total=include_total)
         # Overall reply time (docs/definitions.md) is counted by responder.
-        blocks = self.reply_times(leads, sel.period)
+        blocks = self.reply_times(leads, sel.period, every=every)
         overall = followon.overall_by_rep(blocks, b)
         if include_total:
             overall = pd.concat(
@@ -141,6 +145,20 @@ class Analysis(LeadSet):
             sizes = self._kept_tally(sel, ("thread_messages",))
             return metrics.threads_table(sizes.rename(columns={"thread_messages": "messages"}))
         return metrics.threads_table(self.thread_sizes(sel))
+
+    def _kept_reps_tally(self, sel: Selection, duration: str) -> pd.DataFrame:
+        """What ``metrics.reps_table`` and ``reply_times`` read of the kept leads of
+        ``sel``: the kept responder is the roster's name of the same first reply
+        (``kept.as_of`` derives it from the reply's address), None while unanswered."""
+        from replytime.analysis.kept import attribution
+
+        leads = self._kept_tally(sel, ("lead_id", "lead_time_ms", "addressed_rep",
+                                       "responder", duration))
+        answered = leads["answered"].to_numpy()
+        leads["responder"] = leads["responder"].astype(object).where(answered, None)
+        leads["rep"] = attribution(leads["responder"], leads["addressed_rep"])
+        leads[duration] = leads[duration].astype("float64").where(answered)
+        return leads
 
     def _counted_in_cache(self, sel: Selection) -> bool:
         """Whether a count over ``sel`` reads only the kept columns it counts: kept leads,

@@ -240,18 +240,23 @@ class KeptLeads:
         return int(row[0]), int(row[1]), int(row[2])
 
     def kept_blocks(self, first_ms: int | None, last_ms: int | None, as_of_ms: int,
-                    columns: Sequence[str] = BLOCK_KEPT_COLUMNS) -> pd.DataFrame:
+                    columns: Sequence[str] = BLOCK_KEPT_COLUMNS, *,
+                    answered: bool = False) -> pd.DataFrame:
         """Kept blocks (``columns`` of ``BLOCK_KEPT_COLUMNS``) starting at most at ``as_of``
         of the leads with lead time in [first, last] (both None: of every lead, read
-        without looking the leads up), in (lead, block) order."""
+        without looking the leads up), in (lead, block) order; ``answered``: only those
+        answered at most at ``as_of``."""
         cols = ", ".join(f"b.{c}" for c in BLOCK_KEPT_COLUMNS if c in columns)
+        where, params = "b.block_start_ms <= ?", [int(as_of_ms)]
+        if answered:
+            where, params = f"{where} AND b.reply_time_ms <= ?", [*params, int(as_of_ms)]
         if first_ms is None or last_ms is None:
-            return self._frame(f"SELECT {cols} FROM lead_blocks b WHERE b.block_start_ms <= ? "
-                               "ORDER BY b.lead_id, b.block", (int(as_of_ms),))
+            return self._frame(f"SELECT {cols} FROM lead_blocks b WHERE {where} "
+                               "ORDER BY b.lead_id, b.block", params)
         return self._frame(
             f"SELECT {cols} FROM lead_blocks b JOIN leads l ON l.lead_id = b.lead_id "
-            "WHERE l.lead_time_ms >= ? AND l.lead_time_ms <= ? AND b.block_start_ms <= ? "
-            "ORDER BY b.lead_id, b.block", (int(first_ms), int(last_ms), int(as_of_ms)))
+            f"WHERE l.lead_time_ms >= ? AND l.lead_time_ms <= ? AND {where} "
+            "ORDER BY b.lead_id, b.block", [int(first_ms), int(last_ms), *params])
 
     def kept_thread_sizes(self, first_ms: int, last_ms: int) -> pd.DataFrame:
         """Per kept lead with lead time in [first, last]: its id and thread, the thread's
