@@ -226,9 +226,11 @@ def reports(db: str, config: Path, as_of: str) -> dict[str, str]:
             out[f"{kind} {name}"] = cli("--config", str(config), "--db", db, "report", kind,
                                         "--format", "csv", "--as-of", as_of, *period)
     # A rep and a team chosen: the tallies then attribute every lead as of as_of in pandas
-    # instead of counting in the cache.
+    # instead of counting in the cache; and calendar time where a schedule makes business
+    # time the default.
     for kind, chosen in (("reps", ["--rep", "Alice"]), ("sla", ["--team", "West"]),
-                         ("volume", ["--rep", "Bob"]), ("threads", ["--team", "East"])):
+                         ("volume", ["--rep", "Bob"]), ("threads", ["--team", "East"]),
+                         ("reps", ["--calendar", "--since", "7d"]), ("sla", ["--calendar"])):
         out[f"{kind} {' '.join(chosen)}"] = cli("--config", str(config), "--db", db, "report",
                                                  kind, "--format", "csv", "--as-of", as_of,
                                                  *chosen)

@@ -130,14 +130,11 @@ def reply_blocks(
 REPLY_TIME_COLUMNS = ("lead_id", "block_start_ms", "reply_time_ms", "responder", "business_s")
 
 
-def kept_reply_times(rows: pd.DataFrame, leads: pd.DataFrame | None, as_of_ms: int
-                     ) -> pd.DataFrame:
+def kept_reply_times(rows: pd.DataFrame, leads: pd.DataFrame, as_of_ms: int) -> pd.DataFrame:
     """What ``overall_by_rep`` reads of ``kept_blocks_as_of`` (answered, responder,
     response_s, business_s), the same values, from ``REPLY_TIME_COLUMNS`` alone: no
-    message ids read for ``report reps``. ``leads`` None: ``rows`` are already those of
-    the leads wanted."""
-    if leads is not None:
-        rows = rows[rows["lead_id"].isin(leads["lead_id"])]
+    message ids read for ``report reps``."""
+    rows = rows[rows["lead_id"].isin(leads["lead_id"])]
     reply = rows["reply_time_ms"].astype("Int64")
     answered = (reply.notna() & (reply <= as_of_ms)).fillna(False).to_numpy(dtype=bool)
     reply = pd.array(reply.where(answered, pd.NA), dtype="Int64")
@@ -149,6 +146,20 @@ def kept_reply_times(rows: pd.DataFrame, leads: pd.DataFrame | None, as_of_ms: i
         .to_numpy(),
         "business_s": rows["business_s"].astype("float64").where(answered).to_numpy(),
     })
+
+
+def answered_reply_times(rows: pd.DataFrame, basis: str) -> pd.DataFrame:
+    """What ``overall_by_rep`` reads on ``basis``, from answered kept blocks alone
+    (``responder`` and ``business_s``, or the block start and reply time): the same
+    values as ``kept_reply_times`` gives for them."""
+    if basis == "business":
+        time = rows["business_s"].astype("float64").to_numpy()
+    else:
+        gap = rows["reply_time_ms"].astype("int64") - rows["block_start_ms"].astype("int64")
+        time = (gap / 1000.0).clip(lower=0).to_numpy()
+    return pd.DataFrame({"answered": np.ones(len(rows), bool),
+                         "responder": rows["responder"].to_numpy(),
+                         duration_column(basis): time})
 
 
 def kept_blocks_as_of(rows: pd.DataFrame, leads: pd.DataFrame, as_of_ms: int) -> pd.DataFrame:

@@ -372,23 +372,34 @@ class LeadSet:
         return kept_blocks_as_of(rows, leads, self.as_of_ms)
 
     def reply_times(self, leads: pd.DataFrame, period: Period, *,
-                    every: bool = False) -> pd.DataFrame:
+                    every: Basis | None = None) -> pd.DataFrame:
         """The reply blocks of ``leads`` (of ``period``) with what
         ``followon.overall_by_rep`` reads; of kept leads only those columns are read, and
-        for all time without looking up each block's lead. ``every``: ``leads`` are every
-        kept lead of the period (no rep or team chosen), so only the answered blocks are
-        read, and not their lead ids."""
-        from replytime.analysis.followon import REPLY_TIME_COLUMNS, kept_reply_times
+        for all time without looking up each block's lead. ``every`` (a basis): ``leads``
+        are every kept lead of the period (no rep or team chosen), so only the answered
+        blocks of the period are read, and of them only the responder and that basis's
+        time."""
+        from replytime.analysis.followon import (
+            REPLY_TIME_COLUMNS,
+            answered_reply_times,
+            kept_reply_times,
+        )
 
         if not self.kept or leads.empty:
             return self._blocks_of(leads)
+        bounded = period.since_ms is not None or period.until_ms is not None
         span: tuple[int | None, int | None] = (None, None)
-        if period.since_ms is not None or period.until_ms is not None:
+        if every is not None:
+            if bounded:  # the blocks of leads with lead time in [since, until)
+                span = (-(2**62) if period.since_ms is None else period.since_ms,
+                        2**62 if period.until_ms is None else period.until_ms - 1)
+            times = (("business_s",) if every == "business"
+                     else ("block_start_ms", "reply_time_ms"))
+            rows = self.cache.kept_blocks(*span, self.as_of_ms, ("responder", *times),
+                                          answered=True)
+            return answered_reply_times(rows, every)
+        if bounded:
             span = int(leads["lead_time_ms"].min()), int(leads["lead_time_ms"].max())
-        if every:
-            columns = [c for c in REPLY_TIME_COLUMNS if c != "lead_id"]
-            rows = self.cache.kept_blocks(*span, self.as_of_ms, columns, answered=True)
-            return kept_reply_times(rows, None, self.as_of_ms)
         rows = self.cache.kept_blocks(*span, self.as_of_ms, REPLY_TIME_COLUMNS)
         return kept_reply_times(rows, leads, self.as_of_ms)
 

@@ -29,7 +29,7 @@ class Analysis(LeadSet):
 
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
         b = self.basis(basis)
-        every = self._counted_in_cache(sel)
+        every = b if self._counted_in_cache(sel) else None
         if every:  # attribution and durations alone
             leads = self._kept_reps_tally(sel, metrics.duration_column(b))
         else:
@@ -152,7 +152,7 @@ class Analysis(LeadSet):
         (``kept.as_of`` derives it from the reply's address), None while unanswered."""
         from replytime.analysis.kept import attribution
 
-        leads = self._kept_tally(sel, ("lead_id", "lead_time_ms", "addressed_rep",
+        leads = self._kept_tally(sel, ("lead_id", "addressed_rep",
                                        "responder", duration))
         answered = leads["answered"].to_numpy()
         leads["responder"] = leads["responder"].astype(object).where(answered, None)
