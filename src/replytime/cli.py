@@ -157,7 +157,7 @@ def auth(
 # -- import / sync --------------------------------------------------------------------------
 def _load_threading() -> None:
     """Import what thread assignment and the kept leads need (pandas, pyarrow: ~0.4 s) while
-    the import waits for its parser workers or its commit, rather than before or after it."""
+    the import waits for its parser workers, rather than before or after it."""
     import pyarrow.compute  # noqa: F401
 
     import replytime.analysis.kept  # noqa: F401

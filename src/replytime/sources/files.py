@@ -813,29 +813,6 @@ def _grow(batch_size: int, commits: int) -> int:
     return batch_size * min(2 ** max(commits - 1, 0), BATCH_GROWTH)
 
 
-@contextlib.contextmanager
-def _beside(fn: Callable[[], object]) -> Iterator[None]:
-    """Run ``fn`` in a thread while the body runs; joined after it, its error raised."""
-    import threading
-
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread below
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="replytime-on-wait")
-    thread.start()
-    try:
-        yield
-    finally:
-        thread.join()
-    if errors:
-        raise errors[0]
-
-
 def import_paths(
     cache: Cache,
     paths: Sequence[Path],
@@ -865,8 +842,7 @@ def import_paths(
     single SQLite writer, once there is more than one unit of work (``unit_files`` files, or
     ``mbox_range`` bytes of a big mbox); results are taken in order, so the cache ends the
     same as with ``workers=1``. ``on_wait`` is called once while this process would wait
-    for the workers (``pool.ordered_map``), or, when no pool waited, in a thread during the
-    last commit of new messages: the CLI loads what comes next there.
+    for the workers (``pool.ordered_map``): the CLI loads what comes next there.
     """
     started = time.monotonic()
     roots = check_paths(paths)
@@ -917,18 +893,10 @@ def import_paths(
         reasons[why] = reasons.get(why, 0) + 1
         stats.skipped += 1
 
-    waited = False
-
-    def wait_once() -> None:
-        nonlocal waited
-        if on_wait is not None and not waited:
-            waited = True
-            on_wait()
-
     if workers is None:
         workers = file_workers()
     found = _found(_units(roots, unit_files, mbox_range, states), tuple(keep), account,
-                   workers, wait_once)
+                   workers, on_wait)
     # The deferred indexes: see SQLiteCache.bulk_write. Closing ``found`` stops the worker
     # pool at once if writing failed.
     with cache.bulk_write(), contextlib.closing(found):
@@ -985,11 +953,7 @@ def import_paths(
             detail = "; ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
             raise UsageError(f"no mail found in {where}" + (f" ({detail})" if detail else ""))
         if rows or skipped or files or folders_changed:
-            # New messages that no worker pool waited for (a small import): the writer waits
-            # for SQLite's commit instead, which runs without Python's lock, so ``on_wait``
-            # runs beside it in a thread (no pool is left to fork while it imports).
-            with _beside(wait_once) if rows and not waited else contextlib.nullcontext():
-                flush()
+            flush()
         if not same_keep:  # every file was read with these
             cache.set_state(account, {**state, "kept_headers": kept, FOLDERS_STATE: folders},
                             account_type="files")
