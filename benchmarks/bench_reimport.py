@@ -58,7 +58,9 @@ def median(cmd: list[str], env: dict[str, str] | None = None, runs: int = 3,
 
 def show(label: str, result: tuple[float, list[float]], extra: str = "") -> None:
     med, times = result
-    print(f"{label:44s} median {med:6.2f}s  ({', '.join(f'{t:.2f}' for t in times)}){extra}")
+    digits = 3 if med < 1 else 2  # milliseconds for the runs that find nothing new
+    print(f"{label:44s} median {med:6.{digits}f}s  "
+          f"({', '.join(f'{t:.{digits}f}' for t in times)}){extra}")
 
 
 def main() -> None:
