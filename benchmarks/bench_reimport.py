@@ -10,8 +10,11 @@ Times `replytime import` as a user runs it (the whole CLI process, median of 3):
     .venv/bin/python benchmarks/bench_reimport.py --workdir /tmp/br
     .venv/bin/python benchmarks/bench_reimport.py --baseline-src /path/to/old/src  # before
 
-``--baseline-src`` also times the first Maildir import with another checkout's package
-(PYTHONPATH), to compare the first-import rate before and after a change.
+``--baseline-src`` also times the first Maildir import, and the imports with nothing new,
+with another checkout's package (PYTHONPATH), to compare before and after a change.
+``--config`` also times the Maildir import with nothing new under a config (a roster,
+holiday calendars). Beside them: ``python -c pass`` (with and without ``-S``) and
+``python -c "import typer"``, the floor of any Python CLI and of this one's parser.
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ def median(cmd: list[str], env: dict[str, str] | None = None, runs: int = 3,
 
 def show(label: str, result: tuple[float, list[float]], extra: str = "") -> None:
     med, times = result
-    print(f"{label:44s} median {med:6.2f}s  ({', '.join(f'{t:.2f}' for t in times)}){extra}")
+    digits = 3 if med < 1 else 2  # milliseconds for the runs that find nothing new
+    print(f"{label:44s} median {med:6.{digits}f}s  "
+          f"({', '.join(f'{t:.{digits}f}' for t in times)}){extra}")
 
 
 def main() -> None:
@@ -66,6 +71,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, help="keep generated data here (reused if present)")
     ap.add_argument("--baseline-src", type=Path, help="another checkout's src/ to compare")
+    ap.add_argument("--config", type=Path,
+                    help="also time the Maildir import with nothing new under this config")
     args = ap.parse_args()
     tmp = None
     if args.workdir is None:
@@ -96,7 +103,27 @@ def main() -> None:
                 cli_command(maildir, db), base_env, before=lambda: fresh(db)))
         show("first import, Maildir", median(cli_command(maildir, db), env,
                                              before=lambda: fresh(db)))
-        show("again, Maildir, nothing new", median(cli_command(maildir, db), env))
+        again_runs = 11  # tens of milliseconds: more runs for a steady median
+        if args.baseline_src is not None:
+            show("again, Maildir, nothing new (baseline src)",
+                 median(cli_command(maildir, db), base_env, again_runs))
+        show("again, Maildir, nothing new", median(cli_command(maildir, db), env, again_runs))
+        if args.config is not None:
+            # A config with a roster regroups once (its first run), then finds nothing.
+            with_config = [*cli_command(maildir, db)[:1], "--config", str(args.config),
+                           *cli_command(maildir, db)[1:]]
+            run(with_config, env)
+            if args.baseline_src is not None:
+                show("again, Maildir, nothing new, --config (baseline)",
+                     median(with_config, base_env, again_runs))
+            show("again, Maildir, nothing new, --config", median(with_config, env, again_runs))
+        # What no Python program can go below: the interpreter's own start, with and
+        # without site-packages, and with the CLI's parser library (typer) loaded.
+        python = sys.executable
+        show("python -c pass", median([python, "-c", "pass"], env, again_runs))
+        show("python -S -c pass", median([python, "-S", "-c", "pass"], env, again_runs))
+        show("python -c 'import typer'", median([python, "-c", "import typer"], env,
+                                                again_runs))
 
         if shutil.which("notmuch"):
             nm = work / "notmuch"
@@ -111,7 +138,7 @@ def main() -> None:
             run(["notmuch", "new", "--quiet"], nm_env)  # the first index (or a no-op)
             print(f"{'notmuch new, first (untimed median)':44s} {time.perf_counter() - start:.1f}s")
             show("notmuch new, Maildir, nothing new", median(["notmuch", "new", "--quiet"],
-                                                             nm_env))
+                                                             nm_env, again_runs))
         else:
             print("notmuch not installed: no comparison")
 
@@ -119,7 +146,10 @@ def main() -> None:
         db = fresh(work / "mbox.sqlite")
         first = run(cli_command(mbox, db), env)[0]
         print(f"{'first import, mbox (once)':44s}        {first:6.2f}s")
-        again = median(cli_command(mbox, db), env)
+        if args.baseline_src is not None:
+            show("again, mbox, nothing new (baseline src)",
+                 median(cli_command(mbox, db), base_env, again_runs))
+        again = median(cli_command(mbox, db), env, again_runs)
         ok = "ok" if again[0] < TARGET_MBOX_AGAIN else "ABOVE TARGET"
         show("again, mbox, nothing new", again, f"  [{ok}: < {TARGET_MBOX_AGAIN}s]")
         grown = iter(range(1, 4))

@@ -156,8 +156,11 @@ def auth(
 
 # -- import / sync --------------------------------------------------------------------------
 def _load_threading() -> None:
-    """Import what thread assignment needs (pandas, pyarrow: ~0.4 s) while the import waits
-    for its parser workers, rather than before or after it."""
+    """Import what thread assignment and the kept leads need (pandas, pyarrow: ~0.4 s) while
+    the import waits for its parser workers, rather than before or after it."""
+    import pyarrow.compute  # noqa: F401
+
+    import replytime.analysis.kept  # noqa: F401
     import replytime.analysis.threads  # noqa: F401
 
 
@@ -849,18 +852,20 @@ def run() -> None:
     and a SQLite file checkpointed so it is whole on its own), output is flushed and any
     worker process is stopped; the interpreter's teardown of pandas and Arrow, ~0.1 s of
     every report, is skipped."""
-    import multiprocessing
     import threading
 
     from replytime.store import close_open_caches
 
     code = main()
+    # Only a process that started a pool has children; one that did not (an import that
+    # found nothing new) never imports multiprocessing.
+    multiprocessing = sys.modules.get("multiprocessing")
     if threading.active_count() > 1:
         # A thread still runs (an interrupted sync's workers, mid-write on their own
         # connections): the usual exit, which never closes a connection under a thread.
         sys.exit(code)
     close_open_caches()
-    for child in multiprocessing.active_children():
+    for child in multiprocessing.active_children() if multiprocessing else ():
         child.terminate()
         child.join(5)
     for stream in (sys.stdout, sys.stderr):

@@ -175,7 +175,10 @@ def link_keys(df: pd.DataFrame, found: Threading,
     ``found`` (see the module docstring): digests of "r:" + each Message-ID its messages
     reference that none of them has, "p:" + each provider thread id, and, when its first
     message is dated and has a subject, "s:" + that normalised subject + "\x1f" + each
-    external participant of its people's messages (as the subject rule counts them)."""
+    external participant of its people's messages (as the subject rule counts them).
+
+    Vectorised: each link is a (thread, text) pair of integer codes; a text is built and
+    digested once however many threads share it, and pairs are deduplicated as integers."""
     import numpy as np
     import pandas as pd
     import pyarrow as pa
@@ -185,23 +188,38 @@ def link_keys(df: pd.DataFrame, found: Threading,
     from replytime.lists import arrow_strings
 
     if df.empty:
-        return pd.DataFrame({"thread_id": pd.Series([], dtype=object),
-                             "key": pd.Series([], dtype=object)})
-    codes, names, heads = found.member, found.rule.index.to_numpy(dtype=object), found.heads
+        return pd.DataFrame({"thread_id": np.zeros(0, object), "key": np.zeros(0, object)})
+    codes, heads = found.member, found.heads
+    # Thread names as codes (rows with equal names are one thread's rows, as before).
+    name_of, names = pd.factorize(found.rule.index.to_numpy(dtype=object))
+    threads: list[np.ndarray] = []  # per link: its thread's name code
+    texts: list[np.ndarray] = []  # per link: its text's position in ``distinct``
+    distinct: list[str] = []
+
+    def add(thread: np.ndarray, text: np.ndarray, values: list[str]) -> None:
+        threads.append(name_of[thread])
+        texts.append(text.astype(np.int64) + len(distinct))
+        distinct.extend(values)
+
     rows, tokens = found.placeholders
-    links = [(rows, ["r:" + t for t in tokens.to_pylist()])]
+    if len(rows):
+        encoded = pc.dictionary_encode(tokens)
+        add(codes[rows], encoded.indices.to_numpy(),
+            ["r:" + t for t in encoded.dictionary.to_pylist()])
     prov = np.flatnonzero(df["provider_thread_id"].notna().to_numpy())
-    links.append((prov, ["p:" + str(p) for p in df["provider_thread_id"].iloc[prov]]))
+    if len(prov):
+        prov_codes, prov_ids = pd.factorize(df["provider_thread_id"].iloc[prov].astype(str))
+        add(codes[prov], prov_codes, ["p:" + p for p in prov_ids])
 
     time_ms = df["time_ms"].to_numpy(dtype="float64")
-    # Normalised once per distinct subject (threads.normalise_subject's rule).
+    # Normalised once per distinct subject (threads.normalise_subject's rule), numbered.
     subject = pc.fill_null(arrow_strings(df["subject"]), "")
     subject = subject.combine_chunks() if isinstance(subject, pa.ChunkedArray) else subject
     encoded_subject = pc.dictionary_encode(subject.take(pa.array(heads)))
-    normal = np.array([_normalise(x) for x in encoded_subject.dictionary.to_pylist()] or [""],
-                      dtype=object)
-    subjects = normal[encoded_subject.indices.to_numpy()]
-    ok = ~np.isnan(time_ms[heads]) & (subjects != "")
+    normal_of, normals = pd.factorize(np.array(
+        [_normalise(x) for x in encoded_subject.dictionary.to_pylist()] or [""], dtype=object))
+    subjects = normal_of[encoded_subject.indices.to_numpy()]  # per thread
+    ok = ~np.isnan(time_ms[heads]) & (normals[subjects] != "")
     people = np.flatnonzero(ok[codes])
     if "automated" in df:
         people = people[~df["automated"].to_numpy(dtype=bool)[people]]
@@ -217,18 +235,20 @@ def link_keys(df: pd.DataFrame, found: Threading,
         keep = external[addr]
         pairs = np.unique(thread[keep] * len(values) + addr[keep])
         thread, addr = np.divmod(pairs, len(values))
-        links.append((heads[thread], [f"s:{subjects[t]}\x1f{values[a]}"
-                                      for t, a in zip(thread.tolist(), addr.tolist(),
-                                                      strict=True)]))
-    row = np.concatenate([r for r, _ in links]).astype(np.int64)
-    text = [t for _, ts in links for t in ts]
-    out = pd.DataFrame({"thread_id": names[codes[row]], "link": text})
-    out = out.drop_duplicates()
-    distinct = pd.unique(out["link"])
-    hashed = dict(zip(distinct, map(digest, distinct), strict=True))
-    out = pd.DataFrame({"thread_id": out["thread_id"].to_numpy(),
-                        "key": out["link"].map(hashed).to_numpy()})
-    return out.drop_duplicates().reset_index(drop=True)
+        # The text depends on (subject, address) only: one per distinct pair of those.
+        combos, text = np.unique(subjects[thread] * len(values) + addr, return_inverse=True)
+        subject_of, addr_of = np.divmod(combos, len(values))
+        add(thread, text.reshape(-1), [f"s:{normals[s]}\x1f{values[a]}" for s, a in
+                                       zip(subject_of.tolist(), addr_of.tolist(), strict=True)])
+    if not threads:
+        return link_keys(df.iloc[:0], found, is_internal)  # the empty frame
+    # Equal digests of different texts (a collision) are one key, as their rows were.
+    key_of, keys = pd.factorize(np.array([digest(t) for t in distinct], dtype=object))
+    thread = np.concatenate(threads).astype(np.int64)
+    key = key_of[np.concatenate(texts)].astype(np.int64)
+    pairs = np.unique(thread * len(keys) + key)
+    thread, key = np.divmod(pairs, len(keys))
+    return pd.DataFrame({"thread_id": names[thread], "key": keys[key]})
 
 
 def _reach(new: pd.DataFrame) -> tuple[list[str], list[str]]:

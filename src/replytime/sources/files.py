@@ -42,8 +42,9 @@ from replytime.errors import UsageError
 from replytime.model import PROBLEM_TRUNCATED, MessageRecord, stored_message
 from replytime.sources import SyncStats
 from replytime.sources.headers import parse_header_block
-from replytime.sources.pool import Done, default_workers, ordered_map
 
+# sources.pool (multiprocessing, ~5 ms) is imported where a pool starts: an import that
+# finds nothing new starts none.
 if TYPE_CHECKING:  # the cache pulls in pandas, progress rich: not needed to parse
     from replytime.progress import Progress
     from replytime.store import Cache
@@ -741,11 +742,11 @@ def _work(unit: Unit, keep: Sequence[str], account: str) -> UnitRows | Folder | 
     return rows, locations, skipped, [(account, *row) for row in states]
 
 
-def _found(units: Iterator[Unit], keep: Sequence[str], account: str, workers: int,
+def _found(units: Iterator[Unit], keep: Sequence[str], account: str, workers: int | None,
            on_wait: Callable[[], object] | None = None) -> Iterator[UnitRows | Folder | None]:
-    """Results of all units in order; with workers > 1, parsed in a pool of that many
-    processes while this one writes. At most a few units are in flight, so memory stays
-    flat however far the walk runs ahead."""
+    """Results of all units in order; with workers > 1 (None: ``file_workers()``), parsed
+    in a pool of that many processes while this one writes, from the second unit on. At
+    most a few units are in flight, so memory stays flat however far the walk runs ahead."""
     first = next(units, None)
     if first is None:
         return
@@ -753,6 +754,10 @@ def _found(units: Iterator[Unit], keep: Sequence[str], account: str, workers: in
     second = next(units, None)
     if second is None:
         return
+    from replytime.sources.pool import Done, ordered_map
+
+    if workers is None:
+        workers = file_workers()
     rest = itertools.chain([second], units)
     if workers <= 1:
         for unit in rest:
@@ -803,6 +808,8 @@ def file_workers() -> int:
     several cores. The writer spends about half the import waiting for parsed units, and a
     third niced worker fills that time (100,000 Maildir messages on 2 cores: 2.9-3.0 s
     instead of 3.2-3.3 s; an mbox, parsed faster, is the same either way)."""
+    from replytime.sources.pool import default_workers
+
     n = default_workers()
     return n + 1 if n > 1 else n
 
@@ -893,8 +900,6 @@ def import_paths(
         reasons[why] = reasons.get(why, 0) + 1
         stats.skipped += 1
 
-    if workers is None:
-        workers = file_workers()
     found = _found(_units(roots, unit_files, mbox_range, states), tuple(keep), account,
                    workers, on_wait)
     # The deferred indexes: see SQLiteCache.bulk_write. Closing ``found`` stops the worker

@@ -173,6 +173,17 @@ THREAD_LINKS_SQL = (
 # THREADS_SQL for the threads bound as one JSON array (an incremental regroup): through the
 # thread index, not a pass over the table.
 THREADS_OF_SQL = THREADS_SQL.replace("WHERE thread_id IS NOT NULL", "WHERE thread_id IN ({ids})")
+# THREADS_OF_SQL that leaves a row as it is when nothing in it changed (an incremental
+# regroup rewrites only the threads that changed). The sentinels stand for NULL (no time).
+_NO_MS = "-9223372036854775807"
+THREADS_UPSERT_SQL = THREADS_OF_SQL + (
+    " ON CONFLICT (thread_id) DO UPDATE SET start_ms = excluded.start_ms, "
+    "first_ms = excluded.first_ms, last_ms = excluded.last_ms, "
+    "messages = excluded.messages, rule = excluded.rule WHERE "
+    + " OR ".join(f"coalesce(threads.{c}, {_NO_MS}) <> coalesce(excluded.{c}, {_NO_MS})"
+                  for c in ("start_ms", "first_ms", "last_ms"))
+    + " OR threads.messages <> excluded.messages OR coalesce(threads.rule, '') <> excluded.rule"
+)
 
 # Schema 9: per thread, a digest of every link by which a new message could join or change
 # it (analysis/rethread.py, ``link_keys``), so an import of a few messages regroups only the
@@ -572,19 +583,46 @@ class CacheBase(ABC):
         links = list(found.links[["thread_id", "joined_key", "to_key", "address"]]
                      .itertuples(index=False, name=None))
         keys = getattr(found, "keys", None)
+        vanished = json.dumps(sorted(set(old_threads) - set(fresh)))
         with self._threads_lock(), self.transaction():
             self._apply_thread_ids(changed.index.tolist(), changed.tolist())
-            where = f"WHERE thread_id IN ({self.json_values})"
-            self._execute(f"DELETE FROM thread_links {where}", (gone,))
-            self._execute(f"DELETE FROM threads {where}", (gone,))
-            self._execute(f"DELETE FROM thread_keys {where}", (gone,))
-            if links:
-                self._executemany(THREAD_LINKS_SQL, links)
-            self._execute(THREADS_OF_SQL.format(ids=self.json_values), (json.dumps(fresh),))
+            # Only the rows that differ are written: most threads reached are as they were,
+            # and a row deleted and inserted again dirties its pages in the table and its
+            # indexes all the same (1,000 new messages at 1M: ~80 MB of WAL instead of ~25).
+            self._replace_rows(
+                "SELECT thread_id, joined_key, to_key, address FROM thread_links "
+                f"WHERE thread_id IN ({self.json_values})",
+                "DELETE FROM thread_links WHERE thread_id = ? AND joined_key = ?",
+                THREAD_LINKS_SQL, gone, links)
+            # After the links: the threads' rule reads them.
+            self._execute(f"DELETE FROM threads WHERE thread_id IN ({self.json_values})",
+                          (vanished,))
+            self._execute(THREADS_UPSERT_SQL.format(ids=self.json_values), (json.dumps(fresh),))
             if keys is not None:
-                self._insert_thread_keys(keys)
+                self._replace_rows(
+                    "SELECT key, thread_id FROM thread_keys "
+                    f"WHERE thread_id IN ({self.json_values})",
+                    "DELETE FROM thread_keys WHERE key = ? AND thread_id = ?",
+                    THREAD_KEYS_SQL, gone, zip(keys["key"].tolist(),
+                                               keys["thread_id"].astype(str).tolist(),
+                                               strict=True))
+            else:
+                self._execute("DELETE FROM thread_keys WHERE thread_id IN "
+                              f"({self.json_values})", (gone,))
             self.set_meta("threads_max_id", str(int(max_id)))
         return len(changed)
+
+    def _replace_rows(self, select_sql: str, delete_sql: str, insert_sql: str,
+                      thread_ids: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        """The rows that ``select_sql`` finds for ``thread_ids`` (one JSON array) become
+        ``rows`` (its columns, primary key first: ``delete_sql`` binds that): the others
+        deleted, the missing ones inserted in key order, the rest left alone."""
+        old = set(self._execute(select_sql, (thread_ids,)).fetchall())
+        new = set(rows)
+        if old - new:
+            self._executemany(delete_sql, sorted(r[:2] for r in old - new))
+        if new - old:
+            self._executemany(insert_sql, sorted(new - old))
 
     def _insert_thread_keys(self, keys: pd.DataFrame, *, fresh: bool = False) -> None:
         """Insert (key, thread_id) rows (inside a transaction), in key order: the primary
