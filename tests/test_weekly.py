@@ -42,8 +42,8 @@ from replytime.analysis.weekly import (
     weekly_report,
 )
 from replytime.errors import UsageError
-from replytime.output.render import console as make_console
 from replytime.output.render import machine_frame
+from replytime.output.terminal import console as make_console
 from replytime.output.weekly import delta, render_weekly_terminal
 from replytime.periods import Period
 from tests.mailbuilder import BASE_CONFIG, Mailbox, at

@@ -239,7 +239,8 @@ def demo(
 
     from replytime.api import Analysis, refresh_threads
     from replytime.config import load_config
-    from replytime.output.render import console, rich_table
+    from replytime.output.render import rich_table
+    from replytime.output.terminal import console
     from replytime.sources.files import import_paths
     from replytime.store import open_cache
 
@@ -311,7 +312,7 @@ def status(
         raise UsageError("--format: status supports table or json")
     from rich.table import Table
 
-    from replytime.output.render import console
+    from replytime.output.terminal import console
 
     con = console()
     con.print(f"cache        {info['cache']} (schema {info['schema_version']})")
@@ -367,7 +368,7 @@ def explain(
         typer.echo(json.dumps(e.to_dict(), indent=2, ensure_ascii=False))
         return
     from replytime.output.explain import render_explanation
-    from replytime.output.render import console
+    from replytime.output.terminal import console
 
     render_explanation(e, console())
 
@@ -627,7 +628,8 @@ def _weekly(analysis: Any, chosen: str, output: Path | None, since: str | None,
 
     from replytime.analysis.weekly import weekly_frame, weekly_report
     from replytime.output.emit import emit_frame
-    from replytime.output.render import atomic_write, console, write_payload
+    from replytime.output.render import atomic_write, write_payload
+    from replytime.output.terminal import console
     from replytime.output.weekly import render_weekly_terminal
 
     wr = weekly_report(analysis, since, until, rep, team, basis)  # type: ignore[arg-type]

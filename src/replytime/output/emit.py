@@ -17,13 +17,13 @@ from replytime.errors import UsageError
 from replytime.output.html import frame_to_html
 from replytime.output.render import (
     atomic_write,
-    console,
     machine_frame,
     rich_table,
     to_csv,
     to_markdown,
     write_payload,
 )
+from replytime.output.terminal import console
 
 
 def emit_frame(

@@ -16,7 +16,6 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from replytime.errors import UsageError
@@ -173,14 +172,6 @@ def rich_table(
             table.add_section()
         table.add_row(*row, style="bold" if is_total else None)
     return table
-
-
-def console(file: object = None) -> Console:
-    """A console that draws colour only on a terminal and honours NO_COLOR. Off a terminal
-    (a pipe, a cron mail) tables get 100 columns rather than rich's 80."""
-    width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 100
-    return Console(file=file, no_color="NO_COLOR" in os.environ or None, soft_wrap=False,
-                   width=width)
 
 
 def atomic_write(path: Path, write: Callable[[io.IOBase], None], *, binary: bool) -> None:
