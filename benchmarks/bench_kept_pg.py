@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import filecmp
 import json
 import os
 import re
@@ -278,8 +279,10 @@ def main() -> None:
                     break
             best = min(runs, key=lambda x: (bool(x.stopped), x.wall))
             parts = [out_dir / f"{name}.{i}.csv" for i in range(len(runs))]
-            outputs = {p.read_bytes() for p, r in zip(parts, runs, strict=True) if not r.stopped}
-            if len(outputs) > 1:
+            done = [p for p, r in zip(parts, runs, strict=True) if not r.stopped]
+            # Compared as files: a big output read in here would count in every later
+            # report's peak RSS (see bench_scale.run).
+            if any(not filecmp.cmp(done[0], p, shallow=False) for p in done[1:]):
                 print(f"{step}: the runs printed different outputs", flush=True)
             for part, r in zip(parts, runs, strict=True):  # keep the best run's
                 if r is best and not r.stopped:
@@ -315,10 +318,10 @@ def table(work: Path, labels: list[str]) -> None:
             print(f"| {step} | " + " | ".join(cells) + " |")
     outs = [work / "out" / label for label in labels]
     for name in sorted({p.name for d in outs if d.exists() for p in d.glob("*.csv")}):
-        blobs = {d.name: (d / name).read_bytes() for d in outs if (d / name).exists()}
-        same = len(set(blobs.values())) == 1
-        print(f"{name}: {'identical' if same else 'DIFFERS'} in {', '.join(blobs)}"
-              f" ({len(next(iter(blobs.values()))):,} bytes)")
+        files = [d / name for d in outs if (d / name).exists()]
+        same = all(filecmp.cmp(files[0], f, shallow=False) for f in files[1:])
+        print(f"{name}: {'identical' if same else 'DIFFERS'} in "
+              f"{', '.join(f.parent.name for f in files)} ({files[0].stat().st_size:,} bytes)")
 
 
 if __name__ == "__main__":

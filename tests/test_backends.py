@@ -258,7 +258,7 @@ def test_copied_frames_equal_streamed_ones(pg_server: PostgresServer) -> None:
                 copied = c._frame(sql, params)
             pd.testing.assert_frame_equal(copied, streamed, check_exact=True)
             assert type(copied.index) is type(streamed.index)
-            for col in streamed.columns[streamed.dtypes == object]:
+            for col in [c for c in streamed.columns if streamed[c].dtype.kind == "O"]:
                 assert list(map(type, copied[col])) == list(map(type, streamed[col])), col
     assert 0 < fallbacks < len(queries)
 
