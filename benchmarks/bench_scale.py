@@ -209,14 +209,24 @@ class Run:
     stopped: str = ""  # why the sampler stopped it, if it did
 
 
-def run(args: list[str], max_mb: float, max_s: float, server_pid: int | None) -> Run:
-    """One CLI command in its own process group, watched by a sampler thread."""
+def run(args: list[str], max_mb: float, max_s: float, server_pid: int | None,
+        src: Path | None = None, out_path: Path | None = None) -> Run:
+    """One CLI command in its own process group, watched by a sampler thread; ``src``: the
+    replytime package under that directory (PYTHONPATH) instead of the installed one;
+    ``out_path``: its standard output goes to that file, not into ``Run.stdout`` (a big
+    output held here would count in every later child's peak RSS: Linux's maxrss carries
+    the forking parent's size over exec)."""
+    command, env = [str(SCRIPT)], None
+    if src is not None:  # the same console script, importing the package from src
+        command = [sys.executable, "-c", "from replytime.cli import run; run()"]
+        env = {**os.environ, "PYTHONPATH": str(src)}
     done = threading.Event()
     peak = {"group": 0.0, "server": 0.0}
     stopped: list[str] = []
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (open(out_path, "w+b") if out_path else tempfile.TemporaryFile()) as out, \
+            tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([str(SCRIPT), *args], stdout=out, stderr=err,
+        proc = subprocess.Popen([*command, *args], stdout=out, stderr=err, env=env,
                                 start_new_session=True)  # its own group: one killpg ends it
 
         def sample() -> None:
@@ -245,7 +255,8 @@ def run(args: list[str], max_mb: float, max_s: float, server_pid: int | None) ->
         load = os.getloadavg()
         out.seek(0)
         err.seek(0)
-        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        stdout = "" if out_path else out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
     code = os.waitstatus_to_exitcode(status)
     if code != 0 and not stopped:
         sys.exit(f"replytime {' '.join(args)} failed ({code}):\n{stderr[-3000:]}")

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -203,6 +204,63 @@ def test_frames_read_in_chunks_equal_one_read(backend: str) -> None:
     pd.testing.assert_frame_equal(c.messages(), whole)
     pd.testing.assert_frame_equal(c.thread_inputs(), inputs)
     assert len(whole) == 898
+
+
+def test_copied_frames_equal_streamed_ones(pg_server: PostgresServer) -> None:
+    """PostgreSQL frames come from one COPY parsed by Arrow: for every kept-table and
+    message read, and values that CSV could confuse (NULL against "" and "NULL", quotes,
+    commas, new lines, NaN), the very frame of the row stream (dtypes, values and their
+    Python types, index), whatever the chunk size; where a chunk's column would be all
+    NULL, the stream reads it instead."""
+    import tomllib
+
+    from replytime.config import parse_config
+    from replytime.sources.files import import_paths
+    from replytime.store.postgres import PostgresCache
+
+    c = open_cache(pg_server.create_database())
+    assert isinstance(c, PostgresCache)
+    import_paths(c, [MBOX], account="example")
+    data = tomllib.loads(CONFIG.read_text(encoding="utf-8"))
+    data["leads"].pop("forms")  # form rules are never kept
+    assert Analysis(c, parse_config(data), as_of=AS_OF).kept
+    seen: dict[str, Any] = {}
+    read = c._frame
+
+    def recording(sql: str, params: Any = ()) -> pd.DataFrame:
+        seen.setdefault(sql, params)
+        return read(sql, params)
+
+    c._frame = recording  # type: ignore[method-assign]
+    c.kept_leads(None, None, 2**53)
+    c.kept_leads(BASE * 1000, (BASE + 86400 * 3) * 1000, 2**53, replied=True)
+    c.kept_blocks(0, 2**53, 2**53)
+    c.kept_thread_sizes(0, 2**53)
+    c.kept_volume(None, None)
+    c.messages()
+    c.timed_messages([(0, 2**50)])
+    c.thread_inputs()
+    del c._frame
+    odd = ("SELECT 1 AS a, CAST(NULL AS BIGINT) AS b, 'NULL' AS c, '' AS d, "
+           "'x,\"y\"' || chr(10) || ' z' AS e, CAST(1.5 AS REAL) AS f, true AS g, "
+           "CAST('NaN' AS DOUBLE PRECISION) AS h, CAST(NULL AS TEXT) AS i")
+    queries = [*seen.items(), (odd, ()), ("SELECT * FROM leads WHERE lead_id < 0", ())]
+    assert len(queries) == 10
+    fallbacks = 0
+    for chunk in (100_000, 7):
+        c.frame_chunk = chunk
+        for sql, params in queries:
+            streamed = c._streamed_frame(sql, params)
+            copied = c._copied_frame(sql, params)
+            if copied is None:  # only where a column is all NULL in some chunk
+                assert chunk == 7
+                fallbacks += 1
+                copied = c._frame(sql, params)
+            pd.testing.assert_frame_equal(copied, streamed, check_exact=True)
+            assert type(copied.index) is type(streamed.index)
+            for col in [c for c in streamed.columns if streamed[c].dtype.kind == "O"]:
+                assert list(map(type, copied[col])) == list(map(type, streamed[col])), col
+    assert 0 < fallbacks < len(queries)
 
 
 def test_status_counts_exactly(backend: str) -> None:
