@@ -97,6 +97,9 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({"span", "extra"}),
     frozenset({"table"}),
     frozenset({"self.json_values", "table"}),
+    # postgres.py _frame: a query (itself checked here, its values bound) wrapped in
+    # COPY (...) TO STDOUT and in a LIMIT 0 for its column types
+    frozenset({"q"}),
     # status: the backend's constant index hint
     frozenset({"self.location_keys_index"}),
 }
