@@ -72,7 +72,10 @@ class Roster:
 
     def rep_name(self, addrs: pd.Series) -> pd.Series:
         """Roster name, else the address itself (docs/definitions.md, "Reps and attribution")."""
-        return addrs.map(self.rep_of).fillna(addrs)
+        names = addrs.map(self.rep_of)
+        if names.dtype.kind == "f":  # nobody on the roster: all NaN, which strings cannot fill
+            names = names.astype(object)
+        return names.fillna(addrs)
 
 
 def _explode_recipients(msgs: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
