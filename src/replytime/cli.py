@@ -267,8 +267,7 @@ def status(
 
         counts = Analysis(cache, cfg, as_of=now).lead_counts()
     leads, unanswered, clamped = counts
-    info = cache.status()
-    info["threads"] = cache.thread_count()
+    info = cache.status()  # after kept_lead_counts: threads are up to date
     info["leads"] = leads
     info["unanswered"] = unanswered
     info["clamped_negative"] = clamped
