@@ -15,6 +15,12 @@ with another checkout's package (PYTHONPATH), to compare before and after a chan
 ``--config`` also times the Maildir import with nothing new under a config (a roster,
 holiday calendars). Beside them: ``python -c pass`` (with and without ``-S``) and
 ``python -c "import typer"``, the floor of any Python CLI and of this one's parser.
+
+``--floor`` times only the Maildir import with nothing new, round-robin in one run (each
+command once per round, ``--rounds`` rounds, median and best): the console script's
+``entry.run`` (which answers a plain import without typer), the full command line
+``cli.run``, the baseline's ``cli.run`` with ``--baseline-src``, ``notmuch new`` and the
+floor lines.
 """
 
 from __future__ import annotations
@@ -63,6 +69,65 @@ def show(label: str, result: tuple[float, list[float]], extra: str = "") -> None
           f"({', '.join(f'{t:.{digits}f}' for t in times)}){extra}")
 
 
+ENTRY = "import sys; from replytime.entry import run; sys.argv[0] = 'replytime'; run()"
+FULL = "import sys; from replytime.cli import run; sys.argv[0] = 'replytime'; run()"
+
+
+def notmuch_env(work: Path, maildir: Path, env: dict[str, str]) -> dict[str, str] | None:
+    """The environment of ``notmuch`` on its own database of ``maildir`` under ``work``
+    (indexed once, untimed); None when notmuch is not installed."""
+    if not shutil.which("notmuch"):
+        return None
+    nm = work / "notmuch"
+    config = nm / "config"
+    if not (nm / "db").exists():
+        (nm / "db").mkdir(parents=True)
+        config.write_text(
+            f"[database]\npath={nm / 'db'}\nmail_root={maildir}\n"
+            "[new]\ntags=unread;inbox\n[maildir]\nsynchronize_flags=false\n")
+    nm_env = dict(env, NOTMUCH_CONFIG=str(config))
+    start = time.perf_counter()
+    run(["notmuch", "new", "--quiet"], nm_env)  # the first index (or a no-op)
+    print(f"{'notmuch new, first (untimed)':44s} {time.perf_counter() - start:.1f}s")
+    return nm_env
+
+
+def floor(work: Path, maildir: Path, db: Path, baseline: Path | None, config: Path | None,
+          rounds: int) -> None:
+    """The nothing-new Maildir import against notmuch and the floor of a Python CLI, every
+    command once per round so that a change in the machine's load hits them alike."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLYTIME_")}
+    if not db.exists():
+        start = time.perf_counter()
+        run(cli_command(maildir, db), env)
+        print(f"{'first import, Maildir (untimed)':44s} {time.perf_counter() - start:.1f}s")
+    python = sys.executable
+    args = ["--db", str(db), *(["--config", str(config)] if config else []),
+            "import", str(maildir), "--account", "bench"]
+    commands: dict[str, tuple[list[str], dict[str, str]]] = {
+        "again, nothing new: entry.run (the script)": ([python, "-c", ENTRY, *args], env),
+        "again, nothing new: cli.run (full parser)": ([python, "-c", FULL, *args], env),
+    }
+    if baseline is not None:
+        commands["again, nothing new: baseline cli.run"] = (
+            [python, "-c", FULL, *args], dict(env, PYTHONPATH=str(baseline)))
+    nm_env = notmuch_env(work, maildir, env)
+    if nm_env is not None:
+        commands["notmuch new, nothing new"] = (["notmuch", "new", "--quiet"], nm_env)
+    commands["python -c pass"] = ([python, "-c", "pass"], env)
+    commands["python -c 'import typer'"] = ([python, "-c", "import typer"], env)
+    for cmd, cmd_env in commands.values():
+        run(cmd, cmd_env)  # once untimed: the same page cache and compiled bytecode for all
+    times: dict[str, list[float]] = {label: [] for label in commands}
+    for _ in range(rounds):
+        for label, (cmd, cmd_env) in commands.items():
+            times[label].append(run(cmd, cmd_env)[0])
+    print(f"{rounds} rounds, load average {os.getloadavg()[0]:.2f} after")
+    for label, ts in times.items():
+        print(f"{label:44s} median {statistics.median(ts) * 1000:6.1f} ms  "
+              f"best {min(ts) * 1000:6.1f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=100_000)
@@ -73,6 +138,9 @@ def main() -> None:
     ap.add_argument("--baseline-src", type=Path, help="another checkout's src/ to compare")
     ap.add_argument("--config", type=Path,
                     help="also time the Maildir import with nothing new under this config")
+    ap.add_argument("--floor", action="store_true",
+                    help="only the nothing-new Maildir import against notmuch and the floor")
+    ap.add_argument("--rounds", type=int, default=15, help="rounds of --floor")
     args = ap.parse_args()
     tmp = None
     if args.workdir is None:
@@ -84,6 +152,16 @@ def main() -> None:
     try:
         maildir = work / f"maildir-{args.messages}-{args.seed}"
         mbox = work / f"big-{args.mbox_messages}-{args.pad}.mbox"
+        if args.floor:
+            if not maildir.exists():
+                local_maildir(maildir, args.messages, args.seed)
+                time.sleep(2.1)  # a file modified within 2 s of its import is read again
+            print(f"{args.messages:,}-message Maildir; machine: {os.cpu_count()} cores, "
+                  f"load average {os.getloadavg()[0]:.2f}")
+            warm(maildir)
+            floor(work, maildir, work / "maildir.sqlite", args.baseline_src, args.config,
+                  args.rounds)
+            return
         made = not maildir.exists() or not mbox.exists()
         if not maildir.exists():
             local_maildir(maildir, args.messages, args.seed)
@@ -125,18 +203,8 @@ def main() -> None:
         show("python -c 'import typer'", median([python, "-c", "import typer"], env,
                                                 again_runs))
 
-        if shutil.which("notmuch"):
-            nm = work / "notmuch"
-            config = nm / "config"
-            if not (nm / "db").exists():
-                (nm / "db").mkdir(parents=True)
-                config.write_text(
-                    f"[database]\npath={nm / 'db'}\nmail_root={maildir}\n"
-                    "[new]\ntags=unread;inbox\n[maildir]\nsynchronize_flags=false\n")
-            nm_env = dict(env, NOTMUCH_CONFIG=str(config))
-            start = time.perf_counter()
-            run(["notmuch", "new", "--quiet"], nm_env)  # the first index (or a no-op)
-            print(f"{'notmuch new, first (untimed median)':44s} {time.perf_counter() - start:.1f}s")
+        nm_env = notmuch_env(work, maildir, env)
+        if nm_env is not None:
             show("notmuch new, Maildir, nothing new", median(["notmuch", "new", "--quiet"],
                                                              nm_env, again_runs))
         else:

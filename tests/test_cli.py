@@ -236,6 +236,20 @@ def test_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
                        "'Mars/Olympus'\n"
 
 
+def test_unknown_holiday_code_is_one_line_exit_2(workspace: tuple[Path, Path]) -> None:
+    # Not checked on loading (config.Config.check_holidays) but before any lead is read or
+    # built without a kept table proving the codes: an unused schedule's code too.
+    db, cfg = workspace
+    cfg.write_text(TEAM_TOML + '[schedules.spare]\ntimezone = "UTC"\nholidays = ["US", "XX"]\n')
+    for args in (["status"], ["report", "reps", "--as-of", "2026-11-05T00:00:00+00:00"]):
+        r = run("--db", str(db), "--config", str(cfg), *args)
+        assert (r.returncode, r.stdout) == (2, ""), r.stderr
+        assert r.stderr == "replytime: error: config: schedules.spare.holidays: unknown " \
+                           "holiday calendar 'XX' (use e.g. US, US-CA, DE-BY)\n"
+    cfg.write_text(TEAM_TOML + '[schedules.spare]\ntimezone = "UTC"\nholidays = ["US"]\n')
+    assert run("--db", str(db), "--config", str(cfg), "status").returncode == 0
+
+
 def test_status_counts(workspace: tuple[Path, Path]) -> None:
     db, cfg = workspace
     r = run("--db", str(db), "--config", str(cfg), "status", "--format", "json")

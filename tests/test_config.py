@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from replytime.config import TEMPLATE, load_config, parse_config
+from replytime.config import TEMPLATE, holidays_version, load_config, parse_config
 from replytime.errors import ConfigError
 from tests.paths import DATA
 
@@ -83,8 +83,6 @@ def test_schedule_precedence() -> None:
          "config: schedules.d.monday: intervals overlap"),
         ({"schedules": {"d": {"timezone": "UTC", "monday": ["25:00-26:00"]}}},
          "impossible time"),
-        ({"schedules": {"d": {"timezone": "UTC", "holidays": ["XX"]}}},
-         "config: schedules.d.holidays: unknown holiday calendar 'XX'"),
         ({"schedules": {"d": {"timezone": "UTC", "dates_off": ["christmas"]}}},
          "config: schedules.d.dates_off[0]: 'christmas' is not a date"),
         ({"sla": {"target": "soon"}}, "config: sla.target: 'soon' is not a duration"),
@@ -103,6 +101,28 @@ def test_mistakes_name_the_key(data: dict, message: str) -> None:
         parse_config(data)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("code", ["XX", "US-XX", "-CA", ""])
+def test_unknown_holiday_code_names_the_key(code: str) -> None:
+    # Checked when leads are built or read without a kept table that proves the codes
+    # (Config.check_holidays), not while loading; every schedule's, the unused one's too.
+    cfg = parse_config({"schedules": {
+        "default": {"timezone": "UTC", "holidays": ["US", "us-ca", "GB", "DE-BY"]},
+        "d": {"timezone": "UTC", "holidays": ["US", code]},
+    }})
+    with pytest.raises(ConfigError) as err:
+        cfg.check_holidays()
+    assert str(err.value) == (f"config: schedules.d.holidays: unknown holiday calendar {code!r} "
+                              "(use e.g. US, US-CA, DE-BY)")
+    parse_config({"schedules": {"d": {"timezone": "UTC", "holidays": ["US", "us-ca", "GB-SCT"]}}}
+                 ).check_holidays()
+
+
+def test_holidays_version_is_the_installed_release() -> None:
+    from importlib.metadata import version
+
+    assert holidays_version() == version("holidays")
 
 
 def test_bad_toml_and_missing_file(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The package is laid out as the data flows (docs/architecture.md): imports only go down.
 
-    cli.py, api.py, syncing.py          (top: may import anything below)
+    cli.py, entry.py, runner.py, api.py, syncing.py   (top: may import anything below)
     output/                             (analysis, store, core)
     analysis/                           (sources, store, core)
     sources/                            (store, core)
@@ -21,7 +21,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "replytime"
 CORE = {"config", "errors", "lists", "model", "periods", "progress",
         "demo"}  # demo: package data (the example mailbox), no code
-TOP = {"api", "cli", "syncing", "__init__"}
+TOP = {"api", "cli", "entry", "runner", "syncing", "__init__"}
 LAYERS = ["core", "store", "sources", "analysis", "output", "top"]
 
 

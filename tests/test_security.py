@@ -100,8 +100,8 @@ ALLOWED_INTERPOLATIONS = {
     # postgres.py _frame: a query (itself checked here, its values bound) wrapped in
     # COPY (...) TO STDOUT and in a LIMIT 0 for its column types
     frozenset({"q"}),
-    # status: the backend's constant index hint
-    frozenset({"self.location_keys_index"}),
+    # status: the backend's constant count of an account's messages (a class constant)
+    frozenset({"self.account_messages"}),
 }
 
 

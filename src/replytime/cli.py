@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -16,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from replytime import __version__
-from replytime.errors import INTERNAL_ERROR, CheckFailed, ReplytimeError, UsageError
+from replytime.errors import CheckFailed, UsageError
 
 app = typer.Typer(
     help="How fast do your reps answer new leads by email? Local, private, exact.\n\n"
@@ -77,11 +75,11 @@ def _team(cfg: Any, *, require: bool) -> None:
     anything (reports, explain, send, alert), a warning on stderr after work that still
     stands (import, status, export: the headers are cached the same). See
     docs/configuration.md, "Without a team"."""
-    problem = cfg.team_problem()
-    if problem and require:
+    from replytime.runner import warn_without_team
+
+    if require and (problem := cfg.team_problem()):
         raise UsageError(problem)
-    if problem:
-        _summary(f"replytime: warning: {problem}")
+    warn_without_team(cfg, _summary)
 
 
 def _summary(text: str) -> None:
@@ -155,15 +153,6 @@ def auth(
 
 
 # -- import / sync --------------------------------------------------------------------------
-def _load_threading() -> None:
-    """Import what thread assignment and the kept leads need (pandas, pyarrow: ~0.4 s) while
-    the import waits for its parser workers, rather than before or after it."""
-    import pyarrow.compute  # noqa: F401
-
-    import replytime.analysis.kept  # noqa: F401
-    import replytime.analysis.threads  # noqa: F401
-
-
 @app.command("import")
 def import_(
     paths: Annotated[list[Path], typer.Argument(
@@ -174,30 +163,10 @@ def import_(
     )] = "import",
 ) -> None:
     """Import mail files into the cache (headers only; bodies are never stored)."""
-    from replytime.progress import Progress
-    from replytime.sources.files import import_paths
-    from replytime.store import open_cache
+    # The same function the console script runs without this parser (entry.run)
+    from replytime.runner import import_files
 
-    cfg = _config()
-    cache = open_cache(G.db)
-    # One writer per account; imports of other accounts may run at the same time.
-    with cache.lock_account(account), Progress("importing") as progress:
-        stats = import_paths(cache, paths, account=account, keep=cfg.kept_headers(),
-                             progress=progress, on_wait=_load_threading)
-    threading_started = time.monotonic()
-    from replytime.analysis.rethread import refresh_threads
-
-    refresh_threads(cache, cfg)
-    # The time and rate shown include threading: what the command took, not just reading.
-    seconds = stats.seconds + time.monotonic() - threading_started
-    rate = stats.fetched / seconds if seconds else 0
-    unchanged = stats.extra.get("unchanged", 0)
-    known = f", {unchanged} file{'' if unchanged == 1 else 's'} unchanged" if unchanged else ""
-    _summary(
-        f"imported {stats.fetched} messages ({stats.skipped} skipped{known}) from "
-        f"{len(paths)} path(s) in {seconds:.1f}s" + (f" ({rate:,.0f} msg/s)" if rate else "")
-    )
-    _team(cfg, require=False)
+    import_files(G.config, G.db, paths, account, _summary)
 
 
 @app.command()
@@ -298,8 +267,7 @@ def status(
 
         counts = Analysis(cache, cfg, as_of=now).lead_counts()
     leads, unanswered, clamped = counts
-    info = cache.status()
-    info["threads"] = cache.thread_count()
+    info = cache.status()  # after kept_lead_counts: threads are up to date
     info["leads"] = leads
     info["unanswered"] = unanswered
     info["clamped_negative"] = clamped
@@ -837,88 +805,29 @@ def alert(
 
 
 # -- entry point ----------------------------------------------------------------------------
-class _Stopped(BaseException):
-    """A signal asked us to stop. Not a KeyboardInterrupt, which click would swallow."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _stop(signum: int, frame: object) -> None:
-    raise _Stopped(signum)
-
-
 def run() -> None:
-    """The console script: ``main``, then a quick exit. The caches are closed (committed,
-    and a SQLite file checkpointed so it is whole on its own), output is flushed and any
-    worker process is stopped; the interpreter's teardown of pandas and Arrow, ~0.1 s of
-    every report, is skipped."""
-    import threading
+    """The full command line, then a quick exit (``runner.finish``). The console script is
+    ``entry.run``, which calls this for everything but a plain ``import``."""
+    from replytime.runner import finish
 
-    from replytime.store import close_open_caches
-
-    code = main()
-    # Only a process that started a pool has children; one that did not (an import that
-    # found nothing new) never imports multiprocessing.
-    multiprocessing = sys.modules.get("multiprocessing")
-    if threading.active_count() > 1:
-        # A thread still runs (an interrupted sync's workers, mid-write on their own
-        # connections): the usual exit, which never closes a connection under a thread.
-        sys.exit(code)
-    close_open_caches()
-    for child in multiprocessing.active_children() if multiprocessing else ():
-        child.terminate()
-        child.join(5)
-    for stream in (sys.stdout, sys.stderr):
-        # BrokenPipeError: the reader went away; ValueError: the stream was closed
-        with contextlib.suppress(BrokenPipeError, ValueError):
-            stream.flush()
-    os._exit(code)
+    finish(main())
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: one-line errors with the exit codes of docs/commands.md.
+    """Console entry point: one-line errors with the exit codes of docs/commands.md
+    (``runner.guarded``, which also handles Ctrl-C and SIGTERM)."""
+    from replytime.runner import guarded
 
-    Ctrl-C and SIGTERM stop at the next Python instruction; whole batches are committed
-    (each is one transaction), so the message says the work so far is saved."""
-    import signal
+    def call() -> Any:
+        try:
+            return app(args=argv, prog_name="replytime", standalone_mode=False)
+        except typer.Exit as exc:
+            return exc.exit_code
+        except typer.Abort:
+            raise KeyboardInterrupt from None
 
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        rc = app(args=argv, prog_name="replytime", standalone_mode=False)
-    except ReplytimeError as exc:
-        if debug:
-            traceback.print_exc()
-        typer.echo(f"replytime: error: {exc}", err=True)
-        return exc.exit_code
-    except typer.Exit as exc:
-        return exc.exit_code
-    except _Stopped as exc:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        what = "interrupted" if exc.signum == signal.SIGINT else "terminated"
-        typer.echo(f"replytime: {what}; work done so far is saved", err=True)
-        return 128 + exc.signum
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("replytime: interrupted; work done so far is saved", err=True)
-        return 130
-    except BrokenPipeError:
-        # The reader (head, less) went away; not an error for us.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except Exception as exc:  # noqa: BLE001 - the last line of defence for users
-        usage = _usage_error(exc)
-        if usage is not None:
-            return usage
-        if debug:
-            traceback.print_exc()
-        typer.echo(f"replytime: internal error: {exc!r} (run with --debug for details)",
-                   err=True)
-        return INTERNAL_ERROR
-    return rc if isinstance(rc, int) else 0
+    return guarded(call, debug=debug, echo=_summary, usage=_usage_error)
 
 
 def _usage_error(exc: Exception) -> int | None:

@@ -242,9 +242,7 @@ class Config:
 
         holidays_data = ""
         if any(s.holidays for s in self.schedules.values()):
-            from importlib.metadata import version
-
-            holidays_data = version("holidays")  # another release may move a holiday
+            holidays_data = holidays_version()  # another release may move a holiday
         parts = (
             "leads-v1",  # the kept table's layout: bump when what is kept changes
             self.fingerprint(),
@@ -262,6 +260,17 @@ class Config:
               f.reply_window_s) for f in self.leads.forms],
         )
         return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+    def check_holidays(self) -> None:
+        """Refuse an unknown holiday code (one-line ``ConfigError`` naming the key), every
+        schedule's, in file order. Not done while loading: the codes are checked by building
+        their calendars, which imports all of the holidays data (~0.1 s), and a kept lead
+        table whose state is this config's ``leads_fingerprint`` (it holds the codes and the
+        holidays version) proves they were good when it was built. So whatever builds or
+        reads leads without such a table calls this first (``analysis.rethread``)."""
+        for s in self.schedules.values():
+            for code in s.holidays:
+                check_holiday_code(code, f"schedules.{s.name}.holidays")
 
     def is_internal(self, address: str) -> bool:
         """As ``matcher.Roster.is_internal``, for one address. The domain is the part after
@@ -427,9 +436,8 @@ def parse_schedule(name: str, table: Any) -> Schedule:
                 raise ConfigError(f"{key}.{day}", "intervals overlap")
         if spans:
             days[i] = tuple(spans)
+    # Checked later, by Config.check_holidays: building calendars is slow.
     holidays_codes = _str_list(table.get("holidays", []), f"{key}.holidays")
-    for code in holidays_codes:
-        _check_holiday_code(code, f"{key}.holidays")
     dates_off = []
     for j, d in enumerate(table.get("dates_off", [])):
         if isinstance(d, date):
@@ -442,16 +450,54 @@ def parse_schedule(name: str, table: Any) -> Schedule:
     return Schedule(name, tz, days, holidays_codes, tuple(dates_off))
 
 
-def _check_holiday_code(code: str, key: str) -> None:
-    import holidays as hol
+#: holiday codes whose calendar was built in this process (the holidays data cannot change)
+_GOOD_HOLIDAY_CODES: set[str] = set()
+
+
+def check_holiday_code(code: str, key: str) -> None:
+    """A ``ConfigError`` at ``key`` unless ``code`` ("US", "US-CA") names a calendar."""
+    if code not in _GOOD_HOLIDAY_CODES:
+        holiday_calendar(code, 2026, key)
+
+
+def holiday_calendar(code: str, years: int | tuple[int, ...], key: str) -> Any:
+    """The holidays calendar of ``code`` for ``years``; an unknown code is a ``ConfigError``
+    at ``key``."""
+    import holidays as hol  # imported lazily: it is slow to import and often unneeded
 
     country, _, subdiv = code.partition("-")
     try:
-        hol.country_holidays(country.upper(), subdiv=subdiv.upper() or None, years=2026)
+        cal = hol.country_holidays(country.upper(), subdiv=subdiv.upper() or None, years=years)
     except (NotImplementedError, KeyError, AttributeError):
         raise ConfigError(
             key, f"unknown holiday calendar {code!r} (use e.g. US, US-CA, DE-BY)"
         ) from None
+    _GOOD_HOLIDAY_CODES.add(code)
+    return cal
+
+
+def holidays_version() -> str:
+    """The installed holidays release, as ``importlib.metadata.version("holidays")`` gives
+    it, read from the METADATA beside the package when there is exactly one: importing
+    importlib.metadata costs ~20 ms of every report."""
+    from importlib.util import find_spec
+
+    spec = find_spec("holidays")
+    if spec is not None and spec.origin:
+        found = list(Path(spec.origin).parent.parent.glob("holidays-*.dist-info"))
+        if len(found) == 1:
+            try:
+                with open(found[0] / "METADATA", encoding="utf-8") as f:
+                    for line in f:
+                        if line.startswith("Version:"):
+                            return line[8:].strip()
+                        if not line.strip():
+                            break  # the headers end here
+            except OSError:
+                pass
+    from importlib.metadata import version
+
+    return version("holidays")
 
 
 def _parse_forms(value: Any, key: str) -> tuple[FormRule, ...]:

@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from replytime.config import Schedule
+from replytime.config import Schedule, holiday_calendar
 
 __all__ = [
     "business_seconds",
@@ -63,13 +63,11 @@ def schedule_key(schedule: Schedule) -> ScheduleKey:
 
 
 @lru_cache(maxsize=256)
-def holiday_dates(code: str, years: tuple[int, ...]) -> frozenset[date]:
-    """Dates of the public holidays (observed days included) of a "US" / "US-CA" code."""
-    import holidays as hol  # imported lazily: it is slow to import and often unneeded
-
-    country, _, subdiv = code.partition("-")
-    cal = hol.country_holidays(country.upper(), subdiv=subdiv.upper() or None, years=years)
-    return frozenset(cal.keys())
+def holiday_dates(code: str, years: tuple[int, ...], key: str = "holidays") -> frozenset[date]:
+    """Dates of the public holidays (observed days included) of a "US" / "US-CA" code; an
+    unknown code is a ``ConfigError`` at ``key`` (codes are not checked when the config is
+    loaded: ``Config.check_holidays``)."""
+    return frozenset(holiday_calendar(code, years, key).keys())
 
 
 def _to_ms(local: datetime) -> int:
@@ -85,7 +83,7 @@ def _intervals(key: ScheduleKey, first_day: date, last_day: date) -> tuple[np.nd
     years = tuple(range(first_day.year, last_day.year + 1))
     off: set[date] = set(dates_off)
     for code in codes:
-        off |= holiday_dates(code, years)
+        off |= holiday_dates(code, years, f"schedules.{_name}.holidays")
 
     starts: list[int] = []
     ends: list[int] = []

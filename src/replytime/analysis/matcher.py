@@ -17,7 +17,6 @@ import pyarrow.compute as pc
 
 from replytime.config import Config, FormRule
 from replytime.lists import arrow_strings, split_lists, to_series
-from replytime.sources.headers import parse_addresses
 
 UNASSIGNED = "(unassigned)"
 
@@ -172,6 +171,8 @@ def _form_rule_matches(m: pd.DataFrame, rule: FormRule) -> pd.Series:
 def _form_lead_address(rows: pd.DataFrame, rule: FormRule) -> pd.Series:
     if rule.header is None:
         return rows["reply_to"].fillna("").str.split(",").str[0]
+    from replytime.sources.headers import parse_addresses  # email.*: only for such a rule
+
     name = rule.header.lower()
     raw = rows["extra"].fillna("{}").map(lambda s: _json_get(s, name))
     return raw.map(lambda v: (parse_addresses(v)[0] or ("",))[0] if v else "")

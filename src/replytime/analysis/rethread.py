@@ -68,6 +68,9 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
 
     if threads_current() and leads_current():
         return 0
+    # The kept rows are about to be written for this config's state, which then proves its
+    # holiday codes good (config.Config.check_holidays): check them all first.
+    config.check_holidays()
     # pandas and Arrow compute: imported only when there is threading to do
     from replytime.analysis import kept
     from replytime.analysis.matcher import Roster
@@ -120,6 +123,7 @@ def kept_lead_counts(cache: Cache, config: Config, as_of_ms: int) -> tuple[int, 
 def _kept_state(config: Config) -> str | None:
     # As kept.state_for, without importing pandas before it is needed.
     if config.leads.forms or config.leads.labels:
+        config.check_holidays()  # no kept state proves the codes good
         return None
     return config.leads_fingerprint()
 

@@ -11,10 +11,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pandas as pd
-from rich.console import Console
 
 from replytime.errors import UsageError
-from replytime.output.html import frame_to_html
 from replytime.output.render import (
     atomic_write,
     machine_frame,
@@ -44,6 +42,8 @@ def emit_frame(
             caption = note + (f"\n{caption}" if caption else "")
         table = rich_table(df, tz, title=title, caption=caption)
         if output:
+            from rich.console import Console  # only for the table: not csv, json, ...
+
             buf = io.StringIO()
             Console(file=buf, width=120, no_color=True).print(table)
             atomic_write(output, lambda f: f.write(buf.getvalue()), binary=False)
@@ -51,6 +51,8 @@ def emit_frame(
             console().print(table)
         return
     if fmt == "html":
+        from replytime.output.html import frame_to_html
+
         write_payload(frame_to_html(df, title or "replytime report", tz, note), output)
         return
     m = machine_frame(df)

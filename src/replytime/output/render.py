@@ -11,15 +11,17 @@ import tempfile
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from rich import box
-from rich.table import Table
 
 from replytime.errors import UsageError
 from replytime.periods import format_duration
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 FORMATS = ("table", "csv", "json", "jsonl", "markdown", "parquet", "html")
 RATE_COLUMNS = ("reply_rate", "within_sla", "share", "a_within_sla", "b_within_sla", "lead_share")
@@ -151,6 +153,9 @@ def rich_table(
     total_label: str | None = "TOTAL",
 ) -> Table:
     """A rich Table; a first-column value equal to ``total_label`` is drawn as a totals row."""
+    from rich import box  # only the table format draws one: csv, json, ... never load rich
+    from rich.table import Table
+
     h = human_frame(df, tz, clip=32)
     table = Table(title=title, caption=caption, header_style="bold", show_lines=False,
                   box=box.SIMPLE_HEAD, pad_edge=False,

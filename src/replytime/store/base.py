@@ -245,9 +245,10 @@ class CacheBase(ABC):
     #: a FROM item giving one row ``r.value`` per item of ``m.to_addrs`` and ``m.cc_addrs``
     #: split on commas (empty items included)
     recipient_items: ClassVar[str]
-    #: an index hint after ``FROM locations l`` for counting an account's distinct messages
-    #: from the msg_key index alone ("" none)
-    location_keys_index: ClassVar[str] = ""
+    #: the distinct messages of account ``a.name`` (its locations' msg_keys), for ``status``
+    account_messages: ClassVar[str] = (
+        "(SELECT count(*) FROM (SELECT DISTINCT l.msg_key FROM locations l "
+        "WHERE l.account = a.name) k)")
 
     # -- what a backend supplies ----------------------------------------------------------
     @property
@@ -763,12 +764,8 @@ class CacheBase(ABC):
         def one(sql: str, params: Sequence[Any] = ()) -> int:
             return int(self._execute(sql, params).fetchone()[0])
 
-        # Distinct messages per account from the msg_key index in key order (index only);
-        # the account's locations themselves would be read row by row and sorted.
         accounts = self._execute(
-            "SELECT a.name, a.type, a.last_sync, (SELECT count(*) FROM (SELECT DISTINCT "
-            f"l.msg_key FROM locations l{self.location_keys_index} WHERE l.account = a.name) "
-            "k) FROM accounts a"
+            f"SELECT a.name, a.type, a.last_sync, {self.account_messages} FROM accounts a"
         ).fetchall()
         return {
             "messages": one("SELECT count(*) FROM messages"),

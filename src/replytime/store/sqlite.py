@@ -263,10 +263,12 @@ class SQLiteCache(KeptLeads, CacheBase):
     # The pairing statement's pieces. Without statistics (no ANALYZE) SQLite looked every
     # lead thread up by id instead.
     pair_time_index = " INDEXED BY messages_time"
-    # Without it SQLite reads the account's rows in key order and sorts their msg_keys (2.4 s
-    # instead of 0.13 s at a million messages); the index holds the account too (its rows
-    # carry the table's key).
-    location_keys_index = " INDEXED BY locations_msg"
+    # From the msg_key index in key order (index only: its rows carry the table's key, so
+    # the account too); without the hint SQLite reads the account's rows and sorts their
+    # msg_keys (2.4 s instead of 0.13 s at a million messages). count(DISTINCT) compares
+    # neighbours in that order: 0.2 s where a DISTINCT subquery took 0.3 s.
+    account_messages = ("(SELECT count(DISTINCT l.msg_key) FROM locations l "
+                        "INDEXED BY locations_msg WHERE l.account = a.name)")
     json_values = "SELECT value FROM json_each(?)"
     # SQLite has no "last '@'": the domain is d exactly when the address is d or ends with
     # '@' + d (domains holding an '@' never match, and are not bound). A suffix test per
