@@ -25,7 +25,7 @@ class Analysis(LeadSet):
 
     def reps(self, sel: Selection | None = None, basis: Basis | None = None,
              include_total: bool = False, **kw: object) -> pd.DataFrame:
-        from replytime.analysis import followon, kept
+        from replytime.analysis import kept
 
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
         b = self.basis(basis)
@@ -38,12 +38,7 @@ class Analysis(LeadSet):
         else:
             leads = self.select(sel, with_messages=True, tally=True)  # for the reply blocks
             table = metrics.reps_table(leads, self.config, b, include_total=include_total)
-            blocks = self.reply_times(leads, sel.period)
-            overall = followon.overall_by_rep(blocks, b)
-            if include_total:
-                overall = pd.concat(
-                    [overall, followon.overall_by_rep(blocks.assign(responder="TOTAL"), b)]
-                )
+            overall = _overall(self.reply_times(leads, sel.period), b, include_total)
         table = table.merge(overall, on="rep", how="left")
         table["replies"] = table["replies"].fillna(0).astype("int64")
         if sel.reps or sel.team:
@@ -60,18 +55,14 @@ class Analysis(LeadSet):
         """``followon.overall_by_rep`` of the blocks of every kept lead of ``period`` (and
         ``TOTAL``): for all time counted and ranked in the database, for a period from its
         answered blocks."""
-        from replytime.analysis import followon, kept
+        from replytime.analysis import kept
 
         if any_leads and period.since_ms is None and period.until_ms is None:
             return kept.overall_by_rep(self.cache, self.as_of_ms, basis,
                                        include_total=include_total)
         blocks = self.answered_reply_times(period, basis) if any_leads else self._blocks_of(
             pd.DataFrame())
-        overall = followon.overall_by_rep(blocks, basis)
-        if include_total:
-            overall = pd.concat(
-                [overall, followon.overall_by_rep(blocks.assign(responder="TOTAL"), basis)])
-        return overall
+        return _overall(blocks, basis, include_total)
 
     def unanswered(self, sel: Selection | None = None, older_than: str | int | None = None,
                    basis: Basis | None = None, **kw: object) -> pd.DataFrame:
@@ -183,3 +174,14 @@ class Analysis(LeadSet):
         p = sel.period
         rows = self.cache.kept_tally(p.since_ms, p.until_ms, self.as_of_ms, columns, by=by)
         return rows.assign(answered=rows["answered"].astype(bool))
+
+
+def _overall(blocks: pd.DataFrame, basis: Basis, include_total: bool) -> pd.DataFrame:
+    """``followon.overall_by_rep`` of ``blocks``, with the row ``TOTAL`` of them all."""
+    from replytime.analysis import followon
+
+    overall = followon.overall_by_rep(blocks, basis)
+    if include_total:
+        overall = pd.concat(
+            [overall, followon.overall_by_rep(blocks.assign(responder="TOTAL"), basis)])
+    return overall
