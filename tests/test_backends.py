@@ -91,7 +91,8 @@ def test_same_tables_columns_and_indexes(tmp_path: Path, pg_server: PostgresServ
     assert lite_idx == pg_idx == {"messages_time", "messages_thread", "locations_msg",
                                   "threads_span", "threads_start", "leads_time",
                                   "leads_reply_time", "leads_thread", "messages_problems",
-                                  "lead_blocks_thread", "thread_keys_thread"}
+                                  "lead_blocks_thread", "thread_keys_thread",
+                                  "leads_responder", "lead_blocks_responder"}
 
 
 def test_example_mailbox_gives_identical_reports(tmp_path: Path,

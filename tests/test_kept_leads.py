@@ -230,10 +230,16 @@ def reports(db: str, config: Path, as_of: str) -> dict[str, str]:
     # time the default.
     for kind, chosen in (("reps", ["--rep", "Alice"]), ("sla", ["--team", "West"]),
                          ("volume", ["--rep", "Bob"]), ("threads", ["--team", "East"]),
-                         ("reps", ["--calendar", "--since", "7d"]), ("sla", ["--calendar"])):
+                         ("reps", ["--calendar", "--since", "7d"]), ("sla", ["--calendar"]),
+                         ("reps", ["--calendar"])):
         out[f"{kind} {' '.join(chosen)}"] = cli("--config", str(config), "--db", db, "report",
                                                  kind, "--format", "csv", "--as-of", as_of,
                                                  *chosen)
+    # The terminal table: reps with its TOTAL row (counted and ranked in the cache for all
+    # time: store.leads.kept_block_ranks), on both bases.
+    for basis in ([], ["--calendar"]):
+        out[f"reps table {basis}"] = cli("--config", str(config), "--db", db, "report", "reps",
+                                         "--as-of", as_of, *basis)
     out["blocks"] = cli("--config", str(config), "--db", db, "report", "leads",
                         "--all-replies", "--format", "csv", "--as-of", as_of)
     out["blocks week"] = cli("--config", str(config), "--db", db, "report", "leads",
@@ -352,10 +358,17 @@ def test_kept_frames_equal_paired_frames(tmp_path: Path,
             same(got, want)
             # all_leads of an unlimited analysis: every lead as of as_of
             same(a.all_leads, want_all)
-            # reply blocks, thread sizes and volume from the kept tables, not the messages
+            # reply blocks, thread sizes and volume from the kept tables, not the messages;
+            # the reps table with its total on either basis (counted in the cache)
+            def reps_total(x: Analysis, sel: Any) -> pd.DataFrame:
+                return x.reps(sel, include_total=True)
+
+            def reps_calendar(x: Analysis, sel: Any) -> pd.DataFrame:
+                return x.reps(sel, basis="calendar", include_total=True)
+
             for period in (("2026-11-02", "2026-11-16"), (None, None)):
                 reports = (Analysis.blocks, Analysis.thread_sizes, Analysis.volume,
-                           Analysis.reps)
+                           Analysis.reps, reps_total, reps_calendar)
                 a = Analysis(cache, cfg, as_of=as_of)
                 got_frames = [f(a, a.selection(*period)) for f in reports]
                 assert a.kept and "messages" not in a.__dict__
@@ -431,3 +444,43 @@ def test_stopped_during_the_update_leaves_it_exact(tmp_path: Path,
                           str(tmp_path / "fresh.sqlite"), monkeypatch)
     with open_cache(db) as cache:
         assert kept.usable(cache, cfg)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_block_ranks_equal_sorted_times(backend: str, tmp_path: Path,
+                                        request: pytest.FixtureRequest,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``kept_block_ranks`` (the middle of each responder's reply times, for report reps'
+    overall medians) gives the times at ranks r and r + 1 of the sorted answered blocks,
+    on either basis, for every responder and for all blocks together, also when more ranks
+    are asked than one statement holds (here 3); nothing asked, nothing read."""
+    from replytime.store import leads as store_leads
+
+    monkeypatch.setattr(store_leads, "_RANKS_PER_QUERY", 3)
+    mail = Mail(tmp_path, 41)
+    db = (str(tmp_path / "kept.sqlite") if backend == "sqlite"
+          else request.getfixturevalue("pg_server").create_database())
+    cfg = parse_config(start_config())
+    with open_cache(db) as cache:
+        for _ in range(8):
+            mail.batch(cache)
+        refresh_threads(cache, cfg)
+        as_of = int(pd.Timestamp(at(40)).value // 10**6)
+        blocks = cache.kept_blocks(None, None, as_of, answered=True)
+        for calendar in (False, True):
+            t = (blocks["reply_time_ms"].astype("int64") - blocks["block_start_ms"]
+                 if calendar else blocks["business_s"]).astype("float64")
+            timed = blocks.assign(t=t)[t.notna()]
+            want: dict[str | None, list[float]] = {
+                r: sorted(g["t"]) for r, g in timed.groupby("responder")}
+            want[None] = sorted(timed["t"])
+            ranks = [(r, k) for r, times in want.items() for k in range(len(times))]
+            assert len(ranks) > store_leads._RANKS_PER_QUERY  # more than one statement
+            got = cache.kept_block_ranks(as_of, ranks, calendar=calendar)
+            for k, (r, rank) in enumerate(ranks):
+                found = sorted(got.loc[got["k"].astype("int64") == k, "t"].astype("float64"))
+                assert found == want[r][rank:rank + 2], (r, rank, calendar)
+            counted = cache.kept_block_replies(as_of, calendar=calendar)
+            assert dict(zip(counted["responder"], counted["timed"].astype("int64"),
+                            strict=True)) == {r: len(v) for r, v in want.items() if r}
+        assert cache.kept_block_ranks(as_of, [], calendar=False).empty

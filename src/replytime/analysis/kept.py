@@ -37,7 +37,13 @@ import pandas as pd
 
 from replytime.analysis.followon import reply_blocks
 from replytime.analysis.matcher import LEAD_COLUMNS, UNASSIGNED, Roster, match_leads, prepare
-from replytime.analysis.metrics import local_dates, thread_turns
+from replytime.analysis.metrics import (
+    duration_column,
+    finish_reps_table,
+    group_stats,
+    local_dates,
+    thread_turns,
+)
 from replytime.config import Config
 from replytime.periods import Period
 from replytime.store.base import Grouping
@@ -137,10 +143,109 @@ def as_of(rows: pd.DataFrame, config: Config, as_of_ms: int) -> pd.DataFrame:
     out["rep"] = attribution(out["responder"], out["addressed_rep"])
     out["clamped"] = out["clamped"].astype(bool) & answered
     for column in ("response_s", "business_s"):
-        out[column] = out[column].astype("float64").where(answered, np.nan)
+        out[column] = answered_times(out[column], answered)
     out = out[[c for c in (*LEAD_COLUMNS, "business_s") if c in out]]
     out["business_age_s"] = business_age_s(out, config, as_of_ms)
     return out
+
+
+def answered_times(times: pd.Series, answered: np.ndarray | pd.Series) -> pd.Series:
+    """Kept durations as of ``as_of``: NaN where the lead is not answered yet (its kept
+    first reply comes after ``as_of``: docs/definitions.md, "First reply")."""
+    return times.astype("float64").where(answered, np.nan)
+
+
+def reps_table(cache: Cache, config: Config, period: Period, as_of_ms: int, basis: str, *,
+               include_total: bool = False) -> pd.DataFrame:
+    """``metrics.reps_table`` of every kept lead of ``period`` as of ``as_of`` (no rep or
+    team chosen), counted in the database: per kept responder and addressed rep the leads,
+    answered, within-SLA and handoff counts, and the durations of the answered leads
+    alone, by responder. An answered lead's rep is its responder (never NULL: a reply comes
+    from an internal address), an unanswered one's its addressed rep, else unassigned
+    (docs/definitions.md, "Reps and attribution"); each rep's durations come in lead
+    order, as ``match_leads`` orders the leads, so even the mean's sum is the same."""
+    dur = duration_column(basis)
+    since, until = period.since_ms, period.until_ms
+    rows = cache.kept_rep_counts(since, until, as_of_ms, dur, config.sla_target_s)
+    times = cache.kept_rep_times(since, until, as_of_ms, dur, lead_order=include_total)
+    n = {c: rows[c].astype("int64").to_numpy() for c in ("leads", "answered", "within")}
+    responder = _text(rows["responder"])
+    addressed = _text(rows["addressed_rep"])
+    waiting = pd.Series(None, index=rows.index, dtype=object)
+    nothing = np.zeros(len(rows), dtype="int64")
+    # The answered leads of each row under its responder, the others under their rep.
+    parts = pd.DataFrame({
+        "rep": pd.concat([attribution(responder, addressed), attribution(waiting, addressed)],
+                         ignore_index=True),
+        "leads": np.concatenate([n["answered"], n["leads"] - n["answered"]]),
+        "answered": np.concatenate([n["answered"], nothing]),
+        "within": np.concatenate([n["within"], nothing]),
+    })
+    parts = parts[parts["leads"] > 0]
+    counts = parts.groupby("rep", sort=True)[["leads", "answered", "within"]].sum()
+    who = _text(times["responder"])
+    t = times["t"].astype("float64")
+    table = group_stats(counts, t.groupby(who.to_numpy()))
+    handed = addressed.notna() & (addressed != responder) & (n["answered"] > 0)
+    moved = pd.Series(n["answered"][handed.to_numpy()])
+    total = None
+    if include_total:
+        every = pd.DataFrame({"leads": [int(n["leads"].sum())],
+                              "answered": [int(n["answered"].sum())],
+                              "within": [int(n["within"].sum())]}, index=["TOTAL"])
+        every = every[every["leads"] > 0]  # no leads: no total row (as reps_table)
+        # Every answered lead's duration in lead order, as reps_table sums them.
+        order = np.lexsort((times["lead_id"].to_numpy(), times["lead_time_ms"].to_numpy()))
+        all_t = t.iloc[order].reset_index(drop=True)
+        total = group_stats(every, all_t.groupby(np.full(len(all_t), "TOTAL")))
+    return finish_reps_table(
+        table, moved.groupby(responder[handed].to_numpy()).sum(),
+        moved.groupby(addressed[handed].to_numpy()).sum(), int(moved.sum()), config, total)
+
+
+def overall_by_rep(cache: Cache, as_of_ms: int, basis: str, *,
+                   include_total: bool = False) -> pd.DataFrame:
+    """``followon.overall_by_rep`` of every kept block as of ``as_of`` (all time, no rep or
+    team chosen), counted and ranked in the database: per responder the answered blocks
+    and the median of their reply times (docs/definitions.md, "Overall reply time",
+    "Statistics"), from the one or two times at its middle; ``include_total``: and the
+    row ``TOTAL`` of every block."""
+    calendar = basis != "business"
+    rows = cache.kept_block_replies(as_of_ms, calendar=calendar)
+    responder = _text(rows["responder"])
+    replies = rows["replies"].astype("int64").to_numpy()
+    timed = rows["timed"].astype("int64").to_numpy()
+    named = responder.notna().to_numpy()  # a block without a responder counts in TOTAL
+    groups = pd.DataFrame({"rep": responder[named].to_numpy(), "replies": replies[named],
+                           "timed": timed[named]})
+    # The ranks asked for: each responder's middle, and every block's (None) for TOTAL.
+    ranks: list[tuple[str | None, int]] = list(zip(groups["rep"], (groups["timed"] - 1) // 2,
+                                                   strict=True))
+    if include_total and replies.sum():
+        groups.loc[len(groups)] = ["TOTAL", int(replies.sum()), int(timed.sum())]
+        ranks.append((None, (int(timed.sum()) - 1) // 2))
+    wanted = (groups["timed"] > 0).to_numpy()
+    asked = [r for r, w in zip(ranks, wanted, strict=True) if w]
+    found = cache.kept_block_ranks(as_of_ms, asked, calendar=calendar)
+    t = found["t"].astype("float64")
+    if calendar:  # as answered_reply_times: seconds from the block start, at least 0
+        t = (t / 1000.0).clip(lower=0)
+    k = found["k"].astype("int64").to_numpy()
+    lo = t.groupby(k).min().reindex(range(len(asked))).to_numpy()
+    hi = t.groupby(k).max().reindex(range(len(asked))).to_numpy()
+    # The median as pandas' groupby median takes it: the middle time, or the mean of the
+    # middle two.
+    odd = groups.loc[wanted, "timed"].to_numpy() % 2 == 1
+    median = np.full(len(groups), np.nan)
+    median[wanted] = np.where(odd, lo, (lo + hi) / 2)
+    return pd.DataFrame({"rep": groups["rep"].astype(object),
+                         "replies": groups["replies"].astype("int64"),
+                         "overall_median_s": median})
+
+
+def _text(column: pd.Series) -> pd.Series:
+    """A text column read from the cache as object, None where missing."""
+    return column.astype(object).where(column.notna(), None)
 
 
 def attribution(responder: pd.Series, addressed_rep: pd.Series) -> pd.Series:

@@ -120,9 +120,10 @@ class LeadSet:
         from replytime.analysis import kept
 
         key = (since_ms, until_ms, replied, unanswered)
-        for k in ((*key, False), (*key, True))[:2 if tally else 1]:
-            if k in self._kept_frames:
-                return self._kept_frames[k]
+        if (*key, False) in self._kept_frames:  # every column: it serves a tally too
+            return self._kept_frames[(*key, False)]
+        if tally and (*key, True) in self._kept_frames:
+            return self._kept_frames[(*key, True)]
         columns = kept.TALLY_READ if tally else KEPT_READ
         rows = self.cache.kept_leads(since_ms, until_ms, self.as_of_ms, replied=replied,
                                      unanswered=unanswered, columns=columns)
@@ -371,37 +372,34 @@ class LeadSet:
                                       int(leads["lead_time_ms"].max()), self.as_of_ms)
         return kept_blocks_as_of(rows, leads, self.as_of_ms)
 
-    def reply_times(self, leads: pd.DataFrame, period: Period, *,
-                    every: Basis | None = None) -> pd.DataFrame:
+    def reply_times(self, leads: pd.DataFrame, period: Period) -> pd.DataFrame:
         """The reply blocks of ``leads`` (of ``period``) with what
-        ``followon.overall_by_rep`` reads; of kept leads only those columns are read, and
-        for all time without looking up each block's lead. ``every`` (a basis): ``leads``
-        are every kept lead of the period (no rep or team chosen), so only the answered
-        blocks of the period are read, and of them only the responder and that basis's
-        time."""
-        from replytime.analysis.followon import (
-            REPLY_TIME_COLUMNS,
-            answered_reply_times,
-            kept_reply_times,
-        )
+        ``followon.overall_by_rep`` reads; of kept leads only those columns are read."""
+        from replytime.analysis.followon import REPLY_TIME_COLUMNS, kept_reply_times
 
         if not self.kept or leads.empty:
             return self._blocks_of(leads)
-        bounded = period.since_ms is not None or period.until_ms is not None
         span: tuple[int | None, int | None] = (None, None)
-        if every is not None:
-            if bounded:  # the blocks of leads with lead time in [since, until)
-                span = (-(2**62) if period.since_ms is None else period.since_ms,
-                        2**62 if period.until_ms is None else period.until_ms - 1)
-            times = (("business_s",) if every == "business"
-                     else ("block_start_ms", "reply_time_ms"))
-            rows = self.cache.kept_blocks(*span, self.as_of_ms, ("responder", *times),
-                                          answered=True)
-            return answered_reply_times(rows, every)
-        if bounded:
+        if period.since_ms is not None or period.until_ms is not None:
             span = int(leads["lead_time_ms"].min()), int(leads["lead_time_ms"].max())
         rows = self.cache.kept_blocks(*span, self.as_of_ms, REPLY_TIME_COLUMNS)
         return kept_reply_times(rows, leads, self.as_of_ms)
+
+    def answered_reply_times(self, period: Period, basis: Basis) -> pd.DataFrame:
+        """What ``followon.overall_by_rep`` reads on ``basis`` of the blocks of every kept
+        lead of ``period`` (no rep or team chosen): of the answered blocks of the leads
+        with lead time in it only the responder and that basis's time, without looking up
+        each block's lead for all time."""
+        from replytime.analysis.followon import answered_reply_times
+
+        span: tuple[int | None, int | None] = (None, None)
+        if period.since_ms is not None or period.until_ms is not None:
+            span = (-(2**62) if period.since_ms is None else period.since_ms,
+                    2**62 if period.until_ms is None else period.until_ms - 1)
+        times = ("business_s",) if basis == "business" else ("block_start_ms", "reply_time_ms")
+        rows = self.cache.kept_blocks(*span, self.as_of_ms, ("responder", *times),
+                                      answered=True)
+        return answered_reply_times(rows, basis)
 
     def _kept_thread_sizes(self, leads: pd.DataFrame) -> pd.DataFrame:
         """``metrics.thread_sizes`` of kept leads: messages and span from the threads

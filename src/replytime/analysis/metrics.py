@@ -7,6 +7,7 @@ float seconds here; ``render`` turns them into ISO strings and whole seconds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -15,6 +16,9 @@ import pandas as pd
 from replytime.analysis.matcher import UNASSIGNED
 from replytime.config import Config
 from replytime.periods import Period, short_duration
+
+if TYPE_CHECKING:
+    from pandas.api.typing import SeriesGroupBy
 
 THREAD_BUCKETS: tuple[tuple[str, int, float], ...] = (
     ("1", 1, 1),
@@ -65,17 +69,25 @@ def _group_stats(leads: pd.DataFrame, by: str, basis: str, sla_target_s: int) ->
     dur = duration_column(basis)
     answered = leads[leads["answered"]]
     g = leads.groupby(by, sort=True)
-    out = pd.DataFrame({"leads": g.size(), "answered": g["answered"].sum().astype("int64")})
+    counts = pd.DataFrame({"leads": g.size(), "answered": g["answered"].sum().astype("int64")})
+    within = (answered[dur] <= sla_target_s).groupby(answered[by]).sum()
+    counts["within"] = within.reindex(counts.index).fillna(0)
+    return group_stats(counts, answered[dur].groupby(answered[by]))
+
+
+def group_stats(counts: pd.DataFrame, times: SeriesGroupBy) -> pd.DataFrame:
+    """docs/definitions.md, "Statistics" and "Reply rate and SLA", per group: from
+    ``counts`` (by group, sorted: ``leads``, ``answered``, ``within``, those answered within
+    the SLA target) and the response times of the answered leads by group."""
+    out = counts[["leads", "answered"]].copy()
     out["unanswered"] = out["leads"] - out["answered"]
     out["reply_rate"] = out["answered"] / out["leads"]
-    ga = answered.groupby(by)[dur]
-    out["mean_s"] = ga.mean()
-    out["median_s"] = ga.median()
-    out["p90_s"] = ga.quantile(0.9)  # linear interpolation, as numpy.percentile
-    out["min_s"] = ga.min()
-    out["max_s"] = ga.max()
-    within = (answered[dur] <= sla_target_s).groupby(answered[by]).sum()
-    out["within_sla"] = within.reindex(out.index).fillna(0) / out["leads"]
+    out["mean_s"] = times.mean()
+    out["median_s"] = times.median()
+    out["p90_s"] = times.quantile(0.9)  # linear interpolation, as numpy.percentile
+    out["min_s"] = times.min()
+    out["max_s"] = times.max()
+    out["within_sla"] = counts["within"] / out["leads"]
     return out
 
 
@@ -84,8 +96,23 @@ def reps_table(
 ) -> pd.DataFrame:
     """Per-rep table (the columns of docs/definitions.md), roster reps with no leads
     included as zeros."""
-    names = [r.name for r in config.reps]
     table = _group_stats(leads, "rep", basis, config.sla_target_s)
+    handed = leads[leads["answered"] & leads["addressed_rep"].notna()
+                   & (leads["addressed_rep"] != leads["responder"])]
+    total = None
+    if include_total:
+        total = _group_stats(leads.assign(_all="TOTAL"), "_all", basis, config.sla_target_s)
+    return finish_reps_table(table, handed.groupby("responder").size(),
+                             handed.groupby("addressed_rep").size(), len(handed), config, total)
+
+
+def finish_reps_table(table: pd.DataFrame, handoffs_in: pd.Series, handoffs_out: pd.Series,
+                      handoffs: int, config: Config, total: pd.DataFrame | None = None
+                      ) -> pd.DataFrame:
+    """``reps_table`` from its per-rep statistics (``group_stats``), the handoffs by
+    responder, by addressed rep and in all, and (``include_total``) the statistics of
+    every lead as one group."""
+    names = [r.name for r in config.reps]
     index = list(dict.fromkeys(names + sorted(table.index, key=_rep_sort_key)))
     table = table.reindex(index)
     for c in ("leads", "answered", "unanswered"):
@@ -93,17 +120,14 @@ def reps_table(
     table["within_sla"] = table["within_sla"].fillna(0.0)
     team = {r.name: r.team for r in config.reps}
     table.insert(0, "team", [team.get(n) for n in table.index])
-    handed = leads[leads["answered"] & leads["addressed_rep"].notna()
-                   & (leads["addressed_rep"] != leads["responder"])]
-    table["handoffs_in"] = handed.groupby("responder").size().reindex(table.index).fillna(0)
-    table["handoffs_out"] = handed.groupby("addressed_rep").size().reindex(table.index).fillna(0)
+    table["handoffs_in"] = handoffs_in.reindex(table.index).fillna(0)
+    table["handoffs_out"] = handoffs_out.reindex(table.index).fillna(0)
     table[["handoffs_in", "handoffs_out"]] = table[["handoffs_in", "handoffs_out"]].astype("int64")
     table = table.rename_axis("rep").reset_index()
-    if include_total:
-        total = _group_stats(leads.assign(_all="TOTAL"), "_all", basis, config.sla_target_s)
+    if total is not None:
         total = total.rename_axis("rep").reset_index()
         total["team"] = None
-        total["handoffs_in"] = total["handoffs_out"] = len(handed)
+        total["handoffs_in"] = total["handoffs_out"] = handoffs
         table = pd.concat([table, total[table.columns]], ignore_index=True)
     return table[REPS_COLUMNS]
 

@@ -13,7 +13,7 @@ from replytime.analysis import metrics
 from replytime.analysis.leadset import Basis, LeadSet, Selection
 from replytime.analysis.matcher import any_listed, recipients
 from replytime.errors import UsageError
-from replytime.periods import check_period, parse_duration
+from replytime.periods import Period, check_period, parse_duration
 
 
 class Analysis(LeadSet):
@@ -25,23 +25,20 @@ class Analysis(LeadSet):
 
     def reps(self, sel: Selection | None = None, basis: Basis | None = None,
              include_total: bool = False, **kw: object) -> pd.DataFrame:
-        from replytime.analysis import followon
+        from replytime.analysis import kept
 
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
         b = self.basis(basis)
-        every = b if self._counted_in_cache(sel) else None
-        if every:  # attribution and durations alone
-            leads = self._kept_reps_tally(sel, metrics.duration_column(b))
+        # Overall reply time (docs/definitions.md) is counted by responder.
+        if self._counted_in_cache(sel):  # counted (and ranked) in the database
+            table = kept.reps_table(self.cache, self.config, sel.period, self.as_of_ms, b,
+                                    include_total=include_total)
+            overall = self._kept_overall(sel.period, b, bool(table["leads"].sum()),
+                                         include_total)
         else:
             leads = self.select(sel, with_messages=True, tally=True)  # for the reply blocks
-        table = metrics.reps_table(leads, self.config, b, include_total=include_total)
-        # Overall reply time (docs/definitions.md) is counted by responder.
-        blocks = self.reply_times(leads, sel.period, every=every)
-        overall = followon.overall_by_rep(blocks, b)
-        if include_total:
-            overall = pd.concat(
-                [overall, followon.overall_by_rep(blocks.assign(responder="TOTAL"), b)]
-            )
+            table = metrics.reps_table(leads, self.config, b, include_total=include_total)
+            overall = _overall(self.reply_times(leads, sel.period), b, include_total)
         table = table.merge(overall, on="rep", how="left")
         table["replies"] = table["replies"].fillna(0).astype("int64")
         if sel.reps or sel.team:
@@ -52,6 +49,20 @@ class Analysis(LeadSet):
             }
             table = table[table["rep"].isin(wanted) | (table["rep"] == "TOTAL")]
         return table.reset_index(drop=True)
+
+    def _kept_overall(self, period: Period, basis: Basis, any_leads: bool,
+                      include_total: bool) -> pd.DataFrame:
+        """``followon.overall_by_rep`` of the blocks of every kept lead of ``period`` (and
+        ``TOTAL``): for all time counted and ranked in the database, for a period from its
+        answered blocks."""
+        from replytime.analysis import kept
+
+        if any_leads and period.since_ms is None and period.until_ms is None:
+            return kept.overall_by_rep(self.cache, self.as_of_ms, basis,
+                                       include_total=include_total)
+        blocks = self.answered_reply_times(period, basis) if any_leads else self._blocks_of(
+            pd.DataFrame())
+        return _overall(blocks, basis, include_total)
 
     def unanswered(self, sel: Selection | None = None, older_than: str | int | None = None,
                    basis: Basis | None = None, **kw: object) -> pd.DataFrame:
@@ -98,16 +109,18 @@ class Analysis(LeadSet):
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
         b = self.basis(basis)
         if self._counted_in_cache(sel):  # the period's durations alone
+            from replytime.analysis.kept import answered_times
+
             column = metrics.duration_column(b)
             leads = self._kept_tally(sel, (column,))
-            leads[column] = leads[column].astype("float64").where(leads["answered"])
+            leads[column] = answered_times(leads[column], leads["answered"])
         else:
             leads = self.select(sel, tally=True)
         return metrics.sla_table(leads, self.config, b)
 
     def volume(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
-        if self._counted_in_cache(sel) and "messages" not in self.__dict__:
+        if self._counted_in_cache(sel, unread=True):
             from replytime.analysis import kept
 
             counts = kept.volume_counts(self.cache, self.config, sel.period, self.tz)
@@ -135,7 +148,7 @@ class Analysis(LeadSet):
 
     def thread_sizes(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
-        if self.kept and "messages" not in self.__dict__:
+        if self._counted_in_cache(None, unread=True):
             return self._kept_thread_sizes(self.select(sel, tally=True))
         return metrics.thread_sizes(self.messages, self.select(sel, with_messages=True))
 
@@ -146,24 +159,13 @@ class Analysis(LeadSet):
             return metrics.threads_table(sizes.rename(columns={"thread_messages": "messages"}))
         return metrics.threads_table(self.thread_sizes(sel))
 
-    def _kept_reps_tally(self, sel: Selection, duration: str) -> pd.DataFrame:
-        """What ``metrics.reps_table`` and ``reply_times`` read of the kept leads of
-        ``sel``: the kept responder is the roster's name of the same first reply
-        (``kept.as_of`` derives it from the reply's address), None while unanswered."""
-        from replytime.analysis.kept import attribution
-
-        leads = self._kept_tally(sel, ("lead_id", "addressed_rep",
-                                       "responder", duration))
-        answered = leads["answered"].to_numpy()
-        leads["responder"] = leads["responder"].astype(object).where(answered, None)
-        leads["rep"] = attribution(leads["responder"], leads["addressed_rep"])
-        leads[duration] = leads[duration].astype("float64").where(answered)
-        return leads
-
-    def _counted_in_cache(self, sel: Selection) -> bool:
+    def _counted_in_cache(self, sel: Selection | None, *, unread: bool = False) -> bool:
         """Whether a count over ``sel`` reads only the kept columns it counts: kept leads,
-        no rep or team (attribution is derived as of as_of: ``kept.as_of``)."""
-        return self.kept and not (sel.reps or sel.team)
+        no rep or team (attribution is derived as of as_of: ``kept.as_of``; ``sel`` None:
+        a count per lead, which needs none); ``unread``: and the messages not read yet (a
+        report that has them counts from them)."""
+        chosen = sel is not None and bool(sel.reps or sel.team)
+        return self.kept and not chosen and not (unread and "messages" in self.__dict__)
 
     def _kept_tally(self, sel: Selection, columns: tuple[str, ...],
                     by: str = "lead_time_ms") -> pd.DataFrame:
@@ -172,3 +174,14 @@ class Analysis(LeadSet):
         p = sel.period
         rows = self.cache.kept_tally(p.since_ms, p.until_ms, self.as_of_ms, columns, by=by)
         return rows.assign(answered=rows["answered"].astype(bool))
+
+
+def _overall(blocks: pd.DataFrame, basis: Basis, include_total: bool) -> pd.DataFrame:
+    """``followon.overall_by_rep`` of ``blocks``, with the row ``TOTAL`` of them all."""
+    from replytime.analysis import followon
+
+    overall = followon.overall_by_rep(blocks, basis)
+    if include_total:
+        overall = pd.concat(
+            [overall, followon.overall_by_rep(blocks.assign(responder="TOTAL"), basis)])
+    return overall

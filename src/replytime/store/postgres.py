@@ -36,7 +36,13 @@ from replytime.store.base import (
     Grouping,
     maildir_places_sql,
 )
-from replytime.store.leads import KEPT_TABLES_SQL, KEPT_THREAD_SQL, LEADS_TABLE_SQL, KeptLeads
+from replytime.store.leads import (
+    KEPT_TABLES_SQL,
+    KEPT_THREAD_SQL,
+    LEADS_TABLE_SQL,
+    REPS_INDEXES_SQL,
+    KeptLeads,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -129,6 +135,7 @@ MIGRATIONS: tuple[str, ...] = (
     .replace(") WITHOUT ROWID", ")"),
     THREAD_KEYS_TABLE.replace(") WITHOUT ROWID", ")"),
     KEPT_THREAD_SQL.replace(" INTEGER", " BIGINT"),
+    REPS_INDEXES_SQL,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -35,7 +35,13 @@ from replytime.store.base import (
     CacheBase,
     maildir_places_sql,
 )
-from replytime.store.leads import KEPT_TABLES_SQL, KEPT_THREAD_SQL, LEADS_TABLE_SQL, KeptLeads
+from replytime.store.leads import (
+    KEPT_TABLES_SQL,
+    KEPT_THREAD_SQL,
+    LEADS_TABLE_SQL,
+    REPS_INDEXES_SQL,
+    KeptLeads,
+)
 
 # The index on thread ids (as the first migration creates it), and from how many updated
 # thread ids on it is dropped and built again instead of updated row by row.
@@ -214,6 +220,8 @@ MIGRATIONS: tuple[str, ...] = (
     THREAD_KEYS_TABLE,
     # 10: each kept lead's thread rule and size on its row (store.leads.KEPT_THREAD_SQL).
     KEPT_THREAD_SQL,
+    # 11: `report reps` counted and ranked from indexes alone (store.leads.REPS_INDEXES_SQL).
+    REPS_INDEXES_SQL,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
