@@ -35,6 +35,7 @@ from replytime.store.base import (
     CacheBase,
     Grouping,
     maildir_places_sql,
+    records_frame,
 )
 from replytime.store.leads import KEPT_TABLES_SQL, KEPT_THREAD_SQL, LEADS_TABLE_SQL, KeptLeads
 
@@ -213,34 +214,6 @@ _ARROW_TYPES = {21: "int64", 23: "int64", 20: "int64", 700: "double", 701: "doub
                 25: "string", 1043: "string", 19: "string", 16: "bool"}
 
 
-def _as_records_frame(table: Any, chunk: int) -> pd.DataFrame | None:
-    """``table`` (Arrow, from ``_copied_frame``) as pandas, as from_records builds it per
-    ``chunk`` rows and pandas.concat joins the chunks; None where they would differ."""
-    import pandas as pd
-    import pyarrow as pa
-
-    n = table.num_rows
-    nulls_only = []
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        if column.null_count == 0:
-            continue
-        if column.null_count == n:  # from_records: object None in every chunk
-            nulls_only.append(name)
-            continue
-        if pa.types.is_boolean(column.type):  # True/False/None: object
-            return None
-        for start in range(0, n, chunk):
-            part = column.slice(start, chunk)
-            if part.null_count == len(part):
-                return None
-    if not nulls_only:
-        return table.to_pandas()
-    df = table.drop_columns(nulls_only).to_pandas()
-    for name in nulls_only:
-        df[name] = pd.Series([None] * n, dtype=object)
-    return df[table.column_names]
-
-
 def _reason(exc: BaseException) -> str:
     """A connection error as one line (libpq's messages never contain the password)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -365,7 +338,7 @@ class PostgresCache(KeptLeads, CacheBase):
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
         del data
-        return _as_records_frame(table, self.frame_chunk)
+        return records_frame(table, self.frame_chunk)
 
     def _streamed_frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         import pandas as pd  # not at import: `replytime import` starts without it
