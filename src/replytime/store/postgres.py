@@ -305,6 +305,24 @@ class PostgresCache(KeptLeads, CacheBase):
         outside ``_ARROW_TYPES``, a boolean with NULLs, or a column NULL in a whole chunk of
         ``frame_chunk`` rows but not in all (from_records makes that chunk's column
         object, and the concatenation of the chunks an object column)."""
+        copied = self._copied_table(sql, params)
+        if copied is None:
+            return None
+        table, names = copied
+        if table is None:
+            import pandas as pd
+
+            return pd.DataFrame.from_records([], columns=names, coerce_float=True)
+        return records_frame(table, self.frame_chunk)
+
+    def _kept_table(self, sql: str, params: Sequence[Any], names: Sequence[str]) -> Any:
+        copied = self._copied_table(sql, params)
+        return None if copied is None else copied[0]
+
+    def _copied_table(self, sql: str, params: Sequence[Any] = ()
+                      ) -> tuple[Any, list[str]] | None:
+        """(the rows of ``sql`` as an Arrow table from one COPY in CSV, None when there are
+        none; the column names), or None for a column type outside ``_ARROW_TYPES``."""
         import pyarrow as pa
         from pyarrow import csv
 
@@ -320,9 +338,7 @@ class PostgresCache(KeptLeads, CacheBase):
             with cur.copy(f"COPY ({q}) TO STDOUT (FORMAT csv)", args) as copy:
                 data = b"".join(bytes(chunk) for chunk in copy)
         if not data:
-            import pandas as pd
-
-            return pd.DataFrame.from_records([], columns=names, coerce_float=True)
+            return None, names
         try:
             table = csv.read_csv(
                 pa.py_buffer(data),
@@ -337,8 +353,7 @@ class PostgresCache(KeptLeads, CacheBase):
             )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
-        del data
-        return records_frame(table, self.frame_chunk)
+        return table, names
 
     def _streamed_frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         import pandas as pd  # not at import: `replytime import` starts without it
