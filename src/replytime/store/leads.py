@@ -229,6 +229,7 @@ class KeptLeads:
         table = self._kept_table(scan, params, names)
         if table is not None:
             import numpy as np  # not at import: `replytime import` starts without it
+            import pyarrow as pa
 
             from replytime.store.base import records_frame
 
@@ -236,6 +237,10 @@ class KeptLeads:
                 keys = (table["lead_id"].to_numpy(), table["lead_time_ms"].to_numpy())
                 table = table.take(np.lexsort(keys))
             frame = records_frame(table, self.frame_chunk)
+            del table
+            # Arrow's allocator keeps what the read freed (the unsorted rows: ~55 MB of an
+            # all-time read at 1M messages) for reuse; a report's peak is lower without it.
+            pa.default_memory_pool().release_unused()
             if frame is not None:
                 return frame
         return self._frame(sql, params)
