@@ -333,6 +333,14 @@ def test_kept_rows_read_as_arrow_equal_the_frame_read(tmp_path: Path) -> None:
     refresh_threads(cache, cfg, force=True)
     as_of = int(datetime.fromisoformat(AS_OF).timestamp() * 1000)
     try:
+        # Stored as written, the rows are in lead time order; moved, the first is out of it
+        # (its time later than the second's, and equal to the third's: the id decides).
+        first, _, third = (r[0] for r in cache._execute(  # type: ignore[attr-defined]
+            "SELECT lead_id FROM leads ORDER BY lead_id LIMIT 3").fetchall())
+        with cache.transaction():
+            cache._execute(  # type: ignore[attr-defined]
+                "UPDATE leads SET lead_time_ms = (SELECT lead_time_ms FROM leads "
+                "WHERE lead_id = ?) WHERE lead_id = ?", (third, first))
         for columns in (KEPT_READ, KEPT_COLUMNS, ("lead_id", "reply_time_ms", "rule")):
             for span in ((None, None), (as_of - 7 * 86_400_000, as_of)):
                 got = cache.kept_leads(*span, as_of, columns=columns)
