@@ -286,3 +286,71 @@ def test_cli_help_teaches(tmp_path: Path) -> None:
     assert r.returncode == 0
     for text in ("--force", "--as-of", "parquet", "read_parquet", "month="):
         assert text in r.stdout
+
+
+# -- the machine formats' fast paths, against pandas' own --------------------------------------
+def _pandas_iso_utc(ms: pd.Series) -> pd.Series:
+    """render.iso_utc as pandas formats it (what it did before Arrow did)."""
+    values = pd.to_numeric(ms, errors="coerce")
+    out = pd.to_datetime(values, unit="ms", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    return out.where(values.notna(), None)
+
+
+@pytest.mark.parametrize("ms", [
+    pd.Series([1788739317000, -1, 0, 999, 1000, -1001, 1788739317999]),  # seconds round down
+    pd.Series([1788739317000.0, None, -1.0]),
+    pd.Series(pd.array([5, None], dtype="Int64"), index=[7, 3]),
+    pd.Series([None, None], dtype=object),
+    pd.Series([], dtype="int64"),
+    pd.Series([1.5, 2.0]),  # a fraction of a millisecond: pandas formats it
+    pd.Series([-9_223_372_036_854, 9_223_372_036_853]),  # pandas' first and last millisecond
+], ids=["ints", "floats", "nullable", "none", "empty", "fraction", "bounds"])
+def test_iso_utc_is_pandas_strftime(ms: pd.Series) -> None:
+    from replytime.output.render import iso_utc
+
+    got, want = iso_utc(ms), _pandas_iso_utc(ms)
+    pd.testing.assert_series_equal(got, want)
+    assert got.array._pa_array.type == want.array._pa_array.type  # same Parquet schema
+
+
+def test_kept_rows_read_as_arrow_equal_the_frame_read(tmp_path: Path) -> None:
+    """The all-time kept read (a scan sorted after, by way of Arrow) gives _frame's frame:
+    values, order, dtypes and arrays. The example's config less its form rules, whose
+    leads are never kept."""
+    from replytime.store.leads import KEPT_COLUMNS, KEPT_READ
+
+    lines, skipping = [], False
+    for line in CONFIG.read_text(encoding="utf-8").splitlines():
+        if line.startswith("["):
+            skipping = line.strip() == "[[leads.forms]]"
+        lines.append("" if skipping else line)
+    config = tmp_path / "noforms.toml"
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = load_config(config)
+    assert not cfg.leads.forms
+    cache = open_cache(str(tmp_path / "c.sqlite"))
+    import_paths(cache, [MBOX], account="example", keep=cfg.kept_headers())
+    refresh_threads(cache, cfg, force=True)
+    as_of = int(datetime.fromisoformat(AS_OF).timestamp() * 1000)
+    try:
+        # Stored as written, the rows are in lead time order; moved, the first is out of it
+        # (its time later than the second's, and equal to the third's: the id decides).
+        first, _, third = (r[0] for r in cache._execute(  # type: ignore[attr-defined]
+            "SELECT lead_id FROM leads ORDER BY lead_id LIMIT 3").fetchall())
+        with cache.transaction():
+            cache._execute(  # type: ignore[attr-defined]
+                "UPDATE leads SET lead_time_ms = (SELECT lead_time_ms FROM leads "
+                "WHERE lead_id = ?) WHERE lead_id = ?", (third, first))
+        for columns in (KEPT_READ, KEPT_COLUMNS, ("lead_id", "reply_time_ms", "rule")):
+            for span in ((None, None), (as_of - 7 * 86_400_000, as_of)):
+                got = cache.kept_leads(*span, as_of, columns=columns)
+                names = ", ".join(c for c in KEPT_COLUMNS if c in columns)
+                where = " AND lead_time_ms >= ? AND lead_time_ms < ?" if span[0] else ""
+                want = cache._frame(  # type: ignore[attr-defined]
+                    f"SELECT {names} FROM leads WHERE lead_time_ms <= ?{where} "
+                    "ORDER BY lead_time_ms, lead_id", [as_of, *(span if span[0] else ())])
+                assert len(got) > 5
+                pd.testing.assert_frame_equal(got, want)
+                assert [type(got[c].array) for c in got] == [type(want[c].array) for c in want]
+    finally:
+        cache.close()

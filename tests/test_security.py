@@ -16,11 +16,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from replytime.config import Account
 from replytime.sources.imap import Settings, get_password
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCRIPT = Path(sys.executable).with_name("replytime")
 SRC = Path(__file__).resolve().parents[1] / "src" / "replytime"
@@ -219,6 +223,62 @@ def test_to_csv_prefixes_only_text_cells_that_start_a_formula() -> None:
     ]
     raw = list(csv.reader(io.StringIO(to_csv(df, raw=True), newline="")))
     assert [r[0] for r in raw[1:]] == ["=1+1", "ok", "", "-2", "@a", "\tx", "a=b"]
+
+
+NASTY_TEXT = ["=1+1", "ok", None, "-2", "@a", "\tx", "a=b", 'say "hi", then', "two\nlines",
+              "\r", "", "é€𝄞 Ünïcode", " spaced ", "'", "+", ",", '"', "\r\n", "x" * 300]
+
+
+def _nasty_frame(n: int) -> pd.DataFrame:
+    """Every column type the reports write, with each awkward value, repeated to ``n`` rows
+    (more than one Arrow batch of render._csv_batches when n is large)."""
+    import numpy as np
+    import pandas as pd
+
+    k = len(NASTY_TEXT)
+    text = [NASTY_TEXT[i % k] for i in range(n)]
+    return pd.DataFrame({
+        "text": pd.Series(text, dtype="str"),
+        "object": pd.Series([np.nan if t is None and i % 2 else t for i, t in enumerate(text)],
+                            dtype=object),
+        "with, comma": pd.Series(list(reversed(text)), dtype=object),
+        "number": np.arange(n, dtype="int64") - n // 2,
+        "float": np.array([1.0, np.nan, 1e-5, 1e20, 0.1, -0.0, np.inf, 2 / 3, -1.5])[
+            np.arange(n) % 9],
+        "nullable": pd.array([None if i % 4 == 0 else i * 1000 for i in range(n)],
+                             dtype="Int64"),
+        "flag": np.arange(n) % 3 == 0,
+        "empty": pd.Series([None] * n, dtype=object),
+    })
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["neutralised", "raw-csv"])
+@pytest.mark.parametrize("n", [0, 1, 19, 120_003], ids=["no-rows", "one", "each", "batches"])
+def test_to_csv_writes_what_pandas_writes(n: int, raw: bool) -> None:
+    """The Arrow writer behind to_csv, byte for byte what pandas' writer made of the same
+    frame (quoting, doubled quotes, CR/LF, formula prefixes, NaN/None/<NA>, floats, bools,
+    non-ASCII), and its UTF-8 bytes in parts for the report writer."""
+    from replytime.output import render
+
+    df = _nasty_frame(n)
+    assert render._arrow_csv(df, raw=raw) is not None  # not pandas' fallback
+    want = render._pandas_csv(df, raw=raw)
+    assert render.to_csv(df, raw=raw) == want
+    parts = render.csv_payload(df, raw=raw, encoded=True)
+    assert b"".join(parts).decode("utf-8") == want  # type: ignore[arg-type]
+    assert render.csv_payload(df, raw=raw, encoded=False) == want
+
+
+def test_to_csv_leaves_other_frames_to_pandas() -> None:
+    """A mixed object column, one column, or a date column: pandas' writer, as before."""
+    import pandas as pd
+
+    from replytime.output import render
+
+    for df in (pd.DataFrame({"a": ["x", 3], "b": [1, 2]}), pd.DataFrame({"a": [None, "=x"]}),
+               pd.DataFrame({"d": pd.to_datetime(["2026-11-02"]), "b": [1]})):
+        assert render._arrow_csv(df, raw=False) is None
+        assert render.to_csv(df) == render._pandas_csv(df)
 
 
 # -- ~ and $VARS -------------------------------------------------------------------------------

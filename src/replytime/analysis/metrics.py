@@ -158,7 +158,7 @@ def unanswered_table(leads: pd.DataFrame, as_of_ms: int) -> pd.DataFrame:
 
 def leads_table(leads: pd.DataFrame, config: Config) -> pd.DataFrame:
     team = {r.name: r.team for r in config.reps}
-    out = leads.copy()
+    out = leads.copy(deep=False)  # copy-on-write: the columns are shared until written
     out["team"] = out["rep"].map(team)
     cols = ["thread_id", "lead_message_id", "lead_from", "lead_time_ms", "rep", "answered",
             "reply_message_id", "reply_time_ms", "response_s", "business_s", "kind",

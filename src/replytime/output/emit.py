@@ -6,6 +6,9 @@ both so neither imports the other's caller.
 from __future__ import annotations
 
 import io
+import os
+import sys
+from collections.abc import Iterator
 from datetime import timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -15,9 +18,9 @@ import pandas as pd
 from replytime.errors import UsageError
 from replytime.output.render import (
     atomic_write,
+    csv_payload,
     machine_frame,
     rich_table,
-    to_csv,
     to_markdown,
     write_payload,
 )
@@ -59,9 +62,12 @@ def emit_frame(
     if fmt == "parquet":
         data = io.BytesIO()
         m.to_parquet(data, index=False)
-        payload: bytes | str = data.getvalue()
+        payload: bytes | str | Iterator[bytes] = data.getvalue()
     elif fmt == "csv":
-        payload = to_csv(m, raw=raw_csv)
+        # Bytes where the text would be written as UTF-8 without newline translation.
+        utf8 = output is not None or (hasattr(sys.stdout, "buffer") and (
+            sys.stdout.encoding or "").lower() in ("utf-8", "utf8"))
+        payload = csv_payload(m, raw=raw_csv, encoded=utf8 and os.linesep == "\n")
     elif fmt == "json":
         # pandas writes an empty frame as "[\n\n]"; an empty report is plain "[]".
         payload = (m.to_json(orient="records", indent=2, force_ascii=False) if len(m)

@@ -210,6 +210,35 @@ THREAD_INPUTS_SQL = f"SELECT {', '.join(THREAD_INPUT_COLUMNS)} FROM messages ORD
 _THREAD_INPUTS_WHERE = f"SELECT {', '.join(THREAD_INPUT_COLUMNS)} FROM messages WHERE "
 
 
+def records_frame(table: Any, chunk: int) -> pd.DataFrame | None:
+    """``table`` (Arrow: a PostgreSQL COPY parsed, kept rows read from SQLite) as pandas,
+    as from_records builds it per ``chunk`` rows and pandas.concat joins the chunks (what
+    both backends' ``_frame`` return); None where they would differ."""
+    import pandas as pd
+    import pyarrow as pa
+
+    n = table.num_rows
+    nulls_only = []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if column.null_count == 0:
+            continue
+        if column.null_count == n:  # from_records: object None in every chunk
+            nulls_only.append(name)
+            continue
+        if pa.types.is_boolean(column.type):  # True/False/None: object
+            return None
+        for start in range(0, n, chunk):
+            part = column.slice(start, chunk)
+            if part.null_count == len(part):
+                return None
+    if not nulls_only:
+        return table.to_pandas()
+    df = table.drop_columns(nulls_only).to_pandas()
+    for name in nulls_only:
+        df[name] = pd.Series([None] * n, dtype=object)
+    return df[table.column_names]
+
+
 def utc_now_text() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
 

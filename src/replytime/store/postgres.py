@@ -35,6 +35,7 @@ from replytime.store.base import (
     CacheBase,
     Grouping,
     maildir_places_sql,
+    records_frame,
 )
 from replytime.store.leads import (
     KEPT_TABLES_SQL,
@@ -220,34 +221,6 @@ _ARROW_TYPES = {21: "int64", 23: "int64", 20: "int64", 700: "double", 701: "doub
                 25: "string", 1043: "string", 19: "string", 16: "bool"}
 
 
-def _as_records_frame(table: Any, chunk: int) -> pd.DataFrame | None:
-    """``table`` (Arrow, from ``_copied_frame``) as pandas, as from_records builds it per
-    ``chunk`` rows and pandas.concat joins the chunks; None where they would differ."""
-    import pandas as pd
-    import pyarrow as pa
-
-    n = table.num_rows
-    nulls_only = []
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        if column.null_count == 0:
-            continue
-        if column.null_count == n:  # from_records: object None in every chunk
-            nulls_only.append(name)
-            continue
-        if pa.types.is_boolean(column.type):  # True/False/None: object
-            return None
-        for start in range(0, n, chunk):
-            part = column.slice(start, chunk)
-            if part.null_count == len(part):
-                return None
-    if not nulls_only:
-        return table.to_pandas()
-    df = table.drop_columns(nulls_only).to_pandas()
-    for name in nulls_only:
-        df[name] = pd.Series([None] * n, dtype=object)
-    return df[table.column_names]
-
-
 def _reason(exc: BaseException) -> str:
     """A connection error as one line (libpq's messages never contain the password)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -339,6 +312,24 @@ class PostgresCache(KeptLeads, CacheBase):
         outside ``_ARROW_TYPES``, a boolean with NULLs, or a column NULL in a whole chunk of
         ``frame_chunk`` rows but not in all (from_records makes that chunk's column
         object, and the concatenation of the chunks an object column)."""
+        copied = self._copied_table(sql, params)
+        if copied is None:
+            return None
+        table, names = copied
+        if table is None:
+            import pandas as pd
+
+            return pd.DataFrame.from_records([], columns=names, coerce_float=True)
+        return records_frame(table, self.frame_chunk)
+
+    def _kept_table(self, sql: str, params: Sequence[Any], names: Sequence[str]) -> Any:
+        copied = self._copied_table(sql, params)
+        return None if copied is None else copied[0]
+
+    def _copied_table(self, sql: str, params: Sequence[Any] = ()
+                      ) -> tuple[Any, list[str]] | None:
+        """(the rows of ``sql`` as an Arrow table from one COPY in CSV, None when there are
+        none; the column names), or None for a column type outside ``_ARROW_TYPES``."""
         import pyarrow as pa
         from pyarrow import csv
 
@@ -354,9 +345,7 @@ class PostgresCache(KeptLeads, CacheBase):
             with cur.copy(f"COPY ({q}) TO STDOUT (FORMAT csv)", args) as copy:
                 data = b"".join(bytes(chunk) for chunk in copy)
         if not data:
-            import pandas as pd
-
-            return pd.DataFrame.from_records([], columns=names, coerce_float=True)
+            return None, names
         try:
             table = csv.read_csv(
                 pa.py_buffer(data),
@@ -371,8 +360,7 @@ class PostgresCache(KeptLeads, CacheBase):
             )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
-        del data
-        return _as_records_frame(table, self.frame_chunk)
+        return table, names
 
     def _streamed_frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
         import pandas as pd  # not at import: `replytime import` starts without it
