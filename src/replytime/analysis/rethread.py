@@ -100,13 +100,15 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
                     lambda df: keyed(df, roster.is_internal), covered, changes), fingerprint)
             else:
                 changed = regrouped
-        if want is None:
-            return changed
-        if incremental and not changes.modified:
-            if redo_threads:
-                kept.update(cache, config, want, changes)
-        else:
-            kept.rebuild(cache, config, want)
+        if want is not None:
+            if incremental and not changes.modified:
+                if redo_threads:
+                    kept.update(cache, config, want, changes)
+            else:
+                kept.rebuild(cache, config, want)
+    # Nothing left running beside this thread when the command ends (the CLI then exits
+    # without interpreter teardown).
+    cache.settle()
     return changed
 
 

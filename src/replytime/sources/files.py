@@ -854,7 +854,9 @@ def import_paths(
     started = time.monotonic()
     roots = check_paths(paths)
     stats = SyncStats(account=account)
-    before = cache.message_count()
+    # New messages are those after the last id now (counting every message reads an index
+    # of them all: 0.01-0.1 s at 1M).
+    top = cache.last_message_id()
     # Files this account imported before are passed over when unchanged, unless the headers
     # kept for rules (``keep``) changed since: a file read again fills those in (the upsert).
     kept = sorted({k.lower() for k in keep})
@@ -962,8 +964,7 @@ def import_paths(
         if not same_keep:  # every file was read with these
             cache.set_state(account, {**state, "kept_headers": kept, FOLDERS_STATE: folders},
                             account_type="files")
-    after = cache.message_count()
     stats.seconds = time.monotonic() - started
-    stats.extra = {"new": after - before, "unchanged": unchanged, "grown": grown,
+    stats.extra = {"new": cache.messages_after(top), "unchanged": unchanged, "grown": grown,
                    "skip_reasons": reasons}
     return stats

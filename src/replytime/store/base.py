@@ -339,6 +339,11 @@ class CacheBase(ABC):
         """Around many writes (an import): a backend may defer index upkeep until after."""
         return nullcontext()
 
+    def settle(self) -> None:
+        """Wait for what a backend does beside the writer after a commit (SQLite: a WAL
+        checkpoint); nothing by default."""
+        return None
+
     @property
     def schema_version(self) -> int:
         return int(self._execute("SELECT version FROM schema_version").fetchone()[0])
@@ -615,78 +620,58 @@ class CacheBase(ABC):
         current = inputs.set_index("id")["thread_id"]
         new = found.thread_id.reindex(current.index)
         changed = new[new.notna() & new.ne(current)]
-        fresh = sorted(set(found.thread_id.astype(str)))
-        gone = json.dumps(sorted(set(old_threads) | set(fresh)))
+        fresh = set(found.thread_id.astype(str))
+        both = json.dumps(sorted(set(old_threads) | fresh))
         links = list(found.links[["thread_id", "joined_key", "to_key", "address"]]
                      .itertuples(index=False, name=None))
         keys = getattr(found, "keys", None)
-        vanished = json.dumps(sorted(set(old_threads) - set(fresh)))
-        rows = thread_rows(inputs, new, set(found.links["thread_id"].astype(str)))
+        threads = thread_rows(inputs, new, set(found.links["thread_id"].astype(str)))
         with self._threads_lock(), self.transaction():
             self._apply_thread_ids(changed.index.tolist(), changed.tolist())
             # Only the rows that differ are written: most threads reached are as they were,
             # and a row deleted and inserted again dirties its pages in the table and its
             # indexes all the same (1,000 new messages at 1M: ~80 MB of WAL instead of ~25).
-            self._replace_rows(
-                "SELECT thread_id, joined_key, to_key, address FROM thread_links "
-                f"WHERE thread_id IN ({self.json_values})",
-                "DELETE FROM thread_links WHERE thread_id = ? AND joined_key = ?",
-                THREAD_LINKS_SQL, gone, links)
-            self._execute(f"DELETE FROM threads WHERE thread_id IN ({self.json_values})",
-                          (vanished,))
-            self._write_changed(
-                "threads", THREAD_ROW_COLUMNS, self._execute(
-                    f"SELECT {', '.join(THREAD_ROW_COLUMNS)} FROM threads "
-                    f"WHERE thread_id IN ({self.json_values})", (json.dumps(fresh),)).fetchall(),
-                rows)
-            if keys is not None:
-                self._replace_rows(
-                    "SELECT key, thread_id FROM thread_keys "
-                    f"WHERE thread_id IN ({self.json_values})",
-                    "DELETE FROM thread_keys WHERE key = ? AND thread_id = ?",
-                    THREAD_KEYS_SQL, gone, zip(keys["key"].tolist(),
-                                               keys["thread_id"].astype(str).tolist(),
-                                               strict=True))
-            else:
-                self._execute("DELETE FROM thread_keys WHERE thread_id IN "
-                              f"({self.json_values})", (gone,))
+            self._write_changed("thread_links", ("thread_id", "joined_key", "to_key", "address"),
+                                2, "thread_id", both, links)
+            self._write_changed("threads", THREAD_ROW_COLUMNS, 1, "thread_id", both,
+                                [(t, *row) for t, row in threads.items()])
+            self._write_changed("thread_keys", ("key", "thread_id"), 2, "thread_id", both,
+                                [] if keys is None else zip(
+                                    keys["key"].tolist(), keys["thread_id"].astype(str).tolist(),
+                                    strict=True))
             self.set_meta("threads_max_id", str(int(max_id)))
         return len(changed)
 
-    def _replace_rows(self, select_sql: str, delete_sql: str, insert_sql: str,
-                      thread_ids: str, rows: Iterable[tuple[Any, ...]]) -> None:
-        """The rows that ``select_sql`` finds for ``thread_ids`` (one JSON array) become
-        ``rows`` (its columns, primary key first: ``delete_sql`` binds that): the others
-        deleted, the missing ones inserted in key order, the rest left alone."""
-        old = set(self._execute(select_sql, (thread_ids,)).fetchall())
-        new = set(rows)
-        if old - new:
-            self._executemany(delete_sql, sorted(r[:2] for r in old - new))
-        if new - old:
-            self._executemany(insert_sql, sorted(new - old))
-
-    def _write_changed(self, table: str, columns: Sequence[str], old: Iterable[Sequence[Any]],
-                       new: dict[Any, tuple[Any, ...]]) -> None:
-        """Make the rows of ``table`` keyed (by ``columns[0]``) as ``new`` is (key -> the
-        other columns) what ``new`` says, given ``old``, those rows as they are (full rows
-        of ``columns``): the missing ones inserted in key order, and in each other row only
-        the columns that differ set (setting an indexed column rewrites its index entry even
-        to the same value). Rows not in ``new`` are left alone."""
-        before = {r[0]: tuple(r[1:]) for r in old}
-        key, rest = columns[0], list(columns[1:])
-        missing = sorted((k, *v) for k, v in new.items() if k not in before)
+    def _write_changed(self, table: str, columns: Sequence[str], keys: int, by: str,
+                       thread_ids: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Make the rows of ``table`` whose ``by`` is one of ``thread_ids`` (one JSON array)
+        ``rows`` (values of ``columns``; the first ``keys`` of them are the primary key),
+        writing only what differs: rows not in ``rows`` deleted, missing ones inserted in
+        key order, and in the others only the columns that differ set. (Setting an indexed
+        column rewrites its index entry even to the same value; a row deleted and inserted
+        again rewrites every one.)"""
+        cols = ", ".join(columns)
+        old = {tuple(r[:keys]): tuple(r[keys:]) for r in self._execute(
+            f"SELECT {cols} FROM {table} WHERE {by} IN ({self.json_values})",
+            (thread_ids,)).fetchall()}
+        new = {tuple(r[:keys]): tuple(r[keys:]) for r in rows}
+        key_match = " AND ".join(f"{c} = ?" for c in columns[:keys])
+        gone = sorted(k for k in old if k not in new)
+        if gone:
+            self._executemany(f"DELETE FROM {table} WHERE {key_match}", gone)
+        missing = sorted((*k, *v) for k, v in new.items() if k not in old)
         if missing:
-            self._executemany(f"INSERT INTO {table} ({', '.join(columns)}) "
+            self._executemany(f"INSERT INTO {table} ({cols}) "
                               f"VALUES ({', '.join('?' for _ in columns)})", missing)
         by_change: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
-        for k in sorted(k for k in new if k in before):
-            was, now = before[k], new[k]
+        for k in sorted(k for k in new if k in old):
+            was, now = old[k], new[k]
             differ = tuple(i for i, (a, b) in enumerate(zip(was, now, strict=True)) if a != b)
             if differ:
-                by_change.setdefault(differ, []).append((*(now[i] for i in differ), k))
-        for differ, rows in by_change.items():
-            sets = ", ".join(f"{rest[i]} = ?" for i in differ)
-            self._executemany(f"UPDATE {table} SET {sets} WHERE {key} = ?", rows)
+                by_change.setdefault(differ, []).append((*(now[i] for i in differ), *k))
+        for differ, changes in by_change.items():
+            sets = ", ".join(f"{columns[keys + i]} = ?" for i in differ)
+            self._executemany(f"UPDATE {table} SET {sets} WHERE {key_match}", changes)
 
     def _insert_thread_keys(self, keys: pd.DataFrame, *, fresh: bool = False) -> None:
         """Insert (key, thread_id) rows (inside a transaction), in key order: the primary
@@ -719,6 +704,17 @@ class CacheBase(ABC):
 
     def message_count(self) -> int:
         return int(self._execute("SELECT count(*) FROM messages").fetchone()[0])
+
+    def last_message_id(self) -> int:
+        """The highest message id (0: no message)."""
+        return int(self._execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0])
+
+    def messages_after(self, message_id: int) -> int:
+        """How many messages have an id above ``message_id``: those written since it was
+        the highest (ids grow). Through the key, so it costs what was written, not the
+        cache (``message_count`` reads an index of every message)."""
+        return int(self._execute("SELECT count(*) FROM messages WHERE id > ?",
+                                 (int(message_id),)).fetchone()[0])
 
     def thread_count(self) -> int:
         return int(self._execute("SELECT count(*) FROM threads").fetchone()[0])
