@@ -875,9 +875,10 @@ def import_paths(
     # whether the folders' state changed since the last write.
     recorded = 0
     folders_changed = False
+    stored: dict[str, Any] | None = None  # the account state the last write recorded
 
     def flush() -> None:
-        nonlocal size, commits, folders_changed
+        nonlocal size, commits, folders_changed, stored
         # The first batch read with other kept headers than the files recorded before: those
         # are forgotten and the new headers noted with it, so a rerun after a crash passes
         # over what this import recorded, and only that.
@@ -885,6 +886,8 @@ def import_paths(
         new_state = None
         if renew or folders_changed:  # with the files recorded so far, or after them
             new_state = {**state, "kept_headers": kept, FOLDERS_STATE: folders}
+            # A copy: ``folders`` changes on (its entries are replaced, never changed).
+            stored = {**new_state, FOLDERS_STATE: dict(folders)}
             folders_changed = False
         cache.write_rows(account, rows, locations, account_type="files", skipped=skipped,
                          files=files, forget_files=renew, state=new_state)
@@ -961,9 +964,11 @@ def import_paths(
             raise UsageError(f"no mail found in {where}" + (f" ({detail})" if detail else ""))
         if rows or skipped or files or folders_changed:
             flush()
-        if not same_keep:  # every file was read with these
-            cache.set_state(account, {**state, "kept_headers": kept, FOLDERS_STATE: folders},
-                            account_type="files")
+        final = {**state, "kept_headers": kept, FOLDERS_STATE: folders}
+        # Every file was read with these; unless the last write recorded them already, a
+        # transaction of its own (which would wait for that write's checkpoint).
+        if not same_keep and final != stored:
+            cache.set_state(account, final, account_type="files")
     stats.seconds = time.monotonic() - started
     stats.extra = {"new": cache.messages_after(top), "unchanged": unchanged, "grown": grown,
                    "skip_reasons": reasons}
