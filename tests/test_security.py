@@ -102,6 +102,12 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({"q"}),
     # status: the backend's constant index hint
     frozenset({"self.location_keys_index"}),
+    # base._write_changed (an incremental regroup, the kept-lead update): constant table
+    # names and column lists, "?" placeholders and "column = ?" tests of constant columns
+    frozenset({"cols", "table", "self.json_values"}),
+    frozenset({"table", "key_match"}),
+    frozenset({"table", "cols", "marks"}),
+    frozenset({"table", "sets", "key_match"}),
 }
 
 

@@ -241,7 +241,8 @@ def _inputs_sql(extra: Sequence[str]) -> str:
     """The thread inputs and the messages columns ``extra``, up to WHERE."""
     if not set(extra) <= set(MESSAGE_COLUMNS):
         raise ValueError(f"not a messages column: {sorted(set(extra) - set(MESSAGE_COLUMNS))}")
-    return f"SELECT {', '.join((*THREAD_INPUT_COLUMNS, *extra))} FROM messages WHERE "
+    cols = ", ".join((*THREAD_INPUT_COLUMNS, *extra))
+    return f"SELECT {cols} FROM messages WHERE "
 
 
 def utc_now_text() -> str:
@@ -632,19 +633,19 @@ class CacheBase(ABC):
             # and a row deleted and inserted again dirties its pages in the table and its
             # indexes all the same (1,000 new messages at 1M: ~80 MB of WAL instead of ~25).
             self._write_changed("thread_links", ("thread_id", "joined_key", "to_key", "address"),
-                                2, "thread_id", both, links)
-            self._write_changed("threads", THREAD_ROW_COLUMNS, 1, "thread_id", both,
+                                2, both, links)
+            self._write_changed("threads", THREAD_ROW_COLUMNS, 1, both,
                                 [(t, *row) for t, row in threads.items()])
-            self._write_changed("thread_keys", ("key", "thread_id"), 2, "thread_id", both,
+            self._write_changed("thread_keys", ("key", "thread_id"), 2, both,
                                 [] if keys is None else zip(
                                     keys["key"].tolist(), keys["thread_id"].astype(str).tolist(),
                                     strict=True))
             self.set_meta("threads_max_id", str(int(max_id)))
         return len(changed)
 
-    def _write_changed(self, table: str, columns: Sequence[str], keys: int, by: str,
-                       thread_ids: str, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Make the rows of ``table`` whose ``by`` is one of ``thread_ids`` (one JSON array)
+    def _write_changed(self, table: str, columns: Sequence[str], keys: int, thread_ids: str,
+                       rows: Iterable[tuple[Any, ...]]) -> None:
+        """Make the rows of ``table`` whose thread_id is one of ``thread_ids`` (one JSON array)
         ``rows`` (values of ``columns``; the first ``keys`` of them are the primary key),
         writing only what differs: rows not in ``rows`` deleted, missing ones inserted in
         key order, and in the others only the columns that differ set. (Setting an indexed
@@ -652,7 +653,7 @@ class CacheBase(ABC):
         again rewrites every one.)"""
         cols = ", ".join(columns)
         old = {tuple(r[:keys]): tuple(r[keys:]) for r in self._execute(
-            f"SELECT {cols} FROM {table} WHERE {by} IN ({self.json_values})",
+            f"SELECT {cols} FROM {table} WHERE thread_id IN ({self.json_values})",
             (thread_ids,)).fetchall()}
         new = {tuple(r[:keys]): tuple(r[keys:]) for r in rows}
         key_match = " AND ".join(f"{c} = ?" for c in columns[:keys])
@@ -661,8 +662,8 @@ class CacheBase(ABC):
             self._executemany(f"DELETE FROM {table} WHERE {key_match}", gone)
         missing = sorted((*k, *v) for k, v in new.items() if k not in old)
         if missing:
-            self._executemany(f"INSERT INTO {table} ({cols}) "
-                              f"VALUES ({', '.join('?' for _ in columns)})", missing)
+            marks = ", ".join("?" for _ in columns)
+            self._executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", missing)
         by_change: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
         for k in sorted(k for k in new if k in old):
             was, now = old[k], new[k]

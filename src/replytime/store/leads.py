@@ -137,7 +137,7 @@ class KeptLeads:
         def get_meta(self, key: str) -> str | None: ...
         def set_meta(self, key: str, value: str) -> None: ...
         def message_count(self) -> int: ...
-        def _write_changed(self, table: str, columns: Sequence[str], keys: int, by: str,
+        def _write_changed(self, table: str, columns: Sequence[str], keys: int,
                            thread_ids: str, rows: Any) -> None: ...
 
     def leads_lock(self) -> AbstractContextManager[None]:
@@ -183,7 +183,7 @@ class KeptLeads:
                 for table, frame, columns, keys in (("leads", rows, KEPT_COLUMNS, 1),
                                                     ("lead_blocks", blocks, BLOCK_KEPT_COLUMNS,
                                                      2)):
-                    self._write_changed(table, columns, keys, "thread_id", ids,
+                    self._write_changed(table, columns, keys, ids,
                                         [r for chunk in _bound_rows(frame, columns)
                                          for r in chunk])
             for chunk in _bound_rows(volume, VOLUME_COLUMNS):
