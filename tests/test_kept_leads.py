@@ -16,12 +16,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from replytime.analysis import kept
+from replytime.analysis import kept, rethread
 from replytime.api import Analysis, refresh_threads
 from replytime.cli import main
 from replytime.config import parse_config
 from replytime.sources.headers import parse_header_block
-from replytime.store import Cache, open_cache
+from replytime.store import Cache, SQLiteCache, open_cache
 from tests.conftest import no_kept_table
 from tests.mailbuilder import BASE_CONFIG, Mailbox, at
 
@@ -484,3 +484,44 @@ def test_block_ranks_equal_sorted_times(backend: str, tmp_path: Path,
             assert dict(zip(counted["responder"], counted["timed"].astype("int64"),
                             strict=True)) == {r: len(v) for r, v in want.items() if r}
         assert cache.kept_block_ranks(as_of, [], calendar=False).empty
+
+
+def kept_tables(cache: Cache) -> dict[str, list[tuple[Any, ...]]]:
+    return {t: sorted(tuple(r) for r in cache._execute(f"SELECT * FROM {t}").fetchall())
+            for t in ("leads", "lead_blocks", "message_volume")}
+
+
+@pytest.mark.parametrize("regroup", ["incremental", "full"])
+def test_update_writes_what_a_rebuild_writes(regroup: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """After each batch, the kept rows an update leaves (only the rows and columns that
+    differ written) equal a rebuild's, value for value: whether the update took the
+    messages the incremental regroup held, or read them (after a full regroup)."""
+    mail = Mail(tmp_path, 41)
+    cfg = parse_config(start_config())
+    read: list[int] = []
+    updates: list[bool] = []
+    real_read, real_update = SQLiteCache.messages_of_threads, kept.update
+
+    def reading(self: Cache, threads: Any) -> pd.DataFrame:
+        read.append(len(threads))
+        return real_read(self, threads)
+
+    def updating(cache: Cache, config: Any, state: str, changes: kept.Changes) -> None:
+        updates.append(changes.messages is not None)
+        real_update(cache, config, state, changes)
+
+    monkeypatch.setattr(SQLiteCache, "messages_of_threads", reading)
+    monkeypatch.setattr(kept, "update", updating)
+    if regroup == "full":
+        monkeypatch.setattr(rethread, "_regroup_new", lambda *args: None)
+    with open_cache(tmp_path / "kept.sqlite") as cache:
+        for _ in range(8):
+            for _ in range(3):
+                mail.batch(cache)
+            refresh_threads(cache, cfg)
+            got = kept_tables(cache)
+            kept.rebuild(cache, cfg, kept.state_for(cfg))
+            assert got == kept_tables(cache)
+    assert updates and all(updates) == (regroup == "incremental"), updates
+    assert bool(read) == (regroup == "full")

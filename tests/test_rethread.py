@@ -8,6 +8,7 @@ incremental path, not the full one, did the work."""
 
 from __future__ import annotations
 
+import os
 import random
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from replytime.analysis import rethread
 from replytime.api import refresh_threads
 from replytime.config import parse_config
 from replytime.sources.headers import parse_header_block
-from replytime.store import Cache, open_cache
+from replytime.store import Cache, open_cache, sqlite
 from tests.mailbuilder import BASE_CONFIG, Mailbox, at
 
 INTERNAL = ["alice@acme.example", "bob@acme.example", "carol@acme.example",
@@ -176,3 +177,30 @@ def test_a_component_leaving_a_subject_group(where: str, tmp_path: Path,
         ids = dict(state(cache)["ids"])
         assert ids[v] == ids[u] == u  # joined by the subject rule
         assert cache.threads_max_id() == 5
+
+
+def test_checkpoints_beside_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite commits without checkpointing (the import's commits no longer copy the WAL
+    into the file and fsync it); a thread does it once CHECKPOINT_FRAMES frames wait, and
+    the writer waits for it before its next write and at the end of a refresh, so the WAL
+    stays as short as SQLite's own checkpoints kept it. Closed, the file alone holds
+    everything: no WAL left, the same thread state as a full regroup."""
+    monkeypatch.setattr(sqlite, "CHECKPOINT_FRAMES", 20)
+    cfg = config(4)
+    mail = Mail(tmp_path, 4)
+    db = tmp_path / "cache.sqlite"
+    backlogs = []
+    with open_cache(db) as cache, open_cache(tmp_path / "twin.sqlite") as full:
+        assert cache._execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        shm = os.open(tmp_path / "cache.sqlite-shm", os.O_RDONLY)
+        for _ in range(12):
+            mail.write([cache, full], mail.rng.randrange(5, 30))
+            refresh_threads(cache, cfg)
+            refresh_threads(full, cfg, force=True)
+            backlogs.append(sqlite._wal_backlog(shm))
+        os.close(shm)
+        want = state(full)
+    assert all(b is not None and b < 20 for b in backlogs), backlogs
+    assert not (tmp_path / "cache.sqlite-wal").exists()
+    with open_cache(db) as cache:
+        assert state(cache) == want

@@ -106,6 +106,12 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({"q"}),
     # status: the backend's constant count of an account's messages (a class constant)
     frozenset({"self.account_messages"}),
+    # base._write_changed (an incremental regroup, the kept-lead update): constant table
+    # names and column lists, "?" placeholders and "column = ?" tests of constant columns
+    frozenset({"cols", "table", "self.json_values"}),
+    frozenset({"table", "key_match"}),
+    frozenset({"table", "cols", "marks"}),
+    frozenset({"table", "sets", "key_match"}),
 }
 
 

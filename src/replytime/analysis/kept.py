@@ -302,13 +302,26 @@ class Changes:
     threads: set[str] = field(default_factory=set)  # old and new thread ids
     modified: bool = False  # an already-kept message lost its thread id (upserted)
     max_id: int = 0  # the highest message id the rebuild covered
+    #: every message of ``threads`` as ``Cache.messages_of_threads`` reads them after the
+    #: write, when the inputs held them all (an incremental regroup); None: read them
+    messages: pd.DataFrame | None = None
+
+
+#: what the thread inputs lack of ``Cache.messages_of_threads``' columns: an incremental
+#: regroup reads them too, so ``update`` need not read its messages again (``capturing``)
+INPUT_EXTRA = ("message_id", "extra")
+_MESSAGE_READ = ("id", "message_id", "from_addr", "to_addrs", "cc_addrs", "reply_to", "subject",
+                 "time_ms", "automated", "thread_id", "extra")
 
 
 def capturing(assign: Callable[[pd.DataFrame], Grouping | pd.Series], covered_id: int,
-              changes: Changes) -> Callable[[pd.DataFrame], Grouping | pd.Series]:
+              changes: Changes, *, whole: bool = False
+              ) -> Callable[[pd.DataFrame], Grouping | pd.Series]:
     """``assign`` (thread inputs -> thread id per message id) that also records in
     ``changes`` what ``CacheBase.set_threads`` will write: every message whose new thread
-    id is set and differs from its current one."""
+    id is set and differs from its current one. ``whole``: the inputs hold every message
+    of every thread they touch, with ``INPUT_EXTRA``, and the assignment is written as it
+    is: ``changes.messages`` keeps the messages of the changed threads."""
 
     def run(inputs: pd.DataFrame) -> Grouping | pd.Series:
         found = assign(inputs)
@@ -322,9 +335,26 @@ def capturing(assign: Callable[[pd.DataFrame], Grouping | pd.Series], covered_id
         ids = current.index.to_numpy()
         changes.modified = bool((current.isna().to_numpy() & (ids <= covered_id)).any())
         changes.max_id = int(ids.max()) if len(ids) else 0
+        if whole:
+            changes.messages = _as_read(inputs, fresh.to_numpy(dtype=object), changes.threads)
         return found
 
     return run
+
+
+def _as_read(inputs: pd.DataFrame, thread_id: np.ndarray, threads: set[str]) -> pd.DataFrame:
+    """The rows of ``inputs`` (in id order) whose thread (``thread_id``, per row) is one of
+    ``threads``, with those thread ids, as ``Cache.messages_of_threads`` reads them: its
+    columns in its order, ``automated`` boolean, no labels, times integers when none is
+    missing (a frame read in parts may hold them as floats)."""
+    mine = pd.Series(thread_id).isin(threads).to_numpy()
+    m = inputs.loc[mine, list(_MESSAGE_READ)].reset_index(drop=True)
+    m["thread_id"] = thread_id[mine]
+    m["automated"] = m["automated"].astype(bool)
+    if m["time_ms"].dtype.kind == "f" and m["time_ms"].notna().all():
+        m["time_ms"] = m["time_ms"].astype("int64")
+    m["labels"] = None
+    return m
 
 
 @dataclass
@@ -417,7 +447,11 @@ def update(cache: Cache, config: Config, state: str, changes: Changes) -> None:
     in changed threads) to the volume."""
     threads = sorted(changes.threads)
     covered = cache.kept_leads_state()[1]
-    m = prepare(cache.messages_of_threads(threads), Roster(config)) if threads else None
+    m = None
+    if threads:
+        read = changes.messages if changes.messages is not None else (
+            cache.messages_of_threads(threads))
+        m = prepare(read, Roster(config))
     if m is None or m.empty:
         found = _match(pd.DataFrame(), config, cache)
         volume = pd.DataFrame(columns=list(VOLUME_COLUMNS))

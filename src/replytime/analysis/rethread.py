@@ -27,7 +27,7 @@ keeps. A digest collision only reaches more threads.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -91,21 +91,27 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
             roster = Roster(config)
             regrouped = None
             if not force and cache.get_meta("threads_fingerprint") == fingerprint:
+                # The regroup holds every message of the threads it changes: with what
+                # the kept leads read besides, ``kept.update`` need not read them again.
+                whole = want is not None
                 regrouped = _regroup_new(
-                    cache, lambda found: kept.capturing(lambda df: found, covered, changes),
-                    roster.is_internal)
+                    cache, lambda found: kept.capturing(lambda df: found, covered, changes,
+                                                        whole=whole),
+                    roster.is_internal, kept.INPUT_EXTRA if whole else ())
             if regrouped is None:
                 changed = cache.rebuild_threads(kept.capturing(
                     lambda df: keyed(df, roster.is_internal), covered, changes), fingerprint)
             else:
                 changed = regrouped
-        if want is None:
-            return changed
-        if incremental and not changes.modified:
-            if redo_threads:
-                kept.update(cache, config, want, changes)
-        else:
-            kept.rebuild(cache, config, want)
+        if want is not None:
+            if incremental and not changes.modified:
+                if redo_threads:
+                    kept.update(cache, config, want, changes)
+            else:
+                kept.rebuild(cache, config, want)
+    # Nothing left running beside this thread when the command ends (the CLI then exits
+    # without interpreter teardown).
+    cache.settle()
     return changed
 
 
@@ -269,13 +275,15 @@ def _reach(new: pd.DataFrame) -> tuple[list[str], list[str]]:
 
 
 def _regroup_new(cache: Cache, capture: Callable[[Keyed], Callable[[pd.DataFrame], Grouping]],
-                 is_internal: Callable[[pd.Series], pd.Series] | None) -> int | None:
+                 is_internal: Callable[[pd.Series], pd.Series] | None,
+                 extra: Sequence[str] = ()) -> int | None:
     """Group the messages without a thread id with every thread they can change, and
     write only that (see the module docstring). None when this cannot be exact (no
     thread_keys, or a message that had a thread id lost it: an upsert changed it, its old
     thread is unknown) or would not pay (over 50,000 new messages and a fifth of the
     cache); the caller regroups everything then. ``capture(found)`` gives the assignment
-    to write: the grouping ``found``, seen by ``kept.capturing``."""
+    to write: the grouping ``found``, seen by ``kept.capturing``; the inputs given it hold
+    the messages columns ``extra`` too."""
     import pandas as pd
 
     from replytime.analysis.threads import group_threads
@@ -283,7 +291,7 @@ def _regroup_new(cache: Cache, capture: Callable[[Keyed], Callable[[pd.DataFrame
     top = cache.threads_max_id()
     if top is None:
         return None
-    new = cache.unthreaded_inputs()
+    new = cache.unthreaded_inputs(extra)
     if new.empty or bool((new["id"] <= top).any()):
         return None
     if len(new) > max(top // 4, 50_000):  # much of the cache is new: one pass costs less
@@ -296,7 +304,7 @@ def _regroup_new(cache: Cache, capture: Callable[[Keyed], Callable[[pd.DataFrame
     while True:
         if reached:
             threads |= reached
-            frames.append(cache.thread_inputs_of(sorted(reached)))
+            frames.append(cache.thread_inputs_of(sorted(reached), extra))
         inputs = pd.concat(frames, ignore_index=True).sort_values("id", ignore_index=True)
         # The groups the components are in now, and were in (the reached threads' keys).
         grouped = group_threads(inputs, is_internal)

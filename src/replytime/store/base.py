@@ -170,20 +170,48 @@ THREADS_SQL = (
 THREAD_LINKS_SQL = (
     "INSERT INTO thread_links (thread_id, joined_key, to_key, address) VALUES (?, ?, ?, ?)"
 )
-# THREADS_SQL for the threads bound as one JSON array (an incremental regroup): through the
-# thread index, not a pass over the table.
-THREADS_OF_SQL = THREADS_SQL.replace("WHERE thread_id IS NOT NULL", "WHERE thread_id IN ({ids})")
-# THREADS_OF_SQL that leaves a row as it is when nothing in it changed (an incremental
-# regroup rewrites only the threads that changed). The sentinels stand for NULL (no time).
-_NO_MS = "-9223372036854775807"
-THREADS_UPSERT_SQL = THREADS_OF_SQL + (
-    " ON CONFLICT (thread_id) DO UPDATE SET start_ms = excluded.start_ms, "
-    "first_ms = excluded.first_ms, last_ms = excluded.last_ms, "
-    "messages = excluded.messages, rule = excluded.rule WHERE "
-    + " OR ".join(f"coalesce(threads.{c}, {_NO_MS}) <> coalesce(excluded.{c}, {_NO_MS})"
-                  for c in ("start_ms", "first_ms", "last_ms"))
-    + " OR threads.messages <> excluded.messages OR coalesce(threads.rule, '') <> excluded.rule"
-)
+# A threads row, as THREADS_SQL computes it. An incremental regroup computes the rows of the
+# threads it wrote from the messages it holds (``thread_rows``) and writes only the columns
+# that changed: an UPDATE that sets an indexed column rewrites its index entry even when the
+# value is the same (1,000 new messages at 1M: the threads_start pages of every thread
+# reached).
+THREAD_ROW_COLUMNS = ("thread_id", "start_ms", "first_ms", "last_ms", "messages", "rule")
+
+
+def thread_rows(inputs: pd.DataFrame, thread_id: pd.Series,
+                subject_threads: set[str]) -> dict[str, tuple[Any, ...]]:
+    """THREADS_SQL's row (``THREAD_ROW_COLUMNS`` after the key) of every thread of
+    ``thread_id`` (per row of ``inputs``, which hold every message of those threads), keyed
+    by thread id; ``subject_threads``: the threads thread_links names."""
+    import numpy as np
+    import pandas as pd
+
+    time_ms = pd.to_numeric(inputs["time_ms"]).to_numpy(dtype="float64")
+    person = ~inputs["automated"].to_numpy(dtype=bool)
+    frame = pd.DataFrame({
+        "thread_id": thread_id.to_numpy(dtype=object),
+        "time": time_ms,
+        "person": np.where(person, time_ms, np.nan),
+        "provider": inputs["provider_thread_id"].notna().to_numpy(),
+    })
+    g = frame.groupby("thread_id", sort=True)
+    agg = pd.DataFrame({"start": g["person"].min(), "first": g["time"].min(),
+                        "last": g["time"].max(), "messages": g.size(),
+                        "provider": g["provider"].any()})
+    names = agg.index.to_numpy(dtype=object)
+    subject = np.fromiter((t in subject_threads for t in names), bool, len(names))
+    count = agg["messages"].to_numpy()
+    rule = np.select([agg["provider"].to_numpy(), subject, count > 1],
+                     ["provider", "subject", "headers"], "single")
+
+    def ms(column: str) -> list[int | None]:
+        values = agg[column].to_numpy()
+        return [None if v != v else int(v) for v in values.tolist()]
+
+    return dict(zip(names.tolist(), zip(ms("start"), ms("first"), ms("last"),
+                                        count.tolist(), rule.tolist(), strict=True),
+                    strict=True))
+
 
 # Schema 9: per thread, a digest of every link by which a new message could join or change
 # it (analysis/rethread.py, ``link_keys``), so an import of a few messages regroups only the
@@ -207,7 +235,14 @@ THREAD_INPUT_COLUMNS = (
     "from_addr", "to_addrs", "cc_addrs", "reply_to", "automated", "time_ms", "thread_id",
 )
 THREAD_INPUTS_SQL = f"SELECT {', '.join(THREAD_INPUT_COLUMNS)} FROM messages ORDER BY id"
-_THREAD_INPUTS_WHERE = f"SELECT {', '.join(THREAD_INPUT_COLUMNS)} FROM messages WHERE "
+
+
+def _inputs_sql(extra: Sequence[str]) -> str:
+    """The thread inputs and the messages columns ``extra``, up to WHERE."""
+    if not set(extra) <= set(MESSAGE_COLUMNS):
+        raise ValueError(f"not a messages column: {sorted(set(extra) - set(MESSAGE_COLUMNS))}")
+    cols = ", ".join((*THREAD_INPUT_COLUMNS, *extra))
+    return f"SELECT {cols} FROM messages WHERE "
 
 
 def records_frame(table: Any, chunk: int) -> pd.DataFrame | None:
@@ -334,6 +369,11 @@ class CacheBase(ABC):
     def bulk_write(self) -> AbstractContextManager[None]:
         """Around many writes (an import): a backend may defer index upkeep until after."""
         return nullcontext()
+
+    def settle(self) -> None:
+        """Wait for what a backend does beside the writer after a commit (SQLite: a WAL
+        checkpoint); nothing by default."""
+        return None
 
     @property
     def schema_version(self) -> int:
@@ -570,14 +610,17 @@ class CacheBase(ABC):
         value = self.get_meta("threads_max_id")
         return int(value) if value else None
 
-    def unthreaded_inputs(self) -> pd.DataFrame:
-        """The thread inputs of the messages without a thread id, in id order."""
-        return self._frame(_THREAD_INPUTS_WHERE + "thread_id IS NULL ORDER BY id")
+    def unthreaded_inputs(self, extra: Sequence[str] = ()) -> pd.DataFrame:
+        """The thread inputs (and the ``extra`` columns) of the messages without a thread
+        id, in id order."""
+        return self._frame(_inputs_sql(extra) + "thread_id IS NULL ORDER BY id")
 
-    def thread_inputs_of(self, thread_ids: Sequence[str]) -> pd.DataFrame:
-        """The thread inputs of every message of these threads, in id order."""
+    def thread_inputs_of(self, thread_ids: Sequence[str], extra: Sequence[str] = ()
+                         ) -> pd.DataFrame:
+        """The thread inputs (and the ``extra`` columns) of every message of these threads,
+        in id order."""
         return self._frame(
-            _THREAD_INPUTS_WHERE + f"thread_id IN ({self.json_values}) ORDER BY id",
+            _inputs_sql(extra) + f"thread_id IN ({self.json_values}) ORDER BY id",
             (json.dumps(sorted(thread_ids)),))
 
     def threads_reached(self, msg_keys: Sequence[str], keys: Sequence[str]) -> set[str]:
@@ -608,51 +651,58 @@ class CacheBase(ABC):
         current = inputs.set_index("id")["thread_id"]
         new = found.thread_id.reindex(current.index)
         changed = new[new.notna() & new.ne(current)]
-        fresh = sorted(set(found.thread_id.astype(str)))
-        gone = json.dumps(sorted(set(old_threads) | set(fresh)))
+        fresh = set(found.thread_id.astype(str))
+        both = json.dumps(sorted(set(old_threads) | fresh))
         links = list(found.links[["thread_id", "joined_key", "to_key", "address"]]
                      .itertuples(index=False, name=None))
         keys = getattr(found, "keys", None)
-        vanished = json.dumps(sorted(set(old_threads) - set(fresh)))
+        threads = thread_rows(inputs, new, set(found.links["thread_id"].astype(str)))
         with self._threads_lock(), self.transaction():
             self._apply_thread_ids(changed.index.tolist(), changed.tolist())
             # Only the rows that differ are written: most threads reached are as they were,
             # and a row deleted and inserted again dirties its pages in the table and its
             # indexes all the same (1,000 new messages at 1M: ~80 MB of WAL instead of ~25).
-            self._replace_rows(
-                "SELECT thread_id, joined_key, to_key, address FROM thread_links "
-                f"WHERE thread_id IN ({self.json_values})",
-                "DELETE FROM thread_links WHERE thread_id = ? AND joined_key = ?",
-                THREAD_LINKS_SQL, gone, links)
-            # After the links: the threads' rule reads them.
-            self._execute(f"DELETE FROM threads WHERE thread_id IN ({self.json_values})",
-                          (vanished,))
-            self._execute(THREADS_UPSERT_SQL.format(ids=self.json_values), (json.dumps(fresh),))
-            if keys is not None:
-                self._replace_rows(
-                    "SELECT key, thread_id FROM thread_keys "
-                    f"WHERE thread_id IN ({self.json_values})",
-                    "DELETE FROM thread_keys WHERE key = ? AND thread_id = ?",
-                    THREAD_KEYS_SQL, gone, zip(keys["key"].tolist(),
-                                               keys["thread_id"].astype(str).tolist(),
-                                               strict=True))
-            else:
-                self._execute("DELETE FROM thread_keys WHERE thread_id IN "
-                              f"({self.json_values})", (gone,))
+            self._write_changed("thread_links", ("thread_id", "joined_key", "to_key", "address"),
+                                2, both, links)
+            self._write_changed("threads", THREAD_ROW_COLUMNS, 1, both,
+                                [(t, *row) for t, row in threads.items()])
+            self._write_changed("thread_keys", ("key", "thread_id"), 2, both,
+                                [] if keys is None else zip(
+                                    keys["key"].tolist(), keys["thread_id"].astype(str).tolist(),
+                                    strict=True))
             self.set_meta("threads_max_id", str(int(max_id)))
         return len(changed)
 
-    def _replace_rows(self, select_sql: str, delete_sql: str, insert_sql: str,
-                      thread_ids: str, rows: Iterable[tuple[Any, ...]]) -> None:
-        """The rows that ``select_sql`` finds for ``thread_ids`` (one JSON array) become
-        ``rows`` (its columns, primary key first: ``delete_sql`` binds that): the others
-        deleted, the missing ones inserted in key order, the rest left alone."""
-        old = set(self._execute(select_sql, (thread_ids,)).fetchall())
-        new = set(rows)
-        if old - new:
-            self._executemany(delete_sql, sorted(r[:2] for r in old - new))
-        if new - old:
-            self._executemany(insert_sql, sorted(new - old))
+    def _write_changed(self, table: str, columns: Sequence[str], keys: int, thread_ids: str,
+                       rows: Iterable[tuple[Any, ...]]) -> None:
+        """Make the rows of ``table`` whose thread_id is one of ``thread_ids`` (one JSON array)
+        ``rows`` (values of ``columns``; the first ``keys`` of them are the primary key),
+        writing only what differs: rows not in ``rows`` deleted, missing ones inserted in
+        key order, and in the others only the columns that differ set. (Setting an indexed
+        column rewrites its index entry even to the same value; a row deleted and inserted
+        again rewrites every one.)"""
+        cols = ", ".join(columns)
+        old = {tuple(r[:keys]): tuple(r[keys:]) for r in self._execute(
+            f"SELECT {cols} FROM {table} WHERE thread_id IN ({self.json_values})",
+            (thread_ids,)).fetchall()}
+        new = {tuple(r[:keys]): tuple(r[keys:]) for r in rows}
+        key_match = " AND ".join(f"{c} = ?" for c in columns[:keys])
+        gone = sorted(k for k in old if k not in new)
+        if gone:
+            self._executemany(f"DELETE FROM {table} WHERE {key_match}", gone)
+        missing = sorted((*k, *v) for k, v in new.items() if k not in old)
+        if missing:
+            marks = ", ".join("?" for _ in columns)
+            self._executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", missing)
+        by_change: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
+        for k in sorted(k for k in new if k in old):
+            was, now = old[k], new[k]
+            differ = tuple(i for i, (a, b) in enumerate(zip(was, now, strict=True)) if a != b)
+            if differ:
+                by_change.setdefault(differ, []).append((*(now[i] for i in differ), *k))
+        for differ, changes in by_change.items():
+            sets = ", ".join(f"{columns[keys + i]} = ?" for i in differ)
+            self._executemany(f"UPDATE {table} SET {sets} WHERE {key_match}", changes)
 
     def _insert_thread_keys(self, keys: pd.DataFrame, *, fresh: bool = False) -> None:
         """Insert (key, thread_id) rows (inside a transaction), in key order: the primary
@@ -685,6 +735,17 @@ class CacheBase(ABC):
 
     def message_count(self) -> int:
         return int(self._execute("SELECT count(*) FROM messages").fetchone()[0])
+
+    def last_message_id(self) -> int:
+        """The highest message id (0: no message)."""
+        return int(self._execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0])
+
+    def messages_after(self, message_id: int) -> int:
+        """How many messages have an id above ``message_id``: those written since it was
+        the highest (ids grow). Through the key, so it costs what was written, not the
+        cache (``message_count`` reads an index of every message)."""
+        return int(self._execute("SELECT count(*) FROM messages WHERE id > ?",
+                                 (int(message_id),)).fetchone()[0])
 
     def thread_count(self) -> int:
         return int(self._execute("SELECT count(*) FROM threads").fetchone()[0])

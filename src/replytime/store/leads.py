@@ -161,6 +161,8 @@ class KeptLeads:
         def get_meta(self, key: str) -> str | None: ...
         def set_meta(self, key: str, value: str) -> None: ...
         def message_count(self) -> int: ...
+        def _write_changed(self, table: str, columns: Sequence[str], keys: int,
+                           thread_ids: str, rows: Any) -> None: ...
 
     def leads_lock(self) -> AbstractContextManager[None]:
         """Cache-wide lock held while the thread ids and the kept leads are brought up to
@@ -192,16 +194,24 @@ class KeptLeads:
             if threads is None:
                 for table in ("leads", "lead_blocks", "message_volume"):
                     self._execute(f"DELETE FROM {table}")
-            elif threads:
-                ids = (json.dumps(list(threads)),)
-                for table in ("leads", "lead_blocks"):
-                    self._execute(
-                        f"DELETE FROM {table} WHERE thread_id IN ({self.json_values})", ids)
-            for sql, frame, columns in ((_INSERT, rows, KEPT_COLUMNS),
-                                        (_INSERT_BLOCKS, blocks, BLOCK_KEPT_COLUMNS),
-                                        (_ADD_VOLUME, volume, VOLUME_COLUMNS)):
-                for chunk in _bound_rows(frame, columns):
-                    self._executemany(sql, chunk)
+                written = ((_INSERT, rows, KEPT_COLUMNS),
+                           (_INSERT_BLOCKS, blocks, BLOCK_KEPT_COLUMNS))
+                for sql, frame, columns in written:
+                    for chunk in _bound_rows(frame, columns):
+                        self._executemany(sql, chunk)
+            else:
+                # Only what differs: most rows of the threads matched again are as they
+                # were, or differ in a column or two (a new message's thread size), and
+                # a row deleted and inserted again rewrites every index it is in.
+                ids = json.dumps(list(threads))
+                for table, frame, columns, keys in (("leads", rows, KEPT_COLUMNS, 1),
+                                                    ("lead_blocks", blocks, BLOCK_KEPT_COLUMNS,
+                                                     2)):
+                    self._write_changed(table, columns, keys, ids,
+                                        [r for chunk in _bound_rows(frame, columns)
+                                         for r in chunk])
+            for chunk in _bound_rows(volume, VOLUME_COLUMNS):
+                self._executemany(_ADD_VOLUME, chunk)
             self.set_meta("leads_state", state)
             self.set_meta("leads_max_id", str(int(max_id)))
 

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import sqlite3
+import struct
 import threading
 import time
 import weakref
@@ -112,9 +113,42 @@ class _Connection(sqlite3.Connection):
 _connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
 
 
+# Background WAL checkpoints still running (``SQLiteCache._checkpoint_behind``): joined
+# before their connections are closed.
+_checkpoints: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
 def close_sqlite_connections() -> None:
+    for thread in list(_checkpoints):
+        thread.join()
     for conn in list(_connections):
         conn.close()
+
+
+# The WAL is checkpointed (its pages copied into the database file, both fsynced) once this
+# many frames wait: SQLite's own default, but in a thread on a connection of its own after
+# the commit, not inside it. The writer goes on meanwhile (the import of 1,000 messages into
+# a 1M cache: its ~3,400 frames are copied while the thread regrouping loads pandas) and
+# waits for it only before its next write, so the WAL stays as short as before.
+CHECKPOINT_FRAMES = 1000
+# The WAL-index header (https://www.sqlite.org/walformat.html, "The WAL-Index Format"), in
+# the -shm file in native byte order: the version, mxFrame (frames in the WAL) and the
+# checkpoint's nBackfill (frames copied).
+_WAL_INDEX = struct.Struct("=I12xI76xI")
+_WAL_INDEX_VERSION = 3007000
+
+
+def _wal_backlog(shm: int) -> int | None:
+    """Frames of the WAL not yet copied into the database, from its WAL index (the -shm
+    file open at ``shm``); None when it cannot be read (another format)."""
+    try:
+        head = os.pread(shm, _WAL_INDEX.size, 0)
+    except OSError:
+        return None
+    if len(head) < _WAL_INDEX.size:
+        return None
+    version, frames, backfilled = _WAL_INDEX.unpack(head)
+    return frames - backfilled if version == _WAL_INDEX_VERSION else None
 
 
 # Each entry migrates the schema from version i to i + 1. Never edit a released entry:
@@ -305,6 +339,9 @@ class SQLiteCache(KeptLeads, CacheBase):
         self._indexes_dropped = False
         self._index_builder: threading.Thread | None = None
         self._index_error: BaseException | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._shm: int | None = None  # the WAL index, open for reading (``_wal_backlog``)
         try:
             self._conn = self._connect()
             self._migrate()
@@ -336,6 +373,8 @@ class SQLiteCache(KeptLeads, CacheBase):
         # 64 MB of page cache (default 2 MB): the msg_key and location indexes take inserts
         # in random order, and outgrow a small cache at a few 100k messages.
         conn.execute("PRAGMA cache_size=-65536")
+        # Checkpoints run after commits, beside the writer (``_checkpoint_behind``).
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         return conn
 
     @property
@@ -463,14 +502,11 @@ class SQLiteCache(KeptLeads, CacheBase):
     def _data_version(self) -> int:
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def _last_id(self) -> int:
-        return int(self.conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0])
-
     def _still_exact(self, written: _Written, added: int = 0) -> bool:
         """Whether the kept copy plus ``added`` rows is what the cache holds: no other
         connection wrote, and the ids grew by exactly the rows kept (every row was new)."""
         return (self._data_version() == written.version
-                and self._last_id() == written.count + added)
+                and self.last_message_id() == written.count + added)
 
     def write_rows(
         self,
@@ -485,7 +521,7 @@ class SQLiteCache(KeptLeads, CacheBase):
         if self._first_write and self._bulk:
             self._first_write = False
             version = self._data_version()
-            if self._last_id() == 0:
+            if self.last_message_id() == 0:
                 self._written = _Written(version)
                 with self.transaction():
                     for name, _ in DEFERRED_INDEXES:
@@ -549,8 +585,47 @@ class SQLiteCache(KeptLeads, CacheBase):
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         self._finish_index_build()
+        self.settle()  # the WAL as short as SQLite's own checkpoints keep it
         with _immediate(self.conn) as conn:
             yield conn
+        self._checkpoint_behind()
+
+    # -- checkpoints beside the writer (CHECKPOINT_FRAMES) ------------------------------
+    def _checkpoint_behind(self) -> None:
+        """Start a checkpoint in a thread when CHECKPOINT_FRAMES frames wait (also when the
+        WAL index cannot be read: the WAL must not grow without end)."""
+        if self._checkpointer is not None:
+            return
+        if self._shm is None:
+            # Open once: it stays while this connection is open (and a file read afresh
+            # after every commit would be seen by whoever counts the files opened).
+            with contextlib.suppress(OSError):
+                self._shm = os.open(self.path.with_name(self.path.name + "-shm"), os.O_RDONLY)
+        backlog = None if self._shm is None else _wal_backlog(self._shm)
+        if backlog is not None and backlog < CHECKPOINT_FRAMES:
+            return
+        if self._checkpoint_conn is None:
+            self._checkpoint_conn = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False,
+                factory=_Connection)
+            _connections.add(self._checkpoint_conn)
+        conn = self._checkpoint_conn
+
+        def run() -> None:
+            # PASSIVE: copies what no reader still needs, never waits for a lock. A failure
+            # loses nothing (the frames stay in the WAL for the next checkpoint).
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+        self._checkpointer = threading.Thread(target=run, name="replytime-checkpoint")
+        _checkpoints.add(self._checkpointer)
+        self._checkpointer.start()
+
+    def settle(self) -> None:
+        """Wait for a checkpoint running beside the writer to end."""
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+            self._checkpointer = None
 
     # -- locks: flock on files next to the cache (released when the process dies) ------
     @contextmanager
@@ -612,4 +687,10 @@ class SQLiteCache(KeptLeads, CacheBase):
         try:
             self._finish_index_build()
         finally:
-            self.conn.close()
+            self.settle()
+            if self._checkpoint_conn is not None:
+                self._checkpoint_conn.close()
+            if self._shm is not None:
+                os.close(self._shm)
+                self._shm = None
+            self.conn.close()  # the last connection: checkpoints the rest, removes the WAL
