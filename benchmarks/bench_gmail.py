@@ -13,39 +13,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import sys
 import tempfile
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from fake_gmail import FakeGmail, generate_mailbox  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from replytime.config import Account, Config  # noqa: E402
 from replytime.sources import gmail  # noqa: E402
 from replytime.store import open_cache  # noqa: E402
+from tests.fake_gmail import FakeGmail, generate_mailbox  # noqa: E402
+from tests.loopback import ServedFake  # noqa: E402
 
 TARGET_CEILING = 0.90
 MESSAGES_GET_UNITS = 5
 
 
-def serve(conn: Connection, messages: int, rate: float, window: float, seed: int) -> None:
+def start_fake(messages: int, rate: float, window: float, seed: int
+               ) -> tuple[FakeGmail, tuple[str, int, int]]:
     fake = FakeGmail(generate_mailbox(messages, seed=seed), quota_rate=rate,
                      quota_window=window, log_requests=False)
-    conn.send((fake.start(), len(fake.messages), len(fake.threads)))
-    while True:
-        cmd = conn.recv()
-        with fake.lock:
-            figures = {"units": fake.units_total, "rejected_429": fake.rejected_429,
-                       "refreshes": fake.refresh_count}
-        conn.send(figures)
-        if cmd == "stop":
-            fake.stop()
-            return
+    return fake, (fake.start(), len(fake.messages), len(fake.threads))
+
+
+def figures(fake: FakeGmail) -> dict[str, int]:
+    return {"units": fake.units_total, "rejected_429": fake.rejected_429,
+            "refreshes": fake.refresh_count}
 
 
 def main() -> int:
@@ -56,12 +51,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
 
-    parent, child = mp.Pipe()
-    proc = mp.get_context("spawn").Process(
-        target=serve, args=(child, args.messages, args.rate, args.window, args.seed)
-    )
-    proc.start()
-    url, n_messages, n_threads = parent.recv()
+    served = ServedFake(start_fake, (args.messages, args.rate, args.window, args.seed), figures)
+    url, n_messages, n_threads = served.hello
     with tempfile.TemporaryDirectory() as tmp:
         token = Path(tmp) / "token.json"
         fd = os.open(token, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -76,14 +67,11 @@ def main() -> int:
         t0 = time.monotonic()
         stats = gmail.sync(cache, account, Config())
         elapsed = time.monotonic() - t0
-        parent.send("figures")
-        full = parent.recv()
+        full = served.figures()
         t1 = time.monotonic()
         inc = gmail.sync(cache, account, Config())
         inc_elapsed = time.monotonic() - t1
-        parent.send("stop")
-        after = parent.recv()
-        proc.join()
+        after = served.stop()
         cached = cache.conn.execute("SELECT count(*) FROM locations").fetchone()[0]
 
     units = full["units"]

@@ -18,39 +18,35 @@ the cost the expansion saves.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import sys
 import tempfile
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from fake_graph import FakeMicrosoft, generate  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from replytime.config import Account, Config  # noqa: E402
 from replytime.sources import msauth, msgraph  # noqa: E402
 from replytime.store import open_cache  # noqa: E402
+from tests.fake_graph import FakeMicrosoft, generate  # noqa: E402
+from tests.loopback import ServedFake  # noqa: E402
 
 TARGET_MSG_S = 1000.0
 
 
-def serve(conn: Connection, messages: int, certs: str, ignore_expand: bool, sent: float
-          ) -> None:
+def start_fake(messages: int, certs: str, ignore_expand: bool, sent: float
+               ) -> tuple[FakeMicrosoft, dict[str, Any]]:
     fake = FakeMicrosoft(Path(certs), limit=10_000, window=600.0, max_concurrent=4)
     generate(fake.box, messages, seed=1, sent_share=sent)
     fake.delta_ignores_expand = ignore_expand
     fake.start()
-    conn.send((fake.port, str(fake.ca), fake.account_options(Path(certs) / "msal.json")))
-    while True:
-        cmd = conn.recv()
-        with fake.lock:
-            conn.send({"graph_requests": fake.graph_requests, "batch_parts": fake.batch_parts,
-                       "throttled": fake.throttled, "peak": fake.peak})
-        if cmd == "stop":
-            fake.stop()
-            return
+    return fake, fake.account_options(Path(certs) / "msal.json")
+
+
+def figures(fake: FakeMicrosoft) -> dict[str, int]:
+    return {"graph_requests": fake.graph_requests, "batch_parts": fake.batch_parts,
+            "throttled": fake.throttled, "peak": fake.peak}
 
 
 def main() -> int:
@@ -62,27 +58,20 @@ def main() -> int:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-graph-"))
-    parent, child = mp.Pipe()
-    proc = mp.get_context("spawn").Process(
-        target=serve, args=(child, args.messages, str(work / "certs"), args.ignore_expand,
-                            args.sent_share), daemon=True)
     t0 = time.monotonic()
-    proc.start()
-    _port, _ca, options = parent.recv()
+    served = ServedFake(start_fake, (args.messages, str(work / "certs"), args.ignore_expand,
+                                     args.sent_share), figures)
+    options = served.hello
     print(f"fake Graph with {args.messages:,} messages ready in {time.monotonic() - t0:.1f}s")
     account = Account("bench", "microsoft", {**options, "retry_base": 0.5, "retry_cap": 32.0})
     msauth.device_sign_in(account)
     cache = open_cache(work / "cache.sqlite")
 
-    def figures() -> dict[str, int]:
-        parent.send("figures")
-        return parent.recv()
-
-    before = figures()
+    before = served.figures()
     started = time.monotonic()
     stats = msgraph.sync(cache, account, Config())
     took = time.monotonic() - started
-    after = figures()
+    after = served.figures()
     rate = stats.fetched / took
     print(f"first sync: {stats.fetched:,} messages in {took:.1f}s = {rate:,.0f} msg/s "
           f"(target >= {TARGET_MSG_S:,.0f}) {'OK' if rate >= TARGET_MSG_S else 'BELOW TARGET'}")
@@ -92,13 +81,11 @@ def main() -> int:
           f"most in flight: {after['peak']}, retries: {stats.extra['retries']}")
     again = time.monotonic()
     second = msgraph.sync(cache, account, Config())
-    end = figures()
+    end = served.figures()
     n = end["graph_requests"] - after["graph_requests"]
     print(f"nothing new: {n} requests for 2 folders in {time.monotonic() - again:.2f}s "
           f"(target: 2) {'OK' if n == 2 and second.fetched == 0 else 'OFF TARGET'}")
-    parent.send("stop")
-    parent.recv()
-    proc.join(10)
+    served.stop()
     return 0
 
 

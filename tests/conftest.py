@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from replytime.analysis import kept, rethread
-from tests.pg import PostgresServer
+from tests.pg import PostgresServer, memory_dir
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -17,7 +17,7 @@ BACKENDS = ["sqlite", "postgresql"]
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
     """One throw-away PostgreSQL cluster for the whole session, started on first use."""
-    with PostgresServer() as server:
+    with PostgresServer(parent=memory_dir()) as server:
         yield server
 
 
@@ -45,3 +45,23 @@ def no_kept_table(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def without_kept_table(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     with no_kept_table(monkeypatch):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def built_cli_once() -> Iterator[None]:
+    """Typer rebuilds the click command from the app's signatures on every ``app()`` call
+    (~45 ms); a real process calls it once. The suites call ``cli.main`` in-process
+    thousands of times, so each app's command is built once for the session."""
+    import typer.main
+
+    build = typer.main.get_command
+    built: dict[int, object] = {}
+
+    def once(app: typer.Typer) -> object:
+        if id(app) not in built:
+            built[id(app)] = (app, build(app))
+        return built[id(app)][1]
+
+    typer.main.get_command = once
+    yield
+    typer.main.get_command = build

@@ -33,6 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests import loopback
+
 COSTS = {
     "profile": 1,
     "threads.list": 10,
@@ -289,11 +291,8 @@ class FakeGmail:
         class Handler(_Handler):
             gmail = fake
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                       daemon=True)
-        self.thread.start()
+        self.server = loopback.listen(ThreadingHTTPServer, Handler, host=host, port=port)
+        self.thread = loopback.serve(self.server)
         return self.url
 
     @property
@@ -303,9 +302,7 @@ class FakeGmail:
         return f"http://{host}:{port}/"
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        loopback.stop(self.server)
 
     # -- queries for tests -----------------------------------------------------------------
     def calls(self, api: str, *, status: int | None = None) -> list[LogEntry]:

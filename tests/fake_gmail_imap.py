@@ -13,11 +13,11 @@ from __future__ import annotations
 import base64
 import re
 import socketserver
-import threading
 import time
 from dataclasses import dataclass, field
 
 from replytime.sources.headers import header_block_end
+from tests import loopback
 
 ALL_MAIL = "[Gmail]/All Mail"
 UIDVALIDITY = 11
@@ -69,17 +69,14 @@ class FakeGmail:
                 _Session(state, self.rfile, self.wfile).run()
 
         socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = loopback.listen(socketserver.ThreadingTCPServer, Handler)
+        self.port = loopback.port(self._server)
+        loopback.serve(self._server)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        loopback.stop(self._server)
+        self._server = None
 
     @property
     def uidnext(self) -> int:

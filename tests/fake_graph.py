@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from tests import loopback
+
 USER = "rep@acme.example"
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 TENANT_ID = "9188040d-6c67-4c5b-b112-36a304b66dad"
@@ -367,19 +369,15 @@ class FakeMicrosoft:
         class Handler(_Handler):
             server_fake = fake
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(self._cert, self._key)
-        self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = loopback.listen(ThreadingHTTPServer, Handler, tls=ctx)
+        self.port = loopback.port(self._server)
+        loopback.serve(self._server)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        loopback.stop(self._server)
 
     # -- identity ------------------------------------------------------------------------
     def _secret(self, prefix: str) -> str:

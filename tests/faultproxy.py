@@ -10,6 +10,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from tests import loopback
+
 FAULTS = ("drop", "truncate", "slow")
 
 
@@ -35,25 +37,19 @@ class FaultProxy:
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._listener = loopback.accept_forever(self._connect)
+        self.port = loopback.port(self._listener)
 
     def close(self) -> None:
         self._listener.close()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            conn = _Conn()
-            threading.Thread(target=self._requests, args=(client, upstream, conn),
-                             daemon=True).start()
-            threading.Thread(target=self._replies, args=(upstream, client, conn),
-                             daemon=True).start()
+    def _connect(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.target)
+        conn = _Conn()
+        threading.Thread(target=self._requests, args=(client, upstream, conn),
+                         daemon=True).start()
+        threading.Thread(target=self._replies, args=(upstream, client, conn),
+                         daemon=True).start()
 
     def _requests(self, src: socket.socket, dst: socket.socket, conn: _Conn) -> None:
         with _closing(src, dst):

@@ -24,6 +24,12 @@ import json, os, sys
 import pandas, pyarrow.parquet, rich.console  # noqa: F401 - imported once, before forking
 import replytime.cli, replytime.api, replytime.output.emit, replytime.output.html  # noqa
 import replytime.output.weekly, replytime.analysis.weekly, replytime.output.export  # noqa
+import typer.main
+# The click command typer builds from the app on every call (~45 ms), built once here
+# before forking, as a long-lived process would: each child runs it.
+_build = typer.main.get_command
+_command = _build(replytime.cli.app)
+typer.main.get_command = lambda app: _command if app is replytime.cli.app else _build(app)
 for line in sys.stdin:
     req = json.loads(line)
     sys.stdout.flush()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 from replytime.api import Analysis, refresh_threads
 from replytime.config import Config, parse_config
@@ -25,26 +27,39 @@ BASE_CONFIG = {
 }
 
 
+def toml(data: dict[str, Any]) -> str:
+    """A config dict of the shapes the tests use (tables, arrays of tables, one level of
+    sub-tables; strings, booleans, numbers and lists of them) as TOML text."""
+    def value(v: Any) -> str:
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return str(v)
+
+    out: list[str] = []
+    for key, table in data.items():
+        if isinstance(table, list):
+            for item in table:
+                out.append(f"[[{key}]]")
+                out += [f"{k} = {value(v)}" for k, v in item.items()]
+        else:
+            scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+            out.append(f"[{key}]")
+            out += [f"{k} = {value(v)}" for k, v in scalars.items()]
+            for name, sub in table.items():
+                if isinstance(sub, dict):
+                    out.append(f"[{key}.{name}]")
+                    out += [f"{k} = {value(v)}" for k, v in sub.items()]
+    return "\n".join(out) + "\n"
+
+
 # The same team as a config file, one address per rep (the CLI tests write it next to a
 # cache; [delivery] or [alerts] tables can follow it).
-TEAM_TOML = """\
-[team]
-internal_domains = ["acme.example"]
-shared_inboxes = ["sales@acme.example"]
-timezone = "UTC"
-[[reps]]
-name = "Alice"
-emails = ["alice@acme.example"]
-team = "East"
-[[reps]]
-name = "Bob"
-emails = ["bob@acme.example"]
-team = "East"
-[[reps]]
-name = "Carol"
-emails = ["carol@acme.example"]
-team = "West"
-"""
+TEAM_TOML = toml({**BASE_CONFIG, "reps": [{**rep, "emails": rep["emails"][:1]}
+                                         for rep in BASE_CONFIG["reps"]]})
 
 
 def at(day: int = 0, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:

@@ -24,6 +24,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
+from tests import loopback
 from tests.dovecot import free_port, make_cert
 
 USER = "reports@acme.example"
@@ -159,28 +160,22 @@ class StallOnce:
         self.stalls = stalls
         self.connections = 0
         self._held: list[socket.socket] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._listener = loopback.accept_forever(self._connect)
+        self.port = loopback.port(self._listener)
 
     def close(self) -> None:
         self._listener.close()
         for s in self._held:
             s.close()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            if self.connections <= self.stalls:
-                self._held.append(client)
-                continue
-            upstream = socket.create_connection(self.target)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+    def _connect(self, client: socket.socket) -> None:
+        self.connections += 1
+        if self.connections <= self.stalls:
+            self._held.append(client)
+            return
+        upstream = socket.create_connection(self.target)
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
 
 
 def _pipe(src: socket.socket, dst: socket.socket) -> None:

@@ -26,6 +26,7 @@ from replytime.errors import AuthError, ConfigError, SourceUnreachable  # noqa: 
 from replytime.sources import gmail  # noqa: E402
 from replytime.sources.retry import MovingWindowLimiter, backoff_delay  # noqa: E402
 from replytime.store import open_cache  # noqa: E402
+from tests.leaks import shown  # noqa: E402
 
 RATE = 4000.0  # fast quota for most tests; the benchmark runs the real 250 units/s
 CONFIG = Config(leads=LeadFilters(forms=(FormRule("*", lead_address="header:x-lead-email"),)))
@@ -481,11 +482,8 @@ def test_no_token_appears_in_output_or_logs(
     fake.revoked = True
     with pytest.raises(AuthError) as err:
         gmail.sync(cache, account, CONFIG, full=True)
-    out = capfd.readouterr()
-    text = out.out + out.err + caplog.text + str(err.value)
     assert fake.issued  # tokens were issued...
-    for secret in [*fake.issued, *SECRET_MARKERS]:
-        assert secret not in text  # ...and never shown
+    assert shown([*fake.issued, *SECRET_MARKERS], capfd, caplog, err.value) == []  # ...unseen
 
 
 # -- retry helpers ----------------------------------------------------------------------

@@ -23,7 +23,7 @@ from replytime.config import parse_config
 from replytime.sources.headers import parse_header_block
 from replytime.store import Cache, SQLiteCache, open_cache
 from tests.conftest import no_kept_table
-from tests.mailbuilder import BASE_CONFIG, Mailbox, at
+from tests.mailbuilder import BASE_CONFIG, Mailbox, at, toml
 
 REPS = ["alice@acme.example", "a.ng@acme.example", "bob@acme.example", "carol@acme.example"]
 INTERNAL = [*REPS, "sales@acme.example", "ops@acme.example", "lab@acme-labs.example"]
@@ -112,34 +112,6 @@ class Mail:
 
 
 # -- configs -------------------------------------------------------------------------------------
-def toml(data: dict[str, Any]) -> str:
-    """The few shapes the configs here use, as TOML."""
-    def value(v: Any) -> str:
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return str(v)
-
-    out: list[str] = []
-    for key, table in data.items():
-        if isinstance(table, list):
-            for item in table:
-                out.append(f"[[{key}]]")
-                out += [f"{k} = {value(v)}" for k, v in item.items()]
-        else:
-            scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
-            out.append(f"[{key}]")
-            out += [f"{k} = {value(v)}" for k, v in scalars.items()]
-            for name, sub in table.items():
-                if isinstance(sub, dict):
-                    out.append(f"[{key}.{name}]")
-                    out += [f"{k} = {value(v)}" for k, v in sub.items()]
-    return "\n".join(out) + "\n"
-
-
 def edit_config(data: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     """One random edit of what leads depend on: internal domains, reps and their
     addresses, teams, schedules (holidays, dates off), lead filters."""

@@ -32,6 +32,7 @@ from replytime.errors import AuthError, ConfigError, SourceUnreachable  # noqa: 
 from replytime.sources import msauth, msgraph  # noqa: E402
 from replytime.store import open_cache  # noqa: E402
 from replytime.syncing import sync_accounts  # noqa: E402
+from tests.leaks import shown  # noqa: E402
 
 CONFIG = Config(leads=LeadFilters(forms=(FormRule("*", lead_address="header:x-lead-email"),)))
 NAME = "sales-ms"
@@ -563,11 +564,9 @@ def test_no_token_in_output_or_debug_logs(
     fake.revoked = True
     with pytest.raises(AuthError) as err:
         msgraph.sync(cache, acct, CONFIG)
-    out = capfd.readouterr()
-    text = out.out + out.err + caplog.text + str(err.value)
     assert len(caplog.records) > 10  # msal, urllib3 and requests did log at DEBUG
     assert len(fake.issued) >= 4
-    assert not any(s in text for s in fake.issued)
+    assert shown(fake.issued, capfd, caplog, err.value) == []
 
 
 def test_ca_file_wins_over_the_environment(fake: FakeMicrosoft, tmp_path: Path,

@@ -28,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests import loopback
 from tests.dovecot import make_cert
 
 TOKEN = "T0000/B0000/s3cretW3bhookT0ken"
@@ -183,11 +184,10 @@ class WebhookServer:
                 except OSError:  # the client gave up (a stalled answer): nothing to do
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(self.cert, self.cert.with_name("key.pem"))
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
+        self.httpd = loopback.listen(ThreadingHTTPServer, Handler, tls=ctx)
+        self.port = loopback.port(self.httpd)
 
     def _record(self, kind: str, payload: dict[str, Any]) -> None:
         with self.lock:
@@ -200,9 +200,8 @@ class WebhookServer:
         return [p for k, p in self.received if k == kind]
 
     def __enter__(self) -> WebhookServer:
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        loopback.serve(self.httpd)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        loopback.stop(self.httpd)
