@@ -103,10 +103,33 @@ ssl_key = <{root}/tls/key.pem
 """
 
 
+_PORTS_PER_WORKER = 2000
+_next_port: dict[str, int] = {}
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on now, for a server told its port before it starts.
+    Under pytest-xdist each worker draws from its own range below the kernel's ephemeral
+    ports (32768 and up), so two workers never pick the same port, and a port bound with
+    port 0 anywhere (never in these ranges) cannot take it either; the range is walked, so
+    one worker does not hand a port out twice."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    first = 20000 + int(worker[2:]) % 6 * _PORTS_PER_WORKER
+    start = _next_port.get(worker, first)
+    for k in range(_PORTS_PER_WORKER):
+        port = first + (start - first + k) % _PORTS_PER_WORKER
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (or in TIME_WAIT): the next one
+        _next_port[worker] = first + (port - first + 1) % _PORTS_PER_WORKER
+        return port
+    raise RuntimeError(f"no free loopback port in {first}..{first + _PORTS_PER_WORKER - 1}")
 
 
 def require_binaries(*names: str) -> None:

@@ -9,7 +9,6 @@ import fcntl
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +18,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_gmail import FakeGmail, generate_mailbox  # noqa: E402
+
+from tests.dovecot import free_port
 
 SCRIPT = Path(sys.executable).with_name("replytime")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -192,13 +193,6 @@ def test_3_revoked_token(tmp_path: Path, fake: FakeGmail) -> None:
 
 
 # -- 4 ---------------------------------------------------------------------------------------
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_4_source_unreachable(tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "imap.toml"
