@@ -312,21 +312,27 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def reads_cache(c: Cache) -> bool:
     """Whether ``thread_inputs`` read the messages back; either way they must be exactly
-    what reading the cache gives."""
+    what reading the cache with ``_frame`` gives, also with the columns the kept-lead
+    rebuild reads besides."""
+    from replytime.analysis.kept import INPUT_EXTRA
     from replytime.store.base import CacheBase
 
-    real, calls = c._frame, []
+    calls: list[object] = []
+    for name in ("_frame", "_inputs_frame"):
+        real = getattr(c, name)
 
-    def counted(*args: object) -> pd.DataFrame:
-        calls.append(args)
-        return real(*args)
+        def counted(*args: object, real: object = real) -> pd.DataFrame:
+            calls.append(args)
+            return real(*args)  # type: ignore[operator]
 
-    c._frame = counted  # type: ignore[method-assign]
+        setattr(c, name, counted)
     try:
         got = c.thread_inputs()
+        with_extra = c.thread_inputs(INPUT_EXTRA)
     finally:
-        del c._frame
+        del c._frame, c._inputs_frame
     pd.testing.assert_frame_equal(got, CacheBase.thread_inputs(c))
+    pd.testing.assert_frame_equal(with_extra, CacheBase.thread_inputs(c, INPUT_EXTRA))
     return bool(calls)
 
 

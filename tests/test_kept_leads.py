@@ -463,12 +463,13 @@ def kept_tables(cache: Cache) -> dict[str, list[tuple[Any, ...]]]:
             for t in ("leads", "lead_blocks", "message_volume")}
 
 
-@pytest.mark.parametrize("regroup", ["incremental", "full"])
+@pytest.mark.parametrize("regroup", ["incremental", "full", "full-read"])
 def test_update_writes_what_a_rebuild_writes(regroup: str, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """After each batch, the kept rows an update leaves (only the rows and columns that
     differ written) equal a rebuild's, value for value: whether the update took the
-    messages the incremental regroup held, or read them (after a full regroup)."""
+    messages the regroup held (incremental, or full and holding every message), or read
+    them (after a full regroup of more than ``HELD_MESSAGES``)."""
     mail = Mail(tmp_path, 41)
     cfg = parse_config(start_config())
     read: list[int] = []
@@ -485,8 +486,10 @@ def test_update_writes_what_a_rebuild_writes(regroup: str, tmp_path: Path,
 
     monkeypatch.setattr(SQLiteCache, "messages_of_threads", reading)
     monkeypatch.setattr(kept, "update", updating)
-    if regroup == "full":
+    if regroup != "incremental":
         monkeypatch.setattr(rethread, "_regroup_new", lambda *args: None)
+    if regroup == "full-read":
+        monkeypatch.setattr(rethread, "HELD_MESSAGES", 0)
     with open_cache(tmp_path / "kept.sqlite") as cache:
         for _ in range(8):
             for _ in range(3):
@@ -495,5 +498,37 @@ def test_update_writes_what_a_rebuild_writes(regroup: str, tmp_path: Path,
             got = kept_tables(cache)
             kept.rebuild(cache, cfg, kept.state_for(cfg))
             assert got == kept_tables(cache)
-    assert updates and all(updates) == (regroup == "incremental"), updates
-    assert bool(read) == (regroup == "full")
+    assert updates and all(updates) == (regroup != "full-read"), updates
+    assert bool(read) == (regroup == "full-read")
+
+
+@pytest.mark.parametrize("part", [7, 40, 250_000])
+def test_rebuild_from_a_full_regroup_writes_what_reading_writes(
+        part: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full regroup hands every message it read to the kept-lead rebuild, which splits
+    them into whole threads in start order; the rows it writes equal those of the rebuild
+    that reads the messages again period by period, value for value, however many parts
+    either makes (``part`` messages a part)."""
+    monkeypatch.setattr(kept, "PART_MESSAGES", part)
+    monkeypatch.setattr(rethread, "_regroup_new", lambda *args: None)  # always in full
+    mail = Mail(tmp_path, 7)
+    cfg = parse_config(start_config())
+    held: list[int] = []
+    real = kept._rebuild_from
+
+    def rebuilding(cache: Cache, config: Any, state: str, messages: pd.DataFrame) -> None:
+        held.append(len(messages))
+        real(cache, config, state, messages)
+
+    monkeypatch.setattr(kept, "_rebuild_from", rebuilding)
+    with open_cache(tmp_path / "kept.sqlite") as cache:
+        for _ in range(4):
+            mail.batch(cache)
+            cache.invalidate_kept_leads()  # the next refresh rebuilds every kept row
+            refresh_threads(cache, cfg)
+            got = kept_tables(cache)
+            assert len(got["leads"]) > 0
+            kept.rebuild(cache, cfg, kept.state_for(cfg))  # read again
+            assert got == kept_tables(cache)
+        assert held == sorted(held) and held[-1] == cache.message_count()
+    assert len(held) == 4

@@ -315,13 +315,14 @@ _MESSAGE_READ = ("id", "message_id", "from_addr", "to_addrs", "cc_addrs", "reply
 
 
 def capturing(assign: Callable[[pd.DataFrame], Grouping | pd.Series], covered_id: int,
-              changes: Changes, *, whole: bool = False
+              changes: Changes, *, whole: bool = False, everything: bool = False
               ) -> Callable[[pd.DataFrame], Grouping | pd.Series]:
     """``assign`` (thread inputs -> thread id per message id) that also records in
     ``changes`` what ``CacheBase.set_threads`` will write: every message whose new thread
     id is set and differs from its current one. ``whole``: the inputs hold every message
     of every thread they touch, with ``INPUT_EXTRA``, and the assignment is written as it
-    is: ``changes.messages`` keeps the messages of the changed threads."""
+    is: ``changes.messages`` keeps the messages of the changed threads; ``everything``:
+    the inputs are every cached message (a full regroup), all kept, for ``rebuild``."""
 
     def run(inputs: pd.DataFrame) -> Grouping | pd.Series:
         found = assign(inputs)
@@ -335,19 +336,30 @@ def capturing(assign: Callable[[pd.DataFrame], Grouping | pd.Series], covered_id
         ids = current.index.to_numpy()
         changes.modified = bool((current.isna().to_numpy() & (ids <= covered_id)).any())
         changes.max_id = int(ids.max()) if len(ids) else 0
-        if whole:
-            changes.messages = _as_read(inputs, fresh.to_numpy(dtype=object), changes.threads)
+        if whole or everything:
+            changes.messages = _as_read(inputs, fresh.to_numpy(dtype=object),
+                                        None if everything else changes.threads)
         return found
 
     return run
 
 
-def _as_read(inputs: pd.DataFrame, thread_id: np.ndarray, threads: set[str]) -> pd.DataFrame:
+def of_threads(messages: pd.DataFrame | None, threads: set[str]) -> pd.DataFrame | None:
+    """The rows of ``messages`` (as ``_as_read`` keeps them) in ``threads``."""
+    if messages is None:
+        return None
+    return messages[messages["thread_id"].isin(threads)].reset_index(drop=True)
+
+
+def _as_read(inputs: pd.DataFrame, thread_id: np.ndarray, threads: set[str] | None
+             ) -> pd.DataFrame:
     """The rows of ``inputs`` (in id order) whose thread (``thread_id``, per row) is one of
-    ``threads``, with those thread ids, as ``Cache.messages_of_threads`` reads them: its
-    columns in its order, ``automated`` boolean, no labels, times integers when none is
-    missing (a frame read in parts may hold them as floats)."""
-    mine = pd.Series(thread_id).isin(threads).to_numpy()
+    ``threads`` (None: every row with a thread), with those thread ids, as
+    ``Cache.messages_of_threads`` reads them: its columns in its order, ``automated``
+    boolean, no labels, times integers when none is missing (a frame read in parts may
+    hold them as floats)."""
+    ids = pd.Series(thread_id)
+    mine = (ids.notna() if threads is None else ids.isin(threads)).to_numpy()
     m = inputs.loc[mine, list(_MESSAGE_READ)].reset_index(drop=True)
     m["thread_id"] = thread_id[mine]
     m["automated"] = m["automated"].astype(bool)
@@ -410,11 +422,17 @@ def volume_rows(m: pd.DataFrame) -> pd.DataFrame:
     return counts.reset_index()[list(VOLUME_COLUMNS)]
 
 
-def rebuild(cache: Cache, config: Config, state: str) -> None:
+def rebuild(cache: Cache, config: Config, state: str,
+            messages: pd.DataFrame | None = None) -> None:
     """Every kept row again, period by period of about ``PART_MESSAGES`` messages: each
     period's leads from the threads active in it, read whole (exact, as ``LeadSet.limit_to``
     is), so memory is that of one period. The volume counts each period's messages, and
-    those before the first thread start or after the last apart."""
+    those before the first thread start or after the last apart. ``messages``: every cached
+    message as ``Changes.messages`` holds them after a full regroup; matched from memory
+    (``_rebuild_from``) instead of read again."""
+    if messages is not None:
+        _rebuild_from(cache, config, state, messages)
+        return
     roster = Roster(config)
     first, last, top = cache.thread_span_bounds()
     rows, blocks, volume = [], [], []
@@ -440,6 +458,42 @@ def rebuild(cache: Cache, config: Config, state: str) -> None:
         counts = counts.groupby("bucket", sort=True).sum().reset_index()[list(VOLUME_COLUMNS)]
     cache.replace_kept_leads(_concat(rows, KEPT_COLUMNS), _concat(blocks, BLOCK_KEPT_COLUMNS),
                              counts, threads=None, state=state, max_id=top)
+
+
+def _rebuild_from(cache: Cache, config: Config, state: str, messages: pd.DataFrame) -> None:
+    """``rebuild`` from every cached message, held (a full regroup read them all): whole
+    threads in parts of about ``PART_MESSAGES`` messages, in thread start order (a thread's
+    one lead is at its start), matched part by part. Without form rules a thread's lead,
+    first reply and blocks depend on that thread alone, so any split into whole threads
+    keeps exactly the rows that ``rebuild`` keeps (tests/test_kept_leads.py)."""
+    roster = Roster(config)
+    thread = messages["thread_id"].to_numpy(dtype=object)
+    code, _ = pd.factorize(thread)
+    person = (messages["time_ms"].notna() & ~messages["automated"]).to_numpy(dtype=bool)
+    start = pd.Series(np.where(person, messages["time_ms"].astype("float64"), np.nan)
+                      ).groupby(code).min().to_numpy()  # NaN: no lead can start there
+    sizes = np.bincount(code)
+    order = np.lexsort((np.arange(len(start)), np.nan_to_num(start, nan=np.inf)))
+    # Part of each thread: consecutive threads in start order, PART_MESSAGES a part.
+    part = np.empty(len(start), dtype=np.int64)
+    part[order] = (np.cumsum(sizes[order]) - sizes[order]) // PART_MESSAGES
+    of_message = part[code]
+    rows, blocks, volume = [], [], []
+    for k in range(int(part.max()) + 1 if len(part) else 0):
+        m = prepare(messages[of_message == k].reset_index(drop=True), roster)
+        found = _match(m, config, cache)
+        rows.append(found.rows)
+        blocks.append(found.blocks)
+        volume.append(volume_rows(m))
+    found_rows = _concat(rows, KEPT_COLUMNS)
+    if not found_rows.empty:  # as ``rebuild`` writes them: in lead order
+        found_rows = found_rows.sort_values(["lead_time_ms", "lead_id"], kind="stable")
+    counts = _concat(volume, VOLUME_COLUMNS)
+    if not counts.empty:  # a bucket with messages of two parts
+        counts = counts.groupby("bucket", sort=True).sum().reset_index()[list(VOLUME_COLUMNS)]
+    top = int(messages["id"].max()) if len(messages) else 0
+    cache.replace_kept_leads(found_rows, _concat(blocks, BLOCK_KEPT_COLUMNS), counts,
+                             threads=None, state=state, max_id=top)
 
 
 def update(cache: Cache, config: Config, state: str, changes: Changes) -> None:

@@ -86,6 +86,7 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
                        and cache.get_meta("threads_fingerprint") == fingerprint)
         changed = 0
         changes = kept.Changes()
+        held = False  # changes.messages: every cached message (a full regroup's inputs)
         if redo_threads:
             cache.invalidate_kept_leads()  # until the rows match the new thread ids
             roster = Roster(config)
@@ -99,20 +100,33 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
                                                         whole=whole),
                     roster.is_internal, kept.INPUT_EXTRA if whole else ())
             if regrouped is None:
+                # A full regroup reads every message: with what the kept leads read besides,
+                # ``kept.rebuild`` matches them from memory (up to HELD_MESSAGES of them).
+                held = want is not None and cache.last_message_id() <= HELD_MESSAGES
                 changed = cache.rebuild_threads(kept.capturing(
-                    lambda df: keyed(df, roster.is_internal), covered, changes), fingerprint)
+                    lambda df: keyed(df, roster.is_internal), covered, changes,
+                    everything=held), fingerprint, kept.INPUT_EXTRA if held else ())
             else:
                 changed = regrouped
         if want is not None:
             if incremental and not changes.modified:
                 if redo_threads:
+                    if held:  # the update takes the messages of the changed threads
+                        changes.messages = kept.of_threads(changes.messages, changes.threads)
                     kept.update(cache, config, want, changes)
             else:
-                kept.rebuild(cache, config, want)
+                kept.rebuild(cache, config, want, changes.messages if held else None)
     # Nothing left running beside this thread when the command ends (the CLI then exits
     # without interpreter teardown).
     cache.settle()
     return changed
+
+
+#: a full regroup keeps every message it read for the kept-lead rebuild after it up to this
+#: many (ids), instead of that rebuild reading them again part by part: at a million
+#: messages the second read was a quarter of a first import's time; memory grows by the
+#: messages' pointers (their values are the regroup's own)
+HELD_MESSAGES = 2_000_000
 
 
 def kept_lead_counts(cache: Cache, config: Config, as_of_ms: int) -> tuple[int, int, int] | None:

@@ -535,34 +535,14 @@ def _span(column: str, since_ms: int | None, until_ms: int | None) -> tuple[str,
 
 def _sqlite_table(cursor: Any, names: Sequence[str]) -> Any:
     """The kept rows of an SQLite ``cursor`` (columns ``names``) as an Arrow table of the
-    declared types: each batch of rows goes to Arrow in one C pass, not through pandas'
-    per-value type inference (from_records: half of an all-time read of 111,000 kept
-    leads). None when there are none, or a value is not of its column's type."""
-    import gc
+    declared types (``base.arrow_rows``): not through pandas' per-value type inference
+    (from_records: half of an all-time read of 111,000 kept leads)."""
+    from replytime.store.base import arrow_rows  # base imports this module
 
-    import pyarrow as pa
-
-    row = pa.struct([(n, pa.type_for_alias(_KEPT_ARROW.get(n, "string"))) for n in names])
-    chunks = []
-    # The rows are tuples of plain values (no cycles): the collector's passes over the
-    # growing heap of them cost a fifth of the read.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        while rows := cursor.fetchmany(_FETCH_ROWS):
-            try:
-                chunks.append(pa.array(rows, type=row))
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                return None
-            del rows
-    finally:
-        if collecting:
-            gc.enable()
+    table = arrow_rows(cursor, {n: _KEPT_ARROW.get(n, "string") for n in names}, _FETCH_ROWS)
     # The page cache (up to 64 MB) holds the rows' pages: read once, needed no more.
     cursor.connection.execute("PRAGMA shrink_memory")
-    if not chunks:
-        return None
-    return pa.Table.from_struct_array(pa.chunked_array(chunks, type=row))
+    return table
 
 
 def _bound_rows(rows: pd.DataFrame, names: Sequence[str]) -> Iterator[list[tuple[Any, ...]]]:

@@ -420,8 +420,8 @@ class PostgresCache(KeptLeads, CacheBase):
                 cp.write_row(row)
 
     def rebuild_threads(self, assign: Callable[[pd.DataFrame], Grouping | pd.Series],
-                        fingerprint: str) -> int:
-        changed = super().rebuild_threads(assign, fingerprint)
+                        fingerprint: str, extra: Sequence[str] = ()) -> int:
+        changed = super().rebuild_threads(assign, fingerprint, extra)
         # Every thread id and thread row rewritten: statistics now, for the plans of the
         # kept-lead rebuild that follows (autovacuum analyses them minutes later).
         self.conn.execute("ANALYZE messages, threads")
