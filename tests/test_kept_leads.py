@@ -7,6 +7,7 @@ On both backends; and a process stopped while it updates the table leaves it exa
 from __future__ import annotations
 
 import json
+import os
 import random
 from contextlib import redirect_stdout
 from io import StringIO
@@ -502,25 +503,38 @@ def test_update_writes_what_a_rebuild_writes(regroup: str, tmp_path: Path,
     assert bool(read) == (regroup == "full-read")
 
 
-@pytest.mark.parametrize("part", [7, 40, 250_000])
+@pytest.mark.parametrize(("part", "forked"), [(7, False), (40, False), (250_000, False),
+                                              (7, True), (250_000, True)])
 def test_rebuild_from_a_full_regroup_writes_what_reading_writes(
-        part: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        part: int, forked: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full regroup hands every message it read to the kept-lead rebuild, which splits
-    them into whole threads in start order; the rows it writes equal those of the rebuild
-    that reads the messages again period by period, value for value, however many parts
-    either makes (``part`` messages a part)."""
+    them into whole threads in start order, matched here or (``forked``) in a child process
+    while the thread ids are written; the rows it writes equal those of the rebuild that
+    reads the messages again period by period, value for value, however many parts either
+    makes (``part`` messages a part)."""
+    from replytime.forked import Forked
+
     monkeypatch.setattr(kept, "PART_MESSAGES", part)
+    monkeypatch.setattr(kept, "FORK_MESSAGES", 0 if forked else 10**9)
     monkeypatch.setattr(rethread, "_regroup_new", lambda *args: None)  # always in full
     mail = Mail(tmp_path, 7)
     cfg = parse_config(start_config())
     held: list[int] = []
-    real = kept._rebuild_from
+    from_child: list[bool] = []
+    real, real_result = kept._rebuild_from, Forked.result
 
-    def rebuilding(cache: Cache, config: Any, state: str, messages: pd.DataFrame) -> None:
+    def rebuilding(cache: Cache, config: Any, state: str, messages: pd.DataFrame,
+                   pending: Any = None) -> None:
         held.append(len(messages))
-        real(cache, config, state, messages)
+        real(cache, config, state, messages, pending)
+
+    def result(self: Forked[Any]) -> Any:
+        value = real_result(self)
+        from_child.append(value is not None)
+        return value
 
     monkeypatch.setattr(kept, "_rebuild_from", rebuilding)
+    monkeypatch.setattr(Forked, "result", result)
     with open_cache(tmp_path / "kept.sqlite") as cache:
         for _ in range(4):
             mail.batch(cache)
@@ -532,3 +546,31 @@ def test_rebuild_from_a_full_regroup_writes_what_reading_writes(
             assert got == kept_tables(cache)
         assert held == sorted(held) and held[-1] == cache.message_count()
     assert len(held) == 4
+    assert from_child == ([True] * 4 if forked else [])
+
+
+def test_a_failed_child_is_matched_in_the_parent(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forked match that fails (here: the child dies of an error) leaves the parent to
+    match the messages itself: the same rows, no error."""
+    monkeypatch.setattr(kept, "FORK_MESSAGES", 0)
+    monkeypatch.setattr(rethread, "_regroup_new", lambda *args: None)
+    real = kept._match_parts
+    parent = os.getpid()
+
+    def failing(messages: pd.DataFrame, config: Any) -> kept.Kept:
+        if os.getpid() != parent:
+            raise RuntimeError("the child fails")
+        return real(messages, config)
+
+    monkeypatch.setattr(kept, "_match_parts", failing)
+    mail = Mail(tmp_path, 8)
+    cfg = parse_config(start_config())
+    with open_cache(tmp_path / "kept.sqlite") as cache:
+        for _ in range(3):
+            mail.batch(cache)
+        refresh_threads(cache, cfg)
+        got = kept_tables(cache)
+        assert len(got["leads"]) > 0
+        kept.rebuild(cache, cfg, kept.state_for(cfg))
+        assert got == kept_tables(cache)

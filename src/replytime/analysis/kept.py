@@ -27,6 +27,7 @@ a table that is rebuilt, never one that is trusted wrongly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -55,6 +56,7 @@ from replytime.store.leads import (
 )
 
 if TYPE_CHECKING:
+    from replytime.forked import Forked
     from replytime.store import Cache
 
 #: an as-of time past every message: the kept rows are "as of everything cached"
@@ -305,6 +307,8 @@ class Changes:
     #: every message of ``threads`` as ``Cache.messages_of_threads`` reads them after the
     #: write, when the inputs held them all (an incremental regroup); None: read them
     messages: pd.DataFrame | None = None
+    #: the kept-lead match of ``messages`` started beside the thread writes (a full regroup)
+    pending: Forked[Kept] | None = None
 
 
 #: what the thread inputs lack of ``Cache.messages_of_threads``' columns: an incremental
@@ -315,14 +319,16 @@ _MESSAGE_READ = ("id", "message_id", "from_addr", "to_addrs", "cc_addrs", "reply
 
 
 def capturing(assign: Callable[[pd.DataFrame], Grouping | pd.Series], covered_id: int,
-              changes: Changes, *, whole: bool = False, everything: bool = False
+              changes: Changes, *, whole: bool = False, everything: bool = False,
+              then: Callable[[Changes], None] | None = None
               ) -> Callable[[pd.DataFrame], Grouping | pd.Series]:
     """``assign`` (thread inputs -> thread id per message id) that also records in
     ``changes`` what ``CacheBase.set_threads`` will write: every message whose new thread
     id is set and differs from its current one. ``whole``: the inputs hold every message
     of every thread they touch, with ``INPUT_EXTRA``, and the assignment is written as it
     is: ``changes.messages`` keeps the messages of the changed threads; ``everything``:
-    the inputs are every cached message (a full regroup), all kept, for ``rebuild``."""
+    the inputs are every cached message (a full regroup), all kept, for ``rebuild``.
+    ``then(changes)`` runs after, before the assignment is written (``start_rebuild``)."""
 
     def run(inputs: pd.DataFrame) -> Grouping | pd.Series:
         found = assign(inputs)
@@ -339,6 +345,8 @@ def capturing(assign: Callable[[pd.DataFrame], Grouping | pd.Series], covered_id
         if whole or everything:
             changes.messages = _as_read(inputs, fresh.to_numpy(dtype=object),
                                         None if everything else changes.threads)
+        if then is not None:
+            then(changes)
         return found
 
     return run
@@ -372,15 +380,23 @@ def _as_read(inputs: pd.DataFrame, thread_id: np.ndarray, threads: set[str] | No
 @dataclass
 class Kept:
     """What ``_match`` keeps of some whole threads: lead rows (``KEPT_COLUMNS``) and their
-    reply blocks (``BLOCK_KEPT_COLUMNS``)."""
+    reply blocks (``BLOCK_KEPT_COLUMNS``); ``_match_parts`` also their messages' volume
+    counts (``VOLUME_COLUMNS``)."""
 
     rows: pd.DataFrame
     blocks: pd.DataFrame
+    volume: pd.DataFrame | None = None
 
 
 def _match(m: pd.DataFrame, config: Config, cache: Cache) -> Kept:
     """The email leads of ``m`` (whole threads, prepared), their turns, thread rule and
     size, and reply blocks as of everything cached."""
+    return _with_rules(_match_rows(m, config), cache)
+
+
+def _match_rows(m: pd.DataFrame, config: Config) -> Kept:
+    """``_match`` without the thread rules (``rule`` None: ``_with_rules`` reads them), from
+    the messages alone: what a forked child computes (``start_rebuild``)."""
     if m.empty:
         return Kept(pd.DataFrame(columns=list(KEPT_COLUMNS)),
                     pd.DataFrame(columns=list(BLOCK_KEPT_COLUMNS)))
@@ -394,10 +410,18 @@ def _match(m: pd.DataFrame, config: Config, cache: Cache) -> Kept:
     leads["thread_messages"] = leads["thread_id"].map(g.size()).astype("int64")
     for column, how in (("thread_first_ms", "min"), ("thread_last_ms", "max")):
         leads[column] = leads["thread_id"].map(g["time_ms"].agg(how)).astype("Int64")
-    rules = cache.thread_rules(leads["thread_id"].unique().tolist())
-    leads["rule"] = leads["thread_id"].map(rules) if rules else None
+    leads["rule"] = None
     blocks = reply_blocks(m, leads, config, EVERYTHING_MS)
     return Kept(leads[list(KEPT_COLUMNS)], blocks[list(BLOCK_KEPT_COLUMNS)])
+
+
+def _with_rules(found: Kept, cache: Cache) -> Kept:
+    """``found`` with each lead's thread rule, as the threads table holds it."""
+    rows = found.rows
+    if not rows.empty:
+        rules = cache.thread_rules(rows["thread_id"].unique().tolist())
+        rows = rows.assign(rule=rows["thread_id"].map(rules) if rules else None)
+    return Kept(rows, found.blocks)
 
 
 def _concat(frames: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame:
@@ -423,15 +447,17 @@ def volume_rows(m: pd.DataFrame) -> pd.DataFrame:
 
 
 def rebuild(cache: Cache, config: Config, state: str,
-            messages: pd.DataFrame | None = None) -> None:
+            messages: pd.DataFrame | None = None, pending: Forked[Kept] | None = None
+            ) -> None:
     """Every kept row again, period by period of about ``PART_MESSAGES`` messages: each
     period's leads from the threads active in it, read whole (exact, as ``LeadSet.limit_to``
     is), so memory is that of one period. The volume counts each period's messages, and
     those before the first thread start or after the last apart. ``messages``: every cached
     message as ``Changes.messages`` holds them after a full regroup; matched from memory
-    (``_rebuild_from``) instead of read again."""
+    (``_rebuild_from``, by ``pending`` when ``start_rebuild`` started it) instead of read
+    again."""
     if messages is not None:
-        _rebuild_from(cache, config, state, messages)
+        _rebuild_from(cache, config, state, messages, pending)
         return
     roster = Roster(config)
     first, last, top = cache.thread_span_bounds()
@@ -460,12 +486,28 @@ def rebuild(cache: Cache, config: Config, state: str,
                              counts, threads=None, state=state, max_id=top)
 
 
-def _rebuild_from(cache: Cache, config: Config, state: str, messages: pd.DataFrame) -> None:
-    """``rebuild`` from every cached message, held (a full regroup read them all): whole
-    threads in parts of about ``PART_MESSAGES`` messages, in thread start order (a thread's
-    one lead is at its start), matched part by part. Without form rules a thread's lead,
-    first reply and blocks depend on that thread alone, so any split into whole threads
-    keeps exactly the rows that ``rebuild`` keeps (tests/test_kept_leads.py)."""
+#: a full rebuild from held messages matches them in a forked child (``start_rebuild``)
+#: from this many messages on, on a machine with two cores or more: below it the fork and
+#: the result's trip back cost more than the match beside the thread writes saves
+FORK_MESSAGES = 100_000
+
+
+def start_rebuild(messages: pd.DataFrame, config: Config) -> Forked[Kept] | None:
+    """``_rebuild_from``'s match of ``messages`` started in a forked child, to run while
+    the thread ids are written (a million messages: ~4 s of the ~6 s those writes take);
+    None where it would not pay (``FORK_MESSAGES``, one core)."""
+    if len(messages) < FORK_MESSAGES or (os.cpu_count() or 1) < 2:
+        return None
+    from replytime.forked import Forked
+
+    return Forked(lambda: _match_parts(messages, config))
+
+
+def _match_parts(messages: pd.DataFrame, config: Config) -> Kept:
+    """Every kept row and block of ``messages`` (every cached message, with thread ids),
+    without thread rules, and the volume counts (``Kept.volume``): whole threads in parts
+    of about ``PART_MESSAGES`` messages, in thread start order (a thread's one lead is at
+    its start), matched part by part."""
     roster = Roster(config)
     thread = messages["thread_id"].to_numpy(dtype=object)
     code, _ = pd.factorize(thread)
@@ -481,7 +523,7 @@ def _rebuild_from(cache: Cache, config: Config, state: str, messages: pd.DataFra
     rows, blocks, volume = [], [], []
     for k in range(int(part.max()) + 1 if len(part) else 0):
         m = prepare(messages[of_message == k].reset_index(drop=True), roster)
-        found = _match(m, config, cache)
+        found = _match_rows(m, config)
         rows.append(found.rows)
         blocks.append(found.blocks)
         volume.append(volume_rows(m))
@@ -491,8 +533,20 @@ def _rebuild_from(cache: Cache, config: Config, state: str, messages: pd.DataFra
     counts = _concat(volume, VOLUME_COLUMNS)
     if not counts.empty:  # a bucket with messages of two parts
         counts = counts.groupby("bucket", sort=True).sum().reset_index()[list(VOLUME_COLUMNS)]
+    return Kept(found_rows, _concat(blocks, BLOCK_KEPT_COLUMNS), counts)
+
+
+def _rebuild_from(cache: Cache, config: Config, state: str, messages: pd.DataFrame,
+                  pending: Forked[Kept] | None = None) -> None:
+    """``rebuild`` from every cached message, held (a full regroup read them all), matched
+    by ``pending`` (``start_rebuild``) or here. Without form rules a thread's lead, first
+    reply and blocks depend on that thread alone, so any split into whole threads keeps
+    exactly the rows that ``rebuild`` keeps (tests/test_kept_leads.py)."""
+    found = pending.result() if pending is not None else None
+    if found is None:
+        found = _match_parts(messages, config)
     top = int(messages["id"].max()) if len(messages) else 0
-    cache.replace_kept_leads(found_rows, _concat(blocks, BLOCK_KEPT_COLUMNS), counts,
+    cache.replace_kept_leads(_with_rules(found, cache).rows, found.blocks, found.volume,
                              threads=None, state=state, max_id=top)
 
 

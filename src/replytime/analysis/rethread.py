@@ -77,45 +77,58 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
 
     # One process at a time brings threads and kept leads up to date together; the others
     # wait, then find them current.
-    with cache.leads_lock():
-        redo_threads = not threads_current()
-        state, covered = cache.kept_leads_state()
-        # Only new or re-threaded messages under the same roster: the changed threads are
-        # all that changes (a removal clears the thread fingerprint: a full rebuild).
-        incremental = (want is not None and state == want
-                       and cache.get_meta("threads_fingerprint") == fingerprint)
-        changed = 0
-        changes = kept.Changes()
-        held = False  # changes.messages: every cached message (a full regroup's inputs)
-        if redo_threads:
-            cache.invalidate_kept_leads()  # until the rows match the new thread ids
-            roster = Roster(config)
-            regrouped = None
-            if not force and cache.get_meta("threads_fingerprint") == fingerprint:
-                # The regroup holds every message of the threads it changes: with what
-                # the kept leads read besides, ``kept.update`` need not read them again.
-                whole = want is not None
-                regrouped = _regroup_new(
-                    cache, lambda found: kept.capturing(lambda df: found, covered, changes,
-                                                        whole=whole),
-                    roster.is_internal, kept.INPUT_EXTRA if whole else ())
-            if regrouped is None:
-                # A full regroup reads every message: with what the kept leads read besides,
-                # ``kept.rebuild`` matches them from memory (up to HELD_MESSAGES of them).
-                held = want is not None and cache.last_message_id() <= HELD_MESSAGES
-                changed = cache.rebuild_threads(kept.capturing(
-                    lambda df: keyed(df, roster.is_internal), covered, changes,
-                    everything=held), fingerprint, kept.INPUT_EXTRA if held else ())
-            else:
-                changed = regrouped
-        if want is not None:
-            if incremental and not changes.modified:
-                if redo_threads:
-                    if held:  # the update takes the messages of the changed threads
-                        changes.messages = kept.of_threads(changes.messages, changes.threads)
-                    kept.update(cache, config, want, changes)
-            else:
-                kept.rebuild(cache, config, want, changes.messages if held else None)
+    changes = kept.Changes()
+    try:
+        with cache.leads_lock():
+            redo_threads = not threads_current()
+            state, covered = cache.kept_leads_state()
+            # Only new or re-threaded messages under the same roster: the changed threads are
+            # all that changes (a removal clears the thread fingerprint: a full rebuild).
+            incremental = (want is not None and state == want
+                           and cache.get_meta("threads_fingerprint") == fingerprint)
+            changed = 0
+            held = False  # changes.messages: every cached message (a full regroup's inputs)
+            if redo_threads:
+                cache.invalidate_kept_leads()  # until the rows match the new thread ids
+                roster = Roster(config)
+                regrouped = None
+                if not force and cache.get_meta("threads_fingerprint") == fingerprint:
+                    # The regroup holds every message of the threads it changes: with what
+                    # the kept leads read besides, ``kept.update`` need not read them again.
+                    whole = want is not None
+                    regrouped = _regroup_new(
+                        cache, lambda found: kept.capturing(lambda df: found, covered, changes,
+                                                            whole=whole),
+                        roster.is_internal, kept.INPUT_EXTRA if whole else ())
+                if regrouped is None:
+                    # A full regroup reads every message: with what the kept leads read besides,
+                    # ``kept.rebuild`` matches them from memory (up to HELD_MESSAGES of them).
+                    held = want is not None and cache.last_message_id() <= HELD_MESSAGES
+
+                    def start(found: kept.Changes) -> None:
+                        # The kept rows will be rebuilt: matched beside the thread writes.
+                        if found.messages is not None and not (incremental
+                                                               and not found.modified):
+                            found.pending = kept.start_rebuild(found.messages, config)
+
+                    changed = cache.rebuild_threads(kept.capturing(
+                        lambda df: keyed(df, roster.is_internal), covered, changes,
+                        everything=held, then=start), fingerprint,
+                        kept.INPUT_EXTRA if held else ())
+                else:
+                    changed = regrouped
+            if want is not None:
+                if incremental and not changes.modified:
+                    if redo_threads:
+                        if held:  # the update takes the messages of the changed threads
+                            changes.messages = kept.of_threads(changes.messages, changes.threads)
+                        kept.update(cache, config, want, changes)
+                else:
+                    kept.rebuild(cache, config, want, changes.messages if held else None,
+                                 changes.pending)
+    finally:  # a child still matching (an error or a stop on the way) ends with us
+        if changes.pending is not None:
+            changes.pending.cancel()
     # Nothing left running beside this thread when the command ends (the CLI then exits
     # without interpreter teardown).
     cache.settle()
