@@ -5,7 +5,7 @@
     analysis/                           (sources, store, core)
     sources/                            (store, core)
     store/                              (core)
-    core: config, errors, lists, model, periods, progress, demo (data)   (core only)
+    core: config, errors, forked, lists, model, periods, progress, demo (data)   (core only)
 
 Every import counts, including those inside functions and ``if TYPE_CHECKING:`` blocks: a
 lazy import upward is still a dependency upward.
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "replytime"
-CORE = {"config", "errors", "lists", "model", "periods", "progress",
+CORE = {"config", "errors", "forked", "lists", "model", "periods", "progress",
         "demo"}  # demo: package data (the example mailbox), no code
 TOP = {"api", "cli", "entry", "runner", "syncing", "__init__"}
 LAYERS = ["core", "store", "sources", "analysis", "output", "top"]
