@@ -521,20 +521,21 @@ def test_rebuild_from_a_full_regroup_writes_what_reading_writes(
     cfg = parse_config(start_config())
     held: list[int] = []
     from_child: list[bool] = []
-    real, real_result = kept._rebuild_from, Forked.result
+    real, real_take = kept._rebuild_from, Forked.take
 
     def rebuilding(cache: Cache, config: Any, state: str, messages: pd.DataFrame,
-                   pending: Any = None) -> None:
+                   matched: Any = None) -> None:
         held.append(len(messages))
-        real(cache, config, state, messages, pending)
+        real(cache, config, state, messages, matched)
 
-    def result(self: Forked[Any]) -> Any:
-        value = real_result(self)
-        from_child.append(value is not None)
+    def take(self: Forked[Any]) -> Any:
+        value = real_take(self)
+        if isinstance(value, kept.Kept):  # the match, after the thread keys
+            from_child.append(True)
         return value
 
     monkeypatch.setattr(kept, "_rebuild_from", rebuilding)
-    monkeypatch.setattr(Forked, "result", result)
+    monkeypatch.setattr(Forked, "take", take)
     with open_cache(tmp_path / "kept.sqlite") as cache:
         for _ in range(4):
             mail.batch(cache)

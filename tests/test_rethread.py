@@ -148,6 +148,54 @@ def test_incremental_equals_full_postgresql(seed: int, pg_server: Any, tmp_path:
     check(pg_server.create_database(), tmp_path, seed, monkeypatch)
 
 
+@pytest.mark.parametrize("child", ["works", "fails"])
+def test_a_full_regroup_takes_its_keys_from_the_child(
+        child: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full regroup whose kept-lead match runs in a forked child computes the
+    thread_keys there too and writes them after the thread ids; the parent computes them
+    when the child fails. Either way the thread state (keys included), threads_max_id and
+    the kept tables equal those of a regroup that computes everything in one process."""
+    from replytime.analysis import kept
+
+    cfg = config(3)
+    mail = Mail(tmp_path, 3)
+    where = tmp_path / "key-pids"
+    real = rethread.link_keys
+    parent = os.getpid()
+
+    def recorded(*args: Any) -> Any:
+        with where.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        if child == "fails" and os.getpid() != parent:
+            raise RuntimeError("the child fails")
+        return real(*args)
+
+    monkeypatch.setattr(rethread, "link_keys", recorded)
+
+    def tables(cache: Cache) -> dict[str, Any]:
+        return {**state(cache), "top": cache.threads_max_id(),
+                **{t: sorted(cache._execute(f"SELECT * FROM {t}").fetchall())
+                   for t in ("leads", "lead_blocks", "message_volume")}}
+
+    with open_cache(tmp_path / "forked.sqlite") as forked, \
+            open_cache(tmp_path / "inline.sqlite") as inline:
+        for step in range(4):
+            mail.write([forked, inline], mail.rng.randrange(5, 40))
+            where.unlink(missing_ok=True)
+            for cache in (forked, inline):
+                cache.invalidate_kept_leads()  # every kept row rebuilt, not updated
+            monkeypatch.setattr(kept, "FORK_MESSAGES", 0)
+            refresh_threads(forked, cfg, force=True)
+            pids = [int(p) for p in where.read_text().split()]
+            # computed once in the child; failing there, once more here
+            assert pids[0] != parent and pids[1:] == ([parent] if child == "fails" else [])
+            monkeypatch.setattr(kept, "FORK_MESSAGES", 10**9)
+            refresh_threads(inline, cfg, force=True)
+            got = tables(forked)
+            assert got == tables(inline), f"step {step}"
+            assert got["top"] == forked.last_message_id() and got["keys"] and got["leads"]
+
+
 @pytest.mark.parametrize("where", ["sqlite", "postgresql"])
 def test_a_component_leaving_a_subject_group(where: str, tmp_path: Path,
                                              request: pytest.FixtureRequest) -> None:

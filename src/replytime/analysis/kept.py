@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -308,7 +308,7 @@ class Changes:
     #: write, when the inputs held them all (an incremental regroup); None: read them
     messages: pd.DataFrame | None = None
     #: the kept-lead match of ``messages`` started beside the thread writes (a full regroup)
-    pending: Forked[Kept] | None = None
+    pending: Forked[Any] | None = None
 
 
 #: what the thread inputs lack of ``Cache.messages_of_threads``' columns: an incremental
@@ -336,8 +336,9 @@ def capturing(assign: Callable[[pd.DataFrame], Grouping | pd.Series], covered_id
         current = inputs.set_index("id")["thread_id"]
         fresh = new.reindex(current.index)
         moved = fresh.notna() & fresh.ne(current)
-        changes.threads.update(fresh[moved].astype(str))
-        changes.threads.update(current[moved & current.notna()].astype(str))
+        # Each distinct id once (a first import: a million messages, 250,000 threads).
+        changes.threads.update(map(str, pd.unique(fresh[moved].to_numpy())))
+        changes.threads.update(map(str, pd.unique(current[moved & current.notna()].to_numpy())))
         # A message kept before whose thread id was cleared: its old thread is unknown.
         ids = current.index.to_numpy()
         changes.modified = bool((current.isna().to_numpy() & (ids <= covered_id)).any())
@@ -447,17 +448,16 @@ def volume_rows(m: pd.DataFrame) -> pd.DataFrame:
 
 
 def rebuild(cache: Cache, config: Config, state: str,
-            messages: pd.DataFrame | None = None, pending: Forked[Kept] | None = None
-            ) -> None:
+            messages: pd.DataFrame | None = None, matched: Kept | None = None) -> None:
     """Every kept row again, period by period of about ``PART_MESSAGES`` messages: each
     period's leads from the threads active in it, read whole (exact, as ``LeadSet.limit_to``
     is), so memory is that of one period. The volume counts each period's messages, and
     those before the first thread start or after the last apart. ``messages``: every cached
     message as ``Changes.messages`` holds them after a full regroup; matched from memory
-    (``_rebuild_from``, by ``pending`` when ``start_rebuild`` started it) instead of read
+    (``_rebuild_from``; ``matched``: already, by ``start_rebuild``'s child) instead of read
     again."""
     if messages is not None:
-        _rebuild_from(cache, config, state, messages, pending)
+        _rebuild_from(cache, config, state, messages, matched)
         return
     roster = Roster(config)
     first, last, top = cache.thread_span_bounds()
@@ -492,15 +492,21 @@ def rebuild(cache: Cache, config: Config, state: str,
 FORK_MESSAGES = 100_000
 
 
-def start_rebuild(messages: pd.DataFrame, config: Config) -> Forked[Kept] | None:
-    """``_rebuild_from``'s match of ``messages`` started in a forked child, to run while
-    the thread ids are written (a million messages: ~4 s of the ~6 s those writes take);
-    None where it would not pay (``FORK_MESSAGES``, one core)."""
-    if len(messages) < FORK_MESSAGES or (os.cpu_count() or 1) < 2:
-        return None
+def forks(messages: int) -> bool:
+    """Whether a full rebuild from ``messages`` held messages is matched in a forked child
+    (``FORK_MESSAGES``, two cores or more)."""
+    return messages >= FORK_MESSAGES and (os.cpu_count() or 1) >= 2
+
+
+def start_rebuild(messages: pd.DataFrame, config: Config, first: Callable[[], Any]
+                  ) -> Forked[Any]:
+    """``first()`` (a full regroup's thread_keys), then ``_rebuild_from``'s match of
+    ``messages`` (a ``Kept``), computed in a forked child while the thread ids are
+    written, each sent back when done (a million messages: ~7 s of work beside the ~6 s
+    those writes take; ``forks`` says when it pays)."""
     from replytime.forked import Forked
 
-    return Forked(lambda: _match_parts(messages, config))
+    return Forked(lambda: (f() for f in (first, lambda: _match_parts(messages, config))))
 
 
 def _match_parts(messages: pd.DataFrame, config: Config) -> Kept:
@@ -537,14 +543,13 @@ def _match_parts(messages: pd.DataFrame, config: Config) -> Kept:
 
 
 def _rebuild_from(cache: Cache, config: Config, state: str, messages: pd.DataFrame,
-                  pending: Forked[Kept] | None = None) -> None:
+                  matched: Kept | None = None) -> None:
     """``rebuild`` from every cached message, held (a full regroup read them all), matched
-    by ``pending`` (``start_rebuild``) or here. Without form rules a thread's lead, first
-    reply and blocks depend on that thread alone, so any split into whole threads keeps
-    exactly the rows that ``rebuild`` keeps (tests/test_kept_leads.py)."""
-    found = pending.result() if pending is not None else None
-    if found is None:
-        found = _match_parts(messages, config)
+    here unless ``matched`` (``_match_parts`` of them, by ``start_rebuild``). Without form
+    rules a thread's lead, first reply and blocks depend on that thread alone, so any split
+    into whole threads keeps exactly the rows that ``rebuild`` keeps
+    (tests/test_kept_leads.py)."""
+    found = matched if matched is not None else _match_parts(messages, config)
     top = int(messages["id"].max()) if len(messages) else 0
     cache.replace_kept_leads(_with_rules(found, cache).rows, found.blocks, found.volume,
                              threads=None, state=state, max_id=top)

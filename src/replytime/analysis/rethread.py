@@ -74,10 +74,13 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
     # pandas and Arrow compute: imported only when there is threading to do
     from replytime.analysis import kept
     from replytime.analysis.matcher import Roster
+    from replytime.analysis.threads import group_threads
 
     # One process at a time brings threads and kept leads up to date together; the others
     # wait, then find them current.
     changes = kept.Changes()
+    grouped: list[tuple[pd.DataFrame, Threading]] = []  # a full regroup's, keys not computed
+    matched: kept.Kept | None = None  # the kept-lead match its child sent with the keys
     try:
         with cache.leads_lock():
             redo_threads = not threads_current()
@@ -104,17 +107,37 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
                     # A full regroup reads every message: with what the kept leads read besides,
                     # ``kept.rebuild`` matches them from memory (up to HELD_MESSAGES of them).
                     held = want is not None and cache.last_message_id() <= HELD_MESSAGES
+                    # Matched in a forked child beside the thread writes (kept.start_rebuild),
+                    # the thread_keys are computed there too: written after the thread ids.
+                    deferring = held and kept.forks(cache.last_message_id())
+
+                    def assign(df: pd.DataFrame) -> Grouping:
+                        if not deferring:
+                            return keyed(df, roster.is_internal)
+                        found = group_threads(df, roster.is_internal)
+                        grouped.append((df, found))
+                        return _KeysLater(found, thread_keys)
+
+                    def thread_keys() -> pd.DataFrame:
+                        # The child's first value; computed here when there is none.
+                        child = changes.pending
+                        keys = child.take() if child is not None else None
+                        return keys if keys is not None else link_keys(*grouped[-1],
+                                                                       roster.is_internal)
 
                     def start(found: kept.Changes) -> None:
                         # The kept rows will be rebuilt: matched beside the thread writes.
-                        if found.messages is not None and not (incremental
-                                                               and not found.modified):
-                            found.pending = kept.start_rebuild(found.messages, config)
+                        if deferring and found.messages is not None and not (
+                                incremental and not found.modified):
+                            found.pending = kept.start_rebuild(
+                                found.messages, config,
+                                lambda: link_keys(*grouped[-1], roster.is_internal))
 
                     changed = cache.rebuild_threads(kept.capturing(
-                        lambda df: keyed(df, roster.is_internal), covered, changes,
-                        everything=held, then=start), fingerprint,
+                        assign, covered, changes, everything=held, then=start), fingerprint,
                         kept.INPUT_EXTRA if held else ())
+                    if changes.pending is not None:  # the child's second value
+                        matched = changes.pending.take()
                 else:
                     changed = regrouped
             if want is not None:
@@ -125,7 +148,7 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
                         kept.update(cache, config, want, changes)
                 else:
                     kept.rebuild(cache, config, want, changes.messages if held else None,
-                                 changes.pending)
+                                 matched)
     finally:  # a child still matching (an error or a stop on the way) ends with us
         if changes.pending is not None:
             changes.pending.cancel()
@@ -169,6 +192,20 @@ class Keyed:
     rule: pd.Series
     links: pd.DataFrame
     keys: pd.DataFrame
+
+
+class _KeysLater:
+    """A ``threads.Threading`` whose thread_keys rows are computed (``keys()``) only when
+    ``CacheBase.rebuild_threads`` writes them, after the thread ids: meanwhile a forked
+    child computes them (``kept.start_rebuild``)."""
+
+    def __init__(self, found: Threading, keys: Callable[[], pd.DataFrame]) -> None:
+        self.thread_id, self.rule, self.links = found.thread_id, found.rule, found.links
+        self._keys = keys
+
+    @property
+    def keys(self) -> pd.DataFrame:
+        return self._keys()
 
 
 def keyed(df: pd.DataFrame, is_internal: Callable[[pd.Series], pd.Series] | None) -> Keyed:

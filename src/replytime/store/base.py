@@ -609,7 +609,8 @@ class CacheBase(ABC):
         tables, in one transaction. ``assign`` (given the thread inputs, with the messages
         columns ``extra``) gives a ``Grouping``
         (``analysis.threads.Threading``), or only the thread ids (no subject-rule links then);
-        a grouping with ``keys`` (thread_id, key rows) fills thread_keys, so the next
+        a grouping with ``keys`` (thread_id, key rows; asked for after the thread ids are
+        written, so they may be computed meanwhile) fills thread_keys, so the next
         refresh may regroup only what new messages reach (``regroup_threads``). Holds the
         cache-wide threads lock (waiting for another process's rebuild to finish), so
         concurrent writers of different accounts never interleave two rebuilds."""
@@ -623,7 +624,6 @@ class CacheBase(ABC):
             links = [] if isinstance(found, pd.Series) else list(
                 found.links[["thread_id", "joined_key", "to_key", "address"]]
                 .itertuples(index=False, name=None))
-            keys = None if isinstance(found, pd.Series) else getattr(found, "keys", None)
             new = ids.reindex(current.index)
             changed = new[new.notna() & new.ne(current)]
             with self.transaction():
@@ -634,6 +634,8 @@ class CacheBase(ABC):
                 self._execute("DELETE FROM threads")
                 self._execute(self.threads_sql)
                 self._execute("DELETE FROM thread_keys")
+                # Asked for last: they may still be computed beside these writes.
+                keys = None if isinstance(found, pd.Series) else getattr(found, "keys", None)
                 if keys is None:
                     self._execute("DELETE FROM meta WHERE key = 'threads_max_id'")
                 else:
