@@ -17,8 +17,8 @@ week), `report reps/leads/unanswered/volume/threads/sla` for that week and for a
 the import of the extra messages followed by `report weekly` (once: the import changes the
 cache). ``--src DIR`` runs the code under DIR (PYTHONPATH) instead of the installed package,
 to compare commits on the same files; ``--keep-cache`` reuses an imported cache;
-``--config`` another config (the example's without its form rules reads the kept lead table:
-with form rules the reports pair messages as before).
+``--config`` another config (the example's has form rules, kept like email leads; a config
+with label filters pairs the period's messages on every report).
 """
 
 from __future__ import annotations

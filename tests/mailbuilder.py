@@ -29,7 +29,8 @@ BASE_CONFIG = {
 
 def toml(data: dict[str, Any]) -> str:
     """A config dict of the shapes the tests use (tables, arrays of tables, one level of
-    sub-tables; strings, booleans, numbers and lists of them) as TOML text."""
+    sub-tables or arrays of them; strings, booleans, numbers and lists of them) as TOML
+    text."""
     def value(v: Any) -> str:
         if isinstance(v, str):
             return json.dumps(v)
@@ -46,13 +47,21 @@ def toml(data: dict[str, Any]) -> str:
                 out.append(f"[[{key}]]")
                 out += [f"{k} = {value(v)}" for k, v in item.items()]
         else:
-            scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+            def tables(v: Any) -> bool:
+                return isinstance(v, dict) or (
+                    isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v))
+
+            scalars = {k: v for k, v in table.items() if not tables(v)}
             out.append(f"[{key}]")
             out += [f"{k} = {value(v)}" for k, v in scalars.items()]
             for name, sub in table.items():
                 if isinstance(sub, dict):
                     out.append(f"[{key}.{name}]")
                     out += [f"{k} = {value(v)}" for k, v in sub.items()]
+                elif tables(sub):
+                    for item in sub:
+                        out.append(f"[[{key}.{name}]]")
+                        out += [f"{k} = {value(v)}" for k, v in item.items()]
     return "\n".join(out) + "\n"
 
 

@@ -29,18 +29,29 @@ from tests.mailbuilder import BASE_CONFIG, Mailbox, at, toml
 REPS = ["alice@acme.example", "a.ng@acme.example", "bob@acme.example", "carol@acme.example"]
 INTERNAL = [*REPS, "sales@acme.example", "ops@acme.example", "lab@acme-labs.example"]
 KINDS = ["reps", "leads", "unanswered", "sla", "volume", "threads", "weekly"]
+#: web-form senders: an internal one (automated, as WordPress sends) and an external one (a
+#: person's message too: a form lead first, else its thread's email lead)
+FORM_SENDERS = ["wordpress@acme.example", "leads@forms.example"]
+#: form rules the configs switch between: one, and two with different reply windows
+FORM_RULES = [
+    [{"from": "wordpress@acme.example", "reply_window": "3d"}],
+    [{"from": "wordpress@acme.example", "subject": "^New enquiry", "reply_window": "2d"},
+     {"from": "*@forms.example", "reply_window": "5d"}],
+]
 
 
 # -- generated mail ----------------------------------------------------------------------------
 class Mail:
     """A growing mailbox: ``batch`` writes new threads and replies to earlier messages."""
 
-    def __init__(self, tmp: Path, seed: int) -> None:
+    def __init__(self, tmp: Path, seed: int, *, forms: bool = False) -> None:
         self.rng = random.Random(seed)
+        self.forms = forms  # also web-form notifications (FORM_SENDERS)
         self.box = Mailbox(tmp)
         self.sent: list[tuple[str, str, str]] = []  # (message id, sender, thread's prospect)
         self.locations: dict[str, bytes] = {}  # location -> header block, as imported
         self.order: list[str] = []  # locations in import order
+        self.written: list[tuple[str, bytes]] = []  # every location ever written, in order
 
     def _when(self) -> Any:
         r = self.rng
@@ -60,6 +71,19 @@ class Mail:
         mid = self.box.send(first, to, self._when(), cc=cc, headers=headers,
                             subject=f"Question {r.randrange(30)}")
         self.sent.append((mid, first, prospect))
+
+    def _form(self) -> None:
+        """A web form's notification: the prospect in Reply-To (a few prospects, so forms
+        repeat and meet the threads'), to the shared inbox or a rep."""
+        r = self.rng
+        prospect = f"p{r.randrange(6)}@client0.example"
+        sender = r.choice(FORM_SENDERS)
+        internal = sender.endswith("@acme.example")
+        headers = {"Auto-Submitted": "auto-generated"} if internal else None
+        mid = self.box.send(sender, r.choice(["sales@acme.example", *REPS[:2]]), self._when(),
+                            reply_to=prospect, headers=headers,
+                            subject=r.choice(["New enquiry from the site", "Chat transcript"]))
+        self.sent.append((mid, sender, prospect))
 
     def _reply(self) -> None:
         r = self.rng
@@ -81,7 +105,10 @@ class Mail:
         r = self.rng
         start = len(self.box.blocks)
         for _ in range(r.randrange(3, 12)):
-            self._new_thread() if not self.sent or r.random() < 0.45 else self._reply()
+            if self.forms and r.random() < 0.25:
+                self._form()
+            else:
+                self._new_thread() if not self.sent or r.random() < 0.45 else self._reply()
         blocks = self.box.blocks[start:]
         if self.order and r.random() < 0.3:  # the same message again, now with a Date
             loc = r.choice(self.order)
@@ -97,6 +124,7 @@ class Mail:
             loc = f"test/{len(self.order)}"
             self.order.append(loc)
             self.locations[loc] = block
+            self.written.append((loc, block))
             records.append((loc, parse_header_block(block)))
         cache.write_batch("test", records, removed=list(removed))
         for loc in removed:
@@ -107,18 +135,33 @@ class Mail:
         self.write(cache, [], removed=[self.rng.choice(self.order)])
 
     def replay(self, cache: Cache) -> None:
-        """Everything as it stands now, into an empty cache, in one batch."""
-        records = [(loc, parse_header_block(self.locations[loc])) for loc in self.order]
-        cache.write_batch("test", records)
+        """Everything as it stands now, into an empty cache: every location ever written in
+        one batch, then those removed since in another, so each message has the id it has
+        in the cache written batch by batch (lead ids are in the reports)."""
+        cache.write_batch("test", [(loc, parse_header_block(b)) for loc, b in self.written])
+        gone = [loc for loc, _ in self.written if loc not in self.locations]
+        if gone:
+            cache.write_batch("test", [], removed=gone)
 
 
 # -- configs -------------------------------------------------------------------------------------
-def edit_config(data: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+def edit_config(data: dict[str, Any], rng: random.Random, *, forms: bool = False
+                ) -> dict[str, Any]:
     """One random edit of what leads depend on: internal domains, reps and their
-    addresses, teams, schedules (holidays, dates off), lead filters."""
+    addresses, teams, schedules (holidays, dates off), lead filters; ``forms``: also the
+    form rules (FORM_RULES, or none)."""
     d = json.loads(json.dumps(data))
     what = rng.choice(["domain", "rep", "email", "team", "schedule", "dates_off", "to",
-                       "exclude"])
+                       "exclude", *(["forms"] * forms)])
+    if what == "forms":
+        leads = d.setdefault("leads", {})
+        choices = [None, *range(len(FORM_RULES))]
+        now = next((i for i, rules in enumerate(FORM_RULES) if leads.get("forms") == rules),
+                   None)
+        pick = rng.choice([c for c in choices if c != now])
+        leads.pop("forms", None)
+        if pick is not None:
+            leads["forms"] = FORM_RULES[pick]
     domains = d["team"]["internal_domains"]
     if what == "domain":
         if "acme-labs.example" in domains:
@@ -249,14 +292,19 @@ def check_against_scratch(tmp: Path, mail: Mail, db: str, config: Path, as_ofs: 
 
 
 # -- the tests --------------------------------------------------------------------------------
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_random_sequences_equal_scratch(seed: int, tmp_path: Path,
+@pytest.mark.parametrize(("seed", "forms"), [(1, False), (2, False), (3, False), (4, True),
+                                           (6, True)])
+def test_random_sequences_equal_scratch(seed: int, forms: bool, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``forms``: with web-form notifications in the mail and form rules in the config
+    (FORM_RULES), switched by the edits."""
     rng = random.Random(seed * 7919)
-    mail = Mail(tmp_path, seed)
+    mail = Mail(tmp_path, seed, forms=forms)
     db = str(tmp_path / "kept.sqlite")
     config = tmp_path / "replytime.toml"
     data = start_config()
+    if forms:
+        data["leads"] = {"forms": FORM_RULES[seed % 2]}
     config.write_text(toml(data))
     for step in range(6):
         action = rng.random()
@@ -269,7 +317,7 @@ def test_random_sequences_equal_scratch(seed: int, tmp_path: Path,
             else:
                 mail.batch(cache)  # written, but no refresh: the next report does it
             if rng.random() < 0.4:
-                data = edit_config(data, rng)
+                data = edit_config(data, rng, forms=forms)
                 config.write_text(toml(data))
             as_ofs = as_of_values(cache, rng)
         check_against_scratch(tmp_path, mail, db, config, as_ofs,
@@ -278,13 +326,16 @@ def test_random_sequences_equal_scratch(seed: int, tmp_path: Path,
         assert kept.usable(cache, parse_config(data))
 
 
-def test_random_sequence_postgresql(pg_server: Any, tmp_path: Path,
+@pytest.mark.parametrize("forms", [False, True])
+def test_random_sequence_postgresql(forms: bool, pg_server: Any, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(5)
-    mail = Mail(tmp_path, 5)
+    mail = Mail(tmp_path, 5, forms=forms)
     db = pg_server.create_database()
     config = tmp_path / "replytime.toml"
     data = start_config()
+    if forms:
+        data["leads"] = {"forms": FORM_RULES[1]}
     config.write_text(toml(data))
     for step in range(4):
         with open_cache(db) as cache:
@@ -292,7 +343,7 @@ def test_random_sequence_postgresql(pg_server: Any, tmp_path: Path,
             if step % 2:
                 refresh_threads(cache, parse_config(data))
             if step == 2:
-                data = edit_config(data, rng)
+                data = edit_config(data, rng, forms=forms)
                 config.write_text(toml(data))
             as_ofs = as_of_values(cache, rng)
         check_against_scratch(tmp_path, mail, db, config, as_ofs,
@@ -378,14 +429,18 @@ def test_volume_buckets_across_local_midnight_equal_scratch(
                           monkeypatch)
 
 
-def test_forms_and_labels_are_not_kept(tmp_path: Path) -> None:
+def test_form_rules_are_kept_and_label_filters_not(tmp_path: Path) -> None:
     box = Mailbox(tmp_path)
     box.send("pat@client.example", "alice@acme.example", at(1, 10))
+    box.send("forms@acme.example", "sales@acme.example", at(1, 11), reply_to="jo@client.example",
+             headers={"Auto-Submitted": "auto-generated"})
     data = start_config()
     data["leads"] = {"forms": [{"from": "forms@acme.example"}]}
     box.config_data = data
     a = box.analysis()
-    assert not a.kept and len(a.all_leads) == 1
+    assert a.kept
+    assert a.all_leads[["kind", "lead_from"]].values.tolist() == [
+        ["email", "pat@client.example"], ["form", "jo@client.example"]]
     data["leads"] = {"labels": ["INBOX"]}
     assert not Analysis(a.cache, parse_config(data), as_of=at(30)).kept
 

@@ -301,6 +301,17 @@ def test_form_reply_after_the_window_leaves_the_lead_unanswered(mb: Mailbox) -> 
     assert one_lead(mb2)["response_s"] == 2 * 86400
 
 
+def test_header_form_rule_with_the_header_on_some_notifications_only(mb: Mailbox) -> None:
+    # pandas makes the header values a string column with NaN where a row has none.
+    mb.config_data = {**mb.config_data, "leads": FORMS}
+    mb.send("bot@chat.example", "sales@acme.example", at(0, 9), subject="Chat transcript",
+            headers={"Auto-Submitted": "auto-generated"})
+    mb.send("bot@chat.example", "sales@acme.example", at(0, 9, 5), subject="Chat transcript",
+            headers={"X-Lead-Email": "quinn@other.example"})
+    leads = mb.analysis().leads(since="2026-11-02", until="2026-11-09")  # form history read
+    assert list(leads["kind"]) == ["form"] and list(leads["lead_from"]) == ["quinn@other.example"]
+
+
 def test_form_with_internal_reply_to_is_not_a_lead(mb: Mailbox) -> None:
     mb.config_data = {**mb.config_data, "leads": FORMS}
     mb.send("wordpress@acme.example", "sales@acme.example", at(0, 9),

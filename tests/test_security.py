@@ -108,7 +108,7 @@ ALLOWED_INTERPOLATIONS = {
     frozenset({"self.account_messages"}),
     # base._write_changed (an incremental regroup, the kept-lead update): constant table
     # names and column lists, "?" placeholders and "column = ?" tests of constant columns
-    frozenset({"cols", "table", "self.json_values"}),
+    frozenset({"cols", "table", "where"}),  # where: the backend's constant JSON-array readers
     frozenset({"table", "key_match"}),
     frozenset({"table", "cols", "marks"}),
     frozenset({"table", "sets", "key_match"}),

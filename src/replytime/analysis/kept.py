@@ -1,19 +1,23 @@
 """Keep the cache's lead table (``replytime.store.leads``) exact, and read it as of a time.
 
-The table holds every email lead with its first reply as ``matcher.match_leads`` finds them
-over everything cached (no as-of cut), with ``business_s``. A report as of ``as_of`` derives
+The table holds every lead (email and form) with its first reply as
+``matcher.match_leads`` finds them over everything cached (no as-of cut), with
+``business_s``. A report as of ``as_of`` derives
 its rows exactly (docs/definitions.md, "Lead", "First reply"): a lead after ``as_of`` does
 not exist yet, and a first reply after ``as_of`` means unanswered, since the replies after
 a lead are taken in time order and every later candidate is later still. ``open``, age and
 ``business_age_s`` depend on ``as_of`` and are computed at report time.
 
-Kept when exact and cheap to keep exact; otherwise the reports pair messages as before:
+Kept unless label filters are configured (``[leads] labels``): labels belong to a
+message's locations and change without the message changing (its thread id stays), so no
+update would see them; those reports pair messages as before.
 
-- Form rules (``[[leads.forms]]``): a form lead's reply may be in any thread, and repeated
-  notifications are settled in rounds that depend on reply times, so neither the as-of cut
-  nor a per-thread update is exact. Not kept.
-- Label filters (``[leads] labels``): labels belong to a message's locations and change
-  without the message changing (its thread id stays), so no update would see them. Not kept.
+Form rules (``[[leads.forms]]``) are kept too, although a form lead's reply may be in any
+thread: the as-of cut stays exact (repeated notifications belong to a lead until its first
+reply, so with that reply after ``as_of`` they are before it either way), and an update
+matches again, besides the changed threads, every lead from the earliest one the changes
+can reach (``_form_reach``: a reply window before the earliest new message, or a form lead
+whose threads changed), reading what ``form_span`` says those leads need.
 
 Updates (``refresh``, called by ``refresh_threads``): after new messages get thread ids,
 the threads of every message whose thread id changed (old and new) are matched again and
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -37,7 +41,15 @@ import numpy as np
 import pandas as pd
 
 from replytime.analysis.followon import reply_blocks
-from replytime.analysis.matcher import LEAD_COLUMNS, UNASSIGNED, Roster, match_leads, prepare
+from replytime.analysis.matcher import (
+    LEAD_COLUMNS,
+    UNASSIGNED,
+    Roster,
+    form_history_start,
+    form_notifications,
+    match_leads,
+    prepare,
+)
 from replytime.analysis.metrics import (
     duration_column,
     finish_reps_table,
@@ -71,10 +83,40 @@ TALLY_READ = ("lead_id", "lead_time_ms", "addressed_rep", "reply_id", "reply_tim
 
 def state_for(config: Config) -> str | None:
     """The state the kept rows must carry to serve ``config``; None: leads are not kept for
-    it (form rules or label filters, see the module docstring)."""
-    if config.leads.forms or config.leads.labels:
+    it (label filters, see the module docstring)."""
+    if config.leads.labels:
         return None
     return config.leads_fingerprint()
+
+
+def form_span(cache: Cache, config: Config, since_ms: int, until_ms: int, as_of_ms: int
+              ) -> tuple[int, int]:
+    """The span of thread activity to read (``Cache.messages(active=...)``) so that every
+    lead of [since, until) as of ``as_of`` comes out exactly under ``config``'s form rules
+    (docs/definitions.md, "Form leads"): from where the history of the notifications that
+    matter starts (reaching further back only while a chain of them may go on) to a reply
+    window after ``until``, as a form lead's reply may come in any thread, but never after
+    ``as_of``: nothing past it can be a reply as of ``as_of``."""
+    forms = config.leads.forms
+    roster = Roster(config)
+    globs = [r.from_glob for r in forms]
+    window = max(r.reply_window_s for r in forms) * 1000
+    # Two windows back: every notification that matters (from since - window on) then has a
+    # whole window read before it, so one read settles it unless a chain runs on further.
+    lookback = 2 * window
+    while True:
+        loaded_from = since_ms - lookback
+        raw = cache.form_notifications(globs, since_ms=loaded_from, until_ms=until_ms)
+        notes = form_notifications(raw, roster, config, as_of_ms)
+        start, known = form_history_start(notes, since_ms, loaded_from)
+        if known:
+            return start, max(until_ms, min(until_ms + window, as_of_ms + 1))
+        lookback *= 4
+
+
+def _without_forms(config: Config) -> Config:
+    """``config`` without its form rules: its email leads alone."""
+    return replace(config, leads=replace(config.leads, forms=()))
 
 
 def usable(cache: Cache, config: Config) -> bool:
@@ -461,17 +503,25 @@ def rebuild(cache: Cache, config: Config, state: str,
         return
     roster = Roster(config)
     first, last, top = cache.thread_span_bounds()
+    if config.leads.forms:  # a form lead is a notification: automated, no thread start
+        notes = cache.form_notifications([r.from_glob for r in config.leads.forms])
+        if len(notes):
+            t = notes["time_ms"].astype("int64")
+            first = int(t.min()) if first is None else min(first, int(t.min()))
+            last = int(t.max()) if last is None else max(last, int(t.max()))
     rows, blocks, volume = [], [], []
     if first is not None and last is not None:
         n = max(1, -(-cache.message_count() // PART_MESSAGES))
         end = last + 1
         edges = sorted({first + (end - first) * i // n for i in range(n)} | {end})
         for a, b in zip(edges, edges[1:], strict=False):
-            m = prepare(cache.messages(active=(a, b)), roster)
-            found = _match(m, config, cache)
-            within = (found.rows["lead_time_ms"] >= a) & (found.rows["lead_time_ms"] < b)
-            rows.append(found.rows[within])
-            blocks.append(found.blocks[found.blocks["lead_id"].isin(found.rows["lead_id"][within])])
+            # With form rules, what the period's form leads need besides (form_span).
+            span = form_span(cache, config, a, b, EVERYTHING_MS) if config.leads.forms else (
+                a, b)
+            m = prepare(cache.messages(active=span), roster)
+            found = _within(_match(m, config, cache), a, b)
+            rows.append(found.rows)
+            blocks.append(found.blocks)
             volume.append(volume_rows(
                 m[(m["time_ms"] >= a) & (m["time_ms"] < b) & (m["id"] <= top)]))
         outside = cache.timed_messages([(-(2**62), first), (end, 2**62)], where="id <= ?",
@@ -557,7 +607,9 @@ def _rebuild_from(cache: Cache, config: Config, state: str, messages: pd.DataFra
 
 def update(cache: Cache, config: Config, state: str, changes: Changes) -> None:
     """Match the changed threads again and replace their rows; add the new messages (all
-    in changed threads) to the volume."""
+    in changed threads) to the volume. With form rules, also every lead from the earliest
+    one the changes can reach on (``_form_reach``), matched from what ``form_span`` reads:
+    a form lead's reply may be in any thread."""
     threads = sorted(changes.threads)
     covered = cache.kept_leads_state()[1]
     m = None
@@ -565,11 +617,62 @@ def update(cache: Cache, config: Config, state: str, changes: Changes) -> None:
         read = changes.messages if changes.messages is not None else (
             cache.messages_of_threads(threads))
         m = prepare(read, Roster(config))
+    reach = None
     if m is None or m.empty:
         found = _match(pd.DataFrame(), config, cache)
         volume = pd.DataFrame(columns=list(VOLUME_COLUMNS))
     else:
-        found = _match(m, config, cache)
-        volume = volume_rows(m[(m["id"] > covered) & (m["id"] <= changes.max_id)])
+        new = m[(m["id"] > covered) & (m["id"] <= changes.max_id)]
+        volume = volume_rows(new)
+        if config.leads.forms:
+            reach = _form_reach(cache, config, m, new, threads)
+            # Before the reach the changed threads hold no form notification: their
+            # email leads are those of the threads alone.
+            found = _match(m, _without_forms(config), cache)
+            if reach is not None:
+                found = _within(found, None, reach)
+        else:
+            found = _match(m, config, cache)
+    if reach is not None:
+        span = form_span(cache, config, reach, EVERYTHING_MS, EVERYTHING_MS)
+        since = _within(_match(prepare(cache.messages(active=span), Roster(config)), config,
+                               cache), reach, None)
+        found = Kept(_concat([found.rows, since.rows], KEPT_COLUMNS),
+                     _concat([found.blocks, since.blocks], BLOCK_KEPT_COLUMNS))
     cache.replace_kept_leads(found.rows, found.blocks, volume, threads=threads, state=state,
-                             max_id=max(changes.max_id, covered))
+                             max_id=max(changes.max_id, covered), leads_since=reach)
+
+
+def _form_reach(cache: Cache, config: Config, m: pd.DataFrame, new: pd.DataFrame,
+                threads: list[str]) -> int | None:
+    """The earliest lead time whose kept row the changes may alter under form rules (None:
+    none): a form lead can gain a reply, or absorb a notification, up to its reply window
+    after it (``new``'s earliest message, a window back); a form lead's row changes with its
+    notification's thread and its blocks with its first reply's thread (a changed thread's
+    notifications, and the kept form leads first answered in a changed thread); and a
+    changed thread's email lead depends on whether its message is a form lead."""
+    window = max(r.reply_window_s for r in config.leads.forms) * 1000
+    times = []
+    timed = new["time_ms"].dropna()
+    if len(timed):
+        times.append(int(timed.min()) - window)
+    notes = form_notifications(m, Roster(config), config, EVERYTHING_MS)
+    if len(notes):
+        times.append(int(notes["time_ms"].min()))
+    answered = cache.kept_form_leads_answered_in(threads)
+    if answered is not None:
+        times.append(answered)
+    return min(times) if times else None
+
+
+def _within(found: Kept, since: int | None, until: int | None) -> Kept:
+    """The rows of ``found`` with lead time in [since, until) (None: open), and their
+    blocks."""
+    t = found.rows["lead_time_ms"]
+    mine = pd.Series(True, index=t.index)
+    if since is not None:
+        mine &= t >= since
+    if until is not None:
+        mine &= t < until
+    rows = found.rows[mine]
+    return Kept(rows, found.blocks[found.blocks["lead_id"].isin(rows["lead_id"])])

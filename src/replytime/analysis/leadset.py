@@ -21,8 +21,6 @@ from replytime.analysis import metrics
 from replytime.analysis.matcher import (
     UNASSIGNED,
     Roster,
-    form_history_start,
-    form_notifications,
     match_leads,
     prepare,
 )
@@ -150,34 +148,14 @@ class LeadSet:
         active = None
         if self.scope is not None:
             since, until = int(self.scope.since_ms), int(self.scope.until_ms)  # type: ignore[arg-type]
-            forms = self.config.leads.forms
-            if forms:
-                since = self._form_start = self._form_history(since, until, roster)
-                # A form lead's reply may come in any thread up to a window later, but
-                # never after as_of: nothing past it can be a reply as of as_of.
-                window = max(r.reply_window_s for r in forms) * 1000
-                until = max(until, min(until + window, self.as_of_ms + 1))
+            if self.config.leads.forms:
+                from replytime.analysis.kept import form_span
+
+                since, until = form_span(self.cache, self.config, since, until, self.as_of_ms)
+                self._form_start = since
             active = (since, until)
         raw = self.cache.messages(labels=bool(self.config.leads.labels), active=active)
         return prepare(raw, roster)
-
-    def _form_history(self, since: int, until: int, roster: Roster) -> int:
-        """Where form-lead history must start for leads of [since, until): read recent
-        notifications, reaching further back only while a chain of them may go on."""
-        forms = self.config.leads.forms
-        globs = [r.from_glob for r in forms]
-        # Two windows back: every notification that matters (from since - window on) then
-        # has a whole window read before it, so one read settles it unless a chain of
-        # notifications runs on further back.
-        lookback = 2 * max(r.reply_window_s for r in forms) * 1000
-        while True:
-            loaded_from = since - lookback
-            raw = self.cache.form_notifications(globs, since_ms=loaded_from, until_ms=until)
-            notes = form_notifications(raw, roster, self.config, self.as_of_ms)
-            start, known = form_history_start(notes, since, loaded_from)
-            if known:
-                return start
-            lookback *= 4
 
     def lead_counts(self) -> tuple[int, int, int]:
         """(leads, unanswered, clamped) as of ``as_of`` over all time (``status``): counted
@@ -408,9 +386,10 @@ class LeadSet:
             return metrics.thread_sizes(self.messages, leads.assign(thread_id=None))
         rows = self.cache.kept_thread_sizes(int(leads["lead_time_ms"].min()),
                                             int(leads["lead_time_ms"].max()))
-        # By lead id (a kept lead is its thread's only one), in the leads' order: the leads
-        # need no thread ids (``tally``).
+        # By lead id, in the leads' order: the leads need no thread ids (``tally``). A thread
+        # with two leads (form rules: a form lead and an email lead) counts once.
         rows = rows.set_index("lead_id").reindex(leads["lead_id"].to_numpy())
+        rows = rows[~rows["thread_id"].duplicated()]
         out = pd.DataFrame({
             "messages": rows["messages"].to_numpy(),
             "turns": rows["turns"].to_numpy(),

@@ -175,7 +175,9 @@ def _form_lead_address(rows: pd.DataFrame, rule: FormRule) -> pd.Series:
 
     name = rule.header.lower()
     raw = rows["extra"].fillna("{}").map(lambda s: _json_get(s, name))
-    return raw.map(lambda v: (parse_addresses(v)[0] or ("",))[0] if v else "")
+    # Where only some rows have the header, pandas makes a string column with NaN for the rest.
+    return raw.map(lambda v: (parse_addresses(v)[0] or ("",))[0] if isinstance(v, str) and v
+                   else "")
 
 
 def _json_get(text: str, key: str) -> str | None:

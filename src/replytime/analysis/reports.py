@@ -154,7 +154,9 @@ class Analysis(LeadSet):
 
     def threads(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
-        if self._counted_in_cache(sel):  # each lead's thread size, kept on its row
+        # Each lead's thread size, kept on its row; with form rules a thread can hold two
+        # leads (a form lead and its thread's email lead): counted per thread below.
+        if self._counted_in_cache(sel) and not self.config.leads.forms:
             sizes = self._kept_tally(sel, ("thread_messages",))
             return metrics.threads_table(sizes.rename(columns={"thread_messages": "messages"}))
         return metrics.threads_table(self.thread_sizes(sel))

@@ -106,7 +106,10 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
                 if regrouped is None:
                     # A full regroup reads every message: with what the kept leads read besides,
                     # ``kept.rebuild`` matches them from memory (up to HELD_MESSAGES of them).
-                    held = want is not None and cache.last_message_id() <= HELD_MESSAGES
+                    # Not with form rules: a form lead's reply may be in any thread, so
+                    # the rebuild reads each period with what its form leads need.
+                    held = (want is not None and not config.leads.forms
+                            and cache.last_message_id() <= HELD_MESSAGES)
                     # Matched in a forked child beside the thread writes (kept.start_rebuild),
                     # the thread_keys are computed there too: written after the thread ids.
                     deferring = held and kept.forks(cache.last_message_id())
@@ -167,8 +170,8 @@ HELD_MESSAGES = 2_000_000
 
 def kept_lead_counts(cache: Cache, config: Config, as_of_ms: int) -> tuple[int, int, int] | None:
     """(leads, unanswered, clamped) as of ``as_of_ms`` counted in the kept lead table, after
-    bringing it up to date; None when leads are not kept for ``config`` (form rules, label
-    filters). Without pandas: `status` on a current cache starts and ends quickly."""
+    bringing it up to date; None when leads are not kept for ``config`` (label filters).
+    Without pandas: `status` on a current cache starts and ends quickly."""
     refresh_threads(cache, config)
     want = _kept_state(config)
     if want is None or cache.kept_leads_state()[0] != want:
@@ -178,7 +181,7 @@ def kept_lead_counts(cache: Cache, config: Config, as_of_ms: int) -> tuple[int, 
 
 def _kept_state(config: Config) -> str | None:
     # As kept.state_for, without importing pandas before it is needed.
-    if config.leads.forms or config.leads.labels:
+    if config.leads.labels:
         config.check_holidays()  # no kept state proves the codes good
         return None
     return config.leads_fingerprint()

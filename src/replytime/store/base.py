@@ -335,6 +335,8 @@ class CacheBase(ABC):
     pair_time_index: ClassVar[str]
     #: a SELECT of the elements, as text, of the JSON array of strings bound at its ``?``
     json_values: ClassVar[str]
+    #: the same of a JSON array of integers, as integers
+    json_integers: ClassVar[str]
     #: SQL true when the domain of the (not null) address ``{a}`` is one in
     #: ``internal_domains(v)``; ``{a}`` is replaced by a column
     domain_in: ClassVar[str]
@@ -715,17 +717,21 @@ class CacheBase(ABC):
         return len(changed)
 
     def _write_changed(self, table: str, columns: Sequence[str], keys: int, thread_ids: str,
-                       rows: Iterable[tuple[Any, ...]]) -> None:
+                       rows: Iterable[tuple[Any, ...]], lead_ids: str | None = None) -> None:
         """Make the rows of ``table`` whose thread_id is one of ``thread_ids`` (one JSON array)
+        or whose lead_id is one of ``lead_ids`` (another, or None)
         ``rows`` (values of ``columns``; the first ``keys`` of them are the primary key),
         writing only what differs: rows not in ``rows`` deleted, missing ones inserted in
         key order, and in the others only the columns that differ set. (Setting an indexed
         column rewrites its index entry even to the same value; a row deleted and inserted
         again rewrites every one.)"""
         cols = ", ".join(columns)
+        where, params = f"thread_id IN ({self.json_values})", [thread_ids]
+        if lead_ids is not None:
+            where += f" OR lead_id IN ({self.json_integers})"
+            params.append(lead_ids)
         old = {tuple(r[:keys]): tuple(r[keys:]) for r in self._execute(
-            f"SELECT {cols} FROM {table} WHERE thread_id IN ({self.json_values})",
-            (thread_ids,)).fetchall()}
+            f"SELECT {cols} FROM {table} WHERE {where}", params).fetchall()}
         new = {tuple(r[:keys]): tuple(r[keys:]) for r in rows}
         key_match = " AND ".join(f"{c} = ?" for c in columns[:keys])
         gone = sorted(k for k in old if k not in new)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 # Migration 4 (SQLite DDL; PostgreSQL maps INTEGER to BIGINT and REAL to DOUBLE PRECISION).
-# lead_id is the key: without form rules (which are never kept) a thread has one lead.
+# lead_id is the key: a thread has one email lead, and a form lead is its own notification.
 LEADS_TABLE_SQL = """
     CREATE TABLE leads (
         lead_id INTEGER PRIMARY KEY,       -- messages.id of the lead message
@@ -170,7 +170,8 @@ class KeptLeads:
         def set_meta(self, key: str, value: str) -> None: ...
         def message_count(self) -> int: ...
         def _write_changed(self, table: str, columns: Sequence[str], keys: int,
-                           thread_ids: str, rows: Any) -> None: ...
+                           thread_ids: str, rows: Any, lead_ids: str | None = None
+                           ) -> None: ...
 
     def leads_lock(self) -> AbstractContextManager[None]:
         """Cache-wide lock held while the thread ids and the kept leads are brought up to
@@ -182,6 +183,17 @@ class KeptLeads:
         """(fingerprint the rows are exact for, "" when none; highest message id covered)."""
         return self.get_meta("leads_state") or "", int(self.get_meta("leads_max_id") or 0)
 
+    def kept_form_leads_answered_in(self, thread_ids: Sequence[str]) -> int | None:
+        """The earliest lead time of the kept form leads whose first reply is now in one of
+        ``thread_ids`` (None: there is none)."""
+        if not len(thread_ids):
+            return None
+        (first,) = self._execute(
+            "SELECT min(l.lead_time_ms) FROM leads l JOIN messages m ON m.id = l.reply_id "
+            f"WHERE l.kind = 'form' AND m.thread_id IN ({self.json_values})",
+            (json.dumps(list(thread_ids)),)).fetchone()
+        return None if first is None else int(first)
+
     def invalidate_kept_leads(self) -> None:
         """Mark the rows as not exact (before thread ids change under them), so a process
         killed before they are brought up to date leaves a table nobody trusts."""
@@ -192,9 +204,10 @@ class KeptLeads:
     # -- writes -------------------------------------------------------------------------
     def replace_kept_leads(self, rows: pd.DataFrame, blocks: pd.DataFrame,
                            volume: pd.DataFrame, *, threads: Sequence[str] | None,
-                           state: str, max_id: int) -> None:
+                           state: str, max_id: int, leads_since: int | None = None) -> None:
         """In one transaction: drop the rows and blocks of ``threads`` (every row, block and
-        volume count when None), write ``rows`` (``KEPT_COLUMNS``) and ``blocks``
+        volume count when None) and of the leads from ``leads_since`` on (form rules:
+        ``analysis.kept.update``), write ``rows`` (``KEPT_COLUMNS``) and ``blocks``
         (``BLOCK_KEPT_COLUMNS``), add ``volume`` (``VOLUME_COLUMNS``: the counts of the
         messages after those covered before), and record that the tables are exact for
         ``state`` up to message ``max_id``."""
@@ -219,12 +232,15 @@ class KeptLeads:
                 # were, or differ in a column or two (a new message's thread size), and
                 # a row deleted and inserted again rewrites every index it is in.
                 ids = json.dumps(list(threads))
+                leads = None if leads_since is None else json.dumps([r for (r,) in self._execute(
+                    "SELECT lead_id FROM leads WHERE lead_time_ms >= ?", (int(leads_since),)
+                ).fetchall()])
                 for table, frame, columns, keys in (("leads", rows, KEPT_COLUMNS, 1),
                                                     ("lead_blocks", blocks, BLOCK_KEPT_COLUMNS,
                                                      2)):
                     self._write_changed(table, columns, keys, ids,
                                         [r for chunk in _bound_rows(frame, columns)
-                                         for r in chunk])
+                                         for r in chunk], leads)
             for chunk in _bound_rows(volume, VOLUME_COLUMNS):
                 self._executemany(_ADD_VOLUME, chunk)
             self.set_meta("leads_state", state)

@@ -237,6 +237,7 @@ class PostgresCache(KeptLeads, CacheBase):
     # The pairing statement's pieces.
     pair_time_index = ""  # planned from statistics
     json_values = "SELECT jsonb_array_elements_text(CAST(? AS jsonb))"
+    json_integers = "SELECT CAST(jsonb_array_elements_text(CAST(? AS jsonb)) AS BIGINT)"
     domain_in = "reverse(split_part(reverse({a}), '@', 1)) IN (SELECT v FROM internal_domains)"
     # The hashed IN as above, then a suffix test per domain (as SQLiteCache.subdomain_in).
     subdomain_in = ("(reverse(split_part(reverse({a}), '@', 1)) IN (SELECT v FROM internal_domains)"
@@ -429,9 +430,9 @@ class PostgresCache(KeptLeads, CacheBase):
 
     def replace_kept_leads(self, rows: pd.DataFrame, blocks: pd.DataFrame,
                            volume: pd.DataFrame, *, threads: Sequence[str] | None,
-                           state: str, max_id: int) -> None:
+                           state: str, max_id: int, leads_since: int | None = None) -> None:
         super().replace_kept_leads(rows, blocks, volume, threads=threads, state=state,
-                                   max_id=max_id)
+                                   max_id=max_id, leads_since=leads_since)
         if threads is None:  # every kept row rewritten: statistics for the reports' plans
             self.conn.execute("ANALYZE leads, lead_blocks, message_volume")
 

@@ -321,7 +321,7 @@ class SQLiteCache(KeptLeads, CacheBase):
     # neighbours in that order: 0.2 s where a DISTINCT subquery took 0.3 s.
     account_messages = ("(SELECT count(DISTINCT l.msg_key) FROM locations l "
                         "INDEXED BY locations_msg WHERE l.account = a.name)")
-    json_values = "SELECT value FROM json_each(?)"
+    json_values = json_integers = "SELECT value FROM json_each(?)"
     # SQLite has no "last '@'": the domain is d exactly when the address is d or ends with
     # '@' + d (domains holding an '@' never match, and are not bound). A suffix test per
     # domain cost half what cutting the domain out with rtrim/replace did.
