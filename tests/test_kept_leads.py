@@ -33,6 +33,7 @@ KINDS = ["reps", "leads", "unanswered", "sla", "volume", "threads", "weekly"]
 #: person's message too: a form lead first, else its thread's email lead)
 FORM_SENDERS = ["wordpress@acme.example", "leads@forms.example"]
 #: form rules the configs switch between: one, and two with different reply windows
+PROSPECT_F = "p1@client0.example"  # one of the form notifications' prospects (Mail._form)
 FORM_RULES = [
     [{"from": "wordpress@acme.example", "reply_window": "3d"}],
     [{"from": "wordpress@acme.example", "subject": "^New enquiry", "reply_window": "2d"},
@@ -85,6 +86,15 @@ class Mail:
                             subject=r.choice(["New enquiry from the site", "Chat transcript"]))
         self.sent.append((mid, sender, prospect))
 
+    def _fresh_reply(self) -> None:
+        """A rep writes a form's prospect a new email (as reps usually answer a form): a
+        form lead's first reply in another thread, where the prospect may answer on."""
+        r = self.rng
+        prospect = f"p{r.randrange(6)}@client0.example"
+        rep = r.choice(REPS)
+        mid = self.box.send(rep, prospect, self._when(), subject="Your enquiry")
+        self.sent.append((mid, rep, prospect))
+
     def _reply(self) -> None:
         r = self.rng
         parent, sender, prospect = r.choice(self.sent)
@@ -106,7 +116,7 @@ class Mail:
         start = len(self.box.blocks)
         for _ in range(r.randrange(3, 12)):
             if self.forms and r.random() < 0.25:
-                self._form()
+                self._form() if r.random() < 0.6 else self._fresh_reply()
             else:
                 self._new_thread() if not self.sent or r.random() < 0.45 else self._reply()
         blocks = self.box.blocks[start:]
@@ -558,22 +568,28 @@ def test_update_writes_what_a_rebuild_writes(regroup: str, tmp_path: Path,
     assert bool(read) == (regroup == "full-read")
 
 
-@pytest.mark.parametrize(("part", "forked"), [(7, False), (40, False), (250_000, False),
-                                              (7, True), (250_000, True)])
+@pytest.mark.parametrize(("part", "forked", "forms"), [
+    (7, False, False), (40, False, False), (250_000, False, False), (7, True, False),
+    (250_000, True, False), (7, False, True), (40, False, True), (250_000, True, True)])
 def test_rebuild_from_a_full_regroup_writes_what_reading_writes(
-        part: int, forked: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        part: int, forked: bool, forms: bool, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A full regroup hands every message it read to the kept-lead rebuild, which splits
     them into whole threads in start order, matched here or (``forked``) in a child process
     while the thread ids are written; the rows it writes equal those of the rebuild that
     reads the messages again period by period, value for value, however many parts either
-    makes (``part`` messages a part)."""
+    makes (``part`` messages a part). ``forms``: with form rules, whose leads' threads the
+    held rebuild matches together."""
     from replytime.forked import Forked
 
     monkeypatch.setattr(kept, "PART_MESSAGES", part)
     monkeypatch.setattr(kept, "FORK_MESSAGES", 0 if forked else 10**9)
     monkeypatch.setattr(rethread, "_regroup_new", lambda *args: None)  # always in full
-    mail = Mail(tmp_path, 7)
-    cfg = parse_config(start_config())
+    mail = Mail(tmp_path, 7, forms=forms)
+    data = start_config()
+    if forms:
+        data["leads"] = {"forms": FORM_RULES[1]}
+    cfg = parse_config(data)
     held: list[int] = []
     from_child: list[bool] = []
     real, real_take = kept._rebuild_from, Forked.take
@@ -598,11 +614,44 @@ def test_rebuild_from_a_full_regroup_writes_what_reading_writes(
             refresh_threads(cache, cfg)
             got = kept_tables(cache)
             assert len(got["leads"]) > 0
+            kinds = {k for (k,) in cache._execute("SELECT DISTINCT kind FROM leads")}
+            assert kinds == ({"email", "form"} if forms else {"email"})
             kept.rebuild(cache, cfg, kept.state_for(cfg))  # read again
             assert got == kept_tables(cache)
         assert held == sorted(held) and held[-1] == cache.message_count()
     assert len(held) == 4
     assert from_child == ([True] * 4 if forked else [])
+
+
+def test_held_rebuild_matches_a_form_lead_answered_in_another_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A form lead answered by a fresh email, the prospect answering on in that thread: the
+    held rebuild matches the reply's thread with the notification's (the lead's reply and
+    its second block come from it) and writes what reading the messages again writes."""
+    monkeypatch.setattr(rethread, "_regroup_new", lambda *args: None)  # always in full
+    monkeypatch.setattr(kept, "PART_MESSAGES", 2)  # the two threads in different parts
+    mail = Mail(tmp_path, 0, forms=True)
+    box = mail.box
+    data = start_config()
+    data["leads"] = {"forms": FORM_RULES[0]}
+    cfg = parse_config(data)
+    box.send("wordpress@acme.example", "sales@acme.example", at(0, 9), reply_to=PROSPECT_F,
+             subject="New enquiry from the site", headers={"Auto-Submitted": "auto-generated"})
+    fresh = box.send("bob@acme.example", PROSPECT_F, at(0, 10), subject="Your enquiry")
+    follow = box.send(PROSPECT_F, "bob@acme.example", at(0, 11), parent=fresh,
+                      subject="Re: Your enquiry")
+    box.send("bob@acme.example", PROSPECT_F, at(0, 13), parent=follow, subject="Re: Your enquiry")
+    with open_cache(tmp_path / "kept.sqlite") as cache:
+        mail.write(cache, box.blocks)
+        refresh_threads(cache, cfg)
+        got = kept_tables(cache)
+        lead = cache._execute("SELECT kind, reply_time_ms FROM leads").fetchall()
+        assert lead == [("form", at(0, 10).timestamp() * 1000)]
+        blocks = cache._execute("SELECT block, reply_time_ms FROM lead_blocks ORDER BY block")
+        assert blocks.fetchall() == [(1, at(0, 10).timestamp() * 1000),
+                                     (2, at(0, 13).timestamp() * 1000)]
+        kept.rebuild(cache, cfg, kept.state_for(cfg))  # read again
+        assert got == kept_tables(cache)
 
 
 def test_a_failed_child_is_matched_in_the_parent(tmp_path: Path,

@@ -46,6 +46,7 @@ from replytime.analysis.matcher import (
     UNASSIGNED,
     Roster,
     form_history_start,
+    form_lead_threads,
     form_notifications,
     match_leads,
     prepare,
@@ -565,6 +566,17 @@ def _match_parts(messages: pd.DataFrame, config: Config) -> Kept:
     of about ``PART_MESSAGES`` messages, in thread start order (a thread's one lead is at
     its start), matched part by part."""
     roster = Roster(config)
+    found: list[Kept] = []
+    if config.leads.forms:
+        # A form lead's reply may be in any thread: the threads form leads may depend on
+        # are matched together, under the form rules; every other thread's leads are its
+        # email leads alone (matcher.form_lead_threads), matched in parts as without them.
+        linked = form_lead_threads(messages, roster, config, EVERYTHING_MS).to_numpy()
+        together = prepare(messages[linked].reset_index(drop=True), roster)
+        found.append(_match_rows(together, config))
+        found[-1].volume = volume_rows(together)
+        messages = messages[~linked].reset_index(drop=True)
+        config = _without_forms(config)
     thread = messages["thread_id"].to_numpy(dtype=object)
     code, _ = pd.factorize(thread)
     person = (messages["time_ms"].notna() & ~messages["automated"]).to_numpy(dtype=bool)
@@ -576,20 +588,17 @@ def _match_parts(messages: pd.DataFrame, config: Config) -> Kept:
     part = np.empty(len(start), dtype=np.int64)
     part[order] = (np.cumsum(sizes[order]) - sizes[order]) // PART_MESSAGES
     of_message = part[code]
-    rows, blocks, volume = [], [], []
     for k in range(int(part.max()) + 1 if len(part) else 0):
         m = prepare(messages[of_message == k].reset_index(drop=True), roster)
-        found = _match_rows(m, config)
-        rows.append(found.rows)
-        blocks.append(found.blocks)
-        volume.append(volume_rows(m))
-    found_rows = _concat(rows, KEPT_COLUMNS)
+        found.append(_match_rows(m, config))
+        found[-1].volume = volume_rows(m)
+    found_rows = _concat([f.rows for f in found], KEPT_COLUMNS)
     if not found_rows.empty:  # as ``rebuild`` writes them: in lead order
         found_rows = found_rows.sort_values(["lead_time_ms", "lead_id"], kind="stable")
-    counts = _concat(volume, VOLUME_COLUMNS)
+    counts = _concat([f.volume for f in found if f.volume is not None], VOLUME_COLUMNS)
     if not counts.empty:  # a bucket with messages of two parts
         counts = counts.groupby("bucket", sort=True).sum().reset_index()[list(VOLUME_COLUMNS)]
-    return Kept(found_rows, _concat(blocks, BLOCK_KEPT_COLUMNS), counts)
+    return Kept(found_rows, _concat([f.blocks for f in found], BLOCK_KEPT_COLUMNS), counts)
 
 
 def _rebuild_from(cache: Cache, config: Config, state: str, messages: pd.DataFrame,
@@ -597,7 +606,8 @@ def _rebuild_from(cache: Cache, config: Config, state: str, messages: pd.DataFra
     """``rebuild`` from every cached message, held (a full regroup read them all), matched
     here unless ``matched`` (``_match_parts`` of them, by ``start_rebuild``). Without form
     rules a thread's lead, first reply and blocks depend on that thread alone, so any split
-    into whole threads keeps exactly the rows that ``rebuild`` keeps
+    into whole threads keeps exactly the rows that ``rebuild`` keeps; with them, only the
+    threads of ``matcher.form_lead_threads`` need matching together
     (tests/test_kept_leads.py)."""
     found = matched if matched is not None else _match_parts(messages, config)
     top = int(messages["id"].max()) if len(messages) else 0

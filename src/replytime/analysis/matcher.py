@@ -207,6 +207,28 @@ def form_notifications(
     return pd.concat(frames).drop_duplicates(subset=["id"]).sort_values(["time_ms", "id"])
 
 
+def form_lead_threads(messages: pd.DataFrame, roster: Roster, config: Config, as_of_ms: int
+                      ) -> pd.Series:
+    """Whether each message's thread is one that a form lead may depend on as of ``as_of``:
+    a notification's own thread, or one holding a possible first reply (a human message from
+    an internal address to a lead address, docs/definitions.md, "Form leads"), whose later
+    messages make the lead's later reply blocks. The leads of every other thread are its
+    email leads, exactly as without form rules."""
+    notes = form_notifications(messages, roster, config, as_of_ms)
+    if notes.empty:
+        return pd.Series(False, index=messages.index)
+    sent = messages[messages["time_ms"].notna() & ~messages["automated"]
+                    & (messages["time_ms"] <= as_of_ms)]
+    sent = sent[roster.is_internal(sent["from_addr"]).to_numpy()]
+    rcpt = _explode_recipients(sent, ("to_addrs", "cc_addrs"))
+    replying = rcpt.loc[rcpt["addr"].isin(notes["lead_from"].unique()), "id"].unique()
+    threads = np.concatenate([
+        notes["thread_id"].dropna().to_numpy(dtype=object),
+        messages.loc[messages["id"].isin(replying), "thread_id"].dropna().to_numpy(dtype=object),
+    ])
+    return messages["thread_id"].isin(pd.unique(threads))
+
+
 def form_history_start(
     notes: pd.DataFrame, since_ms: int, loaded_from: int | None = None
 ) -> tuple[int, bool]:

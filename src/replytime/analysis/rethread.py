@@ -106,10 +106,7 @@ def refresh_threads(cache: Cache, config: Config, *, force: bool = False) -> int
                 if regrouped is None:
                     # A full regroup reads every message: with what the kept leads read besides,
                     # ``kept.rebuild`` matches them from memory (up to HELD_MESSAGES of them).
-                    # Not with form rules: a form lead's reply may be in any thread, so
-                    # the rebuild reads each period with what its form leads need.
-                    held = (want is not None and not config.leads.forms
-                            and cache.last_message_id() <= HELD_MESSAGES)
+                    held = want is not None and cache.last_message_id() <= HELD_MESSAGES
                     # Matched in a forked child beside the thread writes (kept.start_rebuild),
                     # the thread_keys are computed there too: written after the thread ids.
                     deferring = held and kept.forks(cache.last_message_id())
