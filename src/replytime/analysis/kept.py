@@ -566,31 +566,31 @@ def _match_parts(messages: pd.DataFrame, config: Config) -> Kept:
     of about ``PART_MESSAGES`` messages, in thread start order (a thread's one lead is at
     its start), matched part by part."""
     roster = Roster(config)
-    found: list[Kept] = []
-    if config.leads.forms:
-        # A form lead's reply may be in any thread: the threads form leads may depend on
-        # are matched together, under the form rules; every other thread's leads are its
-        # email leads alone (matcher.form_lead_threads), matched in parts as without them.
-        linked = form_lead_threads(messages, roster, config, EVERYTHING_MS).to_numpy()
-        together = prepare(messages[linked].reset_index(drop=True), roster)
-        found.append(_match_rows(together, config))
-        found[-1].volume = volume_rows(together)
-        messages = messages[~linked].reset_index(drop=True)
-        config = _without_forms(config)
     thread = messages["thread_id"].to_numpy(dtype=object)
     code, _ = pd.factorize(thread)
     person = (messages["time_ms"].notna() & ~messages["automated"]).to_numpy(dtype=bool)
     start = pd.Series(np.where(person, messages["time_ms"].astype("float64"), np.nan)
                       ).groupby(code).min().to_numpy()  # NaN: no lead can start there
     sizes = np.bincount(code)
+    linked = np.zeros(len(start), dtype=bool)
+    email_config = config
+    if config.leads.forms:
+        # A form lead's reply may be in any thread: the threads form leads may depend on
+        # (matcher.form_lead_threads) are matched together under the form rules, as part
+        # -1; every other thread's leads are its email leads alone, matched in parts.
+        linked[code[form_lead_threads(messages, roster, config, EVERYTHING_MS).to_numpy()]] = True
+        email_config = _without_forms(config)
+    counted = np.where(linked, 0, sizes)
     order = np.lexsort((np.arange(len(start)), np.nan_to_num(start, nan=np.inf)))
     # Part of each thread: consecutive threads in start order, PART_MESSAGES a part.
     part = np.empty(len(start), dtype=np.int64)
-    part[order] = (np.cumsum(sizes[order]) - sizes[order]) // PART_MESSAGES
+    part[order] = (np.cumsum(counted[order]) - counted[order]) // PART_MESSAGES
+    part[linked] = -1
     of_message = part[code]
-    for k in range(int(part.max()) + 1 if len(part) else 0):
+    found: list[Kept] = []
+    for k in range(-1 if linked.any() else 0, int(part.max()) + 1 if len(part) else 0):
         m = prepare(messages[of_message == k].reset_index(drop=True), roster)
-        found.append(_match_rows(m, config))
+        found.append(_match_rows(m, config if k < 0 else email_config))
         found[-1].volume = volume_rows(m)
     found_rows = _concat([f.rows for f in found], KEPT_COLUMNS)
     if not found_rows.empty:  # as ``rebuild`` writes them: in lead order

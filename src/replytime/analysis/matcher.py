@@ -217,8 +217,10 @@ def form_lead_threads(messages: pd.DataFrame, roster: Roster, config: Config, as
     notes = form_notifications(messages, roster, config, as_of_ms)
     if notes.empty:
         return pd.Series(False, index=messages.index)
-    sent = messages[messages["time_ms"].notna() & ~messages["automated"]
-                    & (messages["time_ms"] <= as_of_ms)]
+    # Only the columns needed: filtering every column of a million rows costs seconds.
+    sent = messages[["id", "from_addr", "to_addrs", "cc_addrs"]]
+    sent = sent[(messages["time_ms"].notna() & ~messages["automated"]
+                 & (messages["time_ms"] <= as_of_ms)).to_numpy()]
     sent = sent[roster.is_internal(sent["from_addr"]).to_numpy()]
     rcpt = _explode_recipients(sent, ("to_addrs", "cc_addrs"))
     replying = rcpt.loc[rcpt["addr"].isin(notes["lead_from"].unique()), "id"].unique()
