@@ -654,6 +654,58 @@ def test_held_rebuild_matches_a_form_lead_answered_in_another_thread(
         assert got == kept_tables(cache)
 
 
+@pytest.mark.parametrize("schedules", [False, True])
+def test_update_derives_older_form_leads_again_when_their_threads_change(
+        schedules: bool, tmp_path: Path) -> None:
+    """New messages long after a form lead (past its reply window) cannot change its pair,
+    but the prospect answering on in the thread of its first reply adds a reply block, and
+    a reply to the notification grows the lead's thread: the update derives that lead's
+    row and blocks again, equal to a rebuild's; so too an unanswered one's (``schedules``:
+    with business time, whose age the update does not compute)."""
+    mail = Mail(tmp_path, 0, forms=True)
+    box = mail.box
+    data = start_config()
+    data["leads"] = {"forms": FORM_RULES[0]}  # a three-day reply window
+    if schedules:
+        data["schedules"] = {"default": {"timezone": "UTC", **{
+            day: ["09:00-17:00"] for day in ("monday", "tuesday", "wednesday", "thursday",
+                                             "friday")}}}
+    cfg = parse_config(data)
+    other = box.send("wordpress@acme.example", "sales@acme.example", at(0, 8),
+                     reply_to="p2@client0.example", subject="New enquiry from the site",
+                     headers={"Auto-Submitted": "auto-generated"})
+    note = box.send("wordpress@acme.example", "sales@acme.example", at(0, 9),
+                    reply_to=PROSPECT_F, subject="New enquiry from the site",
+                    headers={"Auto-Submitted": "auto-generated"})
+    fresh = box.send("bob@acme.example", PROSPECT_F, at(0, 10), subject="Your enquiry")
+    with open_cache(tmp_path / "kept.sqlite") as cache:
+        mail.write(cache, box.blocks)
+        refresh_threads(cache, cfg)
+        start = len(box.blocks)
+        follow = box.send(PROSPECT_F, "bob@acme.example", at(10, 11), parent=fresh,
+                          subject="Re: Your enquiry")
+        box.send("bob@acme.example", PROSPECT_F, at(10, 13), parent=follow,
+                 subject="Re: Your enquiry")
+        box.send("alice@acme.example", PROSPECT_F, at(10, 14), parent=note,
+                 subject="Re: New enquiry from the site")
+        box.send("ops@acme.example", "carol@acme.example", at(10, 15), parent=other,
+                 subject="Fwd: New enquiry from the site")  # internal only: no reply
+        mail.write(cache, box.blocks[start:])
+        refresh_threads(cache, cfg)  # an update: the new messages are ten days later
+        got = kept_tables(cache)
+        rows = cache._execute("SELECT kind, lead_time_ms, reply_id IS NULL, thread_messages "
+                              "FROM leads ORDER BY lead_time_ms").fetchall()
+        assert rows == [("form", at(0, 8).timestamp() * 1000, 1, 2),
+                        ("form", at(0, 9).timestamp() * 1000, 0, 2)]
+        blocks = cache._execute("SELECT block, reply_time_ms FROM lead_blocks "
+                                "WHERE lead_id = (SELECT id FROM messages WHERE message_id = ?) "
+                                "ORDER BY block", (note,))
+        assert blocks.fetchall() == [(1, at(0, 10).timestamp() * 1000),
+                                     (2, at(10, 13).timestamp() * 1000)]
+        kept.rebuild(cache, cfg, kept.state_for(cfg))
+        assert got == kept_tables(cache)
+
+
 def test_a_failed_child_is_matched_in_the_parent(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A forked match that fails (here: the child dies of an error) leaves the parent to

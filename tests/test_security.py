@@ -92,6 +92,8 @@ ALLOWED_INTERPOLATIONS = {
     # kept_tally: its constant "answered as of ?" test, columns picked from KEPT_COLUMNS
     frozenset({"' AND '.join(where)", "_ANSWERED", "cols"}),
     frozenset({"marks"}),
+    # kept_form_leads_touching: columns from KEPT_COLUMNS, "?" filters, the JSON-array reader
+    frozenset({"cols", "' AND '.join(where)", "self.json_values"}),
     # store/leads.py, schema 8: the kept blocks' and volume's constant column lists and "?"
     # placeholders, constant table names, "?" filters joined by AND, "?" time spans and a
     # constant "id <= ?" filter

@@ -15,9 +15,10 @@ update would see them; those reports pair messages as before.
 Form rules (``[[leads.forms]]``) are kept too, although a form lead's reply may be in any
 thread: the as-of cut stays exact (repeated notifications belong to a lead until its first
 reply, so with that reply after ``as_of`` they are before it either way), and an update
-matches again, besides the changed threads, every lead from the earliest one the changes
-can reach (``_form_reach``: a reply window before the earliest new message, or a form lead
-whose threads changed), reading what ``form_span`` says those leads need.
+matches again, besides the changed threads, every lead from the earliest one new
+messages can reach (``_form_reach``: a reply window before the earliest of them), reading
+what ``form_span`` says those leads need; an older form lead whose notification's or first
+reply's thread changed keeps its pair, its thread size and blocks derived again.
 
 Updates (``refresh``, called by ``refresh_threads``): after new messages get thread ids,
 the threads of every message whose thread id changed (old and new) are matched again and
@@ -166,11 +167,13 @@ def business_age_s(leads: pd.DataFrame, config: Config, as_of_ms: int) -> np.nda
 
 
 # -- reading -----------------------------------------------------------------------------------
-def as_of(rows: pd.DataFrame, config: Config, as_of_ms: int) -> pd.DataFrame:
+def as_of(rows: pd.DataFrame, config: Config, as_of_ms: int, *, ages: bool = True
+          ) -> pd.DataFrame:
     """Kept rows (lead time <= ``as_of``, as ``Cache.kept_leads`` selects them) as
     ``LeadSet`` holds leads as of ``as_of``: ``LEAD_COLUMNS``, ``business_s`` and
-    ``business_age_s``, built as ``matcher.lead_table`` builds them (same dtypes). Rows read
-    with fewer columns (``TALLY_READ``) give the columns derived from those alone."""
+    ``business_age_s`` (not unless ``ages``), built as ``matcher.lead_table`` builds them
+    (same dtypes). Rows read with fewer columns (``TALLY_READ``) give the columns derived
+    from those alone."""
     out = rows.reset_index(drop=True)
     reply_time = out["reply_time_ms"].astype("Int64")
     # A first reply after as_of is not one yet; nor is any later candidate (time order).
@@ -190,7 +193,8 @@ def as_of(rows: pd.DataFrame, config: Config, as_of_ms: int) -> pd.DataFrame:
     for column in ("response_s", "business_s"):
         out[column] = answered_times(out[column], answered)
     out = out[[c for c in (*LEAD_COLUMNS, "business_s") if c in out]]
-    out["business_age_s"] = business_age_s(out, config, as_of_ms)
+    if ages:
+        out["business_age_s"] = business_age_s(out, config, as_of_ms)
     return out
 
 
@@ -444,7 +448,13 @@ def _match_rows(m: pd.DataFrame, config: Config) -> Kept:
     if m.empty:
         return Kept(pd.DataFrame(columns=list(KEPT_COLUMNS)),
                     pd.DataFrame(columns=list(BLOCK_KEPT_COLUMNS)))
-    leads = match_leads(m, config, EVERYTHING_MS)
+    return _finish(m, match_leads(m, config, EVERYTHING_MS), config)
+
+
+def _finish(m: pd.DataFrame, leads: pd.DataFrame, config: Config) -> Kept:
+    """The kept rows (without thread rules) and reply blocks of ``leads`` (``LEAD_COLUMNS``)
+    from ``m`` (prepared): every message of each lead's thread and, for a form lead, of its
+    first reply's."""
     leads = leads.assign(business_s=business_s(leads, config))
     mine = m[m["thread_id"].isin(leads["thread_id"])]
     turns = thread_turns(mine)
@@ -618,8 +628,9 @@ def _rebuild_from(cache: Cache, config: Config, state: str, messages: pd.DataFra
 def update(cache: Cache, config: Config, state: str, changes: Changes) -> None:
     """Match the changed threads again and replace their rows; add the new messages (all
     in changed threads) to the volume. With form rules, also every lead from the earliest
-    one the changes can reach on (``_form_reach``), matched from what ``form_span`` reads:
-    a form lead's reply may be in any thread."""
+    one the new messages can reach on (``_form_reach``), matched from what ``form_span``
+    reads, since a form lead's reply may be in any thread; and the older form leads whose
+    notification's or first reply's thread changed, with their pairs as they were."""
     threads = sorted(changes.threads)
     covered = cache.kept_leads_state()[1]
     m = None
@@ -627,7 +638,7 @@ def update(cache: Cache, config: Config, state: str, changes: Changes) -> None:
         read = changes.messages if changes.messages is not None else (
             cache.messages_of_threads(threads))
         m = prepare(read, Roster(config))
-    reach = None
+    reach, touched = None, []
     if m is None or m.empty:
         found = _match(pd.DataFrame(), config, cache)
         volume = pd.DataFrame(columns=list(VOLUME_COLUMNS))
@@ -635,12 +646,16 @@ def update(cache: Cache, config: Config, state: str, changes: Changes) -> None:
         new = m[(m["id"] > covered) & (m["id"] <= changes.max_id)]
         volume = volume_rows(new)
         if config.leads.forms:
-            reach = _form_reach(cache, config, m, new, threads)
-            # Before the reach the changed threads hold no form notification: their
-            # email leads are those of the threads alone.
+            # The changed threads' email leads, as without form rules: exact before the
+            # reach, which goes back to any of them whose message may be a form lead.
             found = _match(m, _without_forms(config), cache)
+            reach = _form_reach(config, m, new, found.rows)
             if reach is not None:
                 found = _within(found, None, reach)
+            older = _form_leads_touched(cache, config, threads, reach)
+            found = Kept(_concat([found.rows, older.rows], KEPT_COLUMNS),
+                         _concat([found.blocks, older.blocks], BLOCK_KEPT_COLUMNS))
+            touched = older.rows["lead_id"].astype("int64").tolist()
         else:
             found = _match(m, config, cache)
     if reach is not None:
@@ -650,29 +665,45 @@ def update(cache: Cache, config: Config, state: str, changes: Changes) -> None:
         found = Kept(_concat([found.rows, since.rows], KEPT_COLUMNS),
                      _concat([found.blocks, since.blocks], BLOCK_KEPT_COLUMNS))
     cache.replace_kept_leads(found.rows, found.blocks, volume, threads=threads, state=state,
-                             max_id=max(changes.max_id, covered), leads_since=reach)
+                             max_id=max(changes.max_id, covered), leads_since=reach,
+                             lead_ids=touched)
 
 
-def _form_reach(cache: Cache, config: Config, m: pd.DataFrame, new: pd.DataFrame,
-                threads: list[str]) -> int | None:
-    """The earliest lead time whose kept row the changes may alter under form rules (None:
-    none): a form lead can gain a reply, or absorb a notification, up to its reply window
-    after it (``new``'s earliest message, a window back); a form lead's row changes with its
-    notification's thread and its blocks with its first reply's thread (a changed thread's
-    notifications, and the kept form leads first answered in a changed thread); and a
-    changed thread's email lead depends on whether its message is a form lead."""
+def _form_reach(config: Config, m: pd.DataFrame, new: pd.DataFrame, email: pd.DataFrame
+                ) -> int | None:
+    """The earliest lead time from which new messages (``new``, of the changed threads
+    ``m``) may change which form leads there are and their first replies (None: none).
+    Only new messages can (a changed or removed message rebuilds every row): a form lead
+    can gain a reply, or absorb a notification, up to its reply window after it, so a
+    window before the earliest new message. Also a changed thread's email lead (``email``:
+    the changed threads' matched without form rules) whose message is a form notification:
+    a form lead there, it is no email lead."""
     window = max(r.reply_window_s for r in config.leads.forms) * 1000
     times = []
     timed = new["time_ms"].dropna()
     if len(timed):
         times.append(int(timed.min()) - window)
     notes = form_notifications(m, Roster(config), config, EVERYTHING_MS)
-    if len(notes):
-        times.append(int(notes["time_ms"].min()))
-    answered = cache.kept_form_leads_answered_in(threads)
-    if answered is not None:
-        times.append(answered)
+    hit = email.loc[email["lead_id"].isin(notes["id"]), "lead_time_ms"]
+    if len(hit):
+        times.append(int(hit.min()))
     return min(times) if times else None
+
+
+def _form_leads_touched(cache: Cache, config: Config, threads: list[str], before: int | None
+                        ) -> Kept:
+    """The kept form leads before ``before`` (None: all) whose notification's or first
+    reply's thread is one of ``threads``, with the same pairs (no new message reaches
+    them: ``_form_reach``) and what their threads make of them now: thread size, turns,
+    reply blocks."""
+    rows = cache.kept_form_leads_touching(threads, before)
+    if rows.empty:
+        return Kept(pd.DataFrame(columns=list(KEPT_COLUMNS)),
+                    pd.DataFrame(columns=list(BLOCK_KEPT_COLUMNS)))
+    around = pd.unique(pd.concat([rows["thread_id"], rows["reply_thread_id"]]).dropna())
+    m = prepare(cache.messages_of_threads(sorted(around)), Roster(config))
+    leads = as_of(rows.drop(columns=["reply_thread_id"]), config, EVERYTHING_MS, ages=False)
+    return _with_rules(_finish(m, leads.drop(columns=["business_s"]), config), cache)
 
 
 def _within(found: Kept, since: int | None, until: int | None) -> Kept:

@@ -183,16 +183,25 @@ class KeptLeads:
         """(fingerprint the rows are exact for, "" when none; highest message id covered)."""
         return self.get_meta("leads_state") or "", int(self.get_meta("leads_max_id") or 0)
 
-    def kept_form_leads_answered_in(self, thread_ids: Sequence[str]) -> int | None:
-        """The earliest lead time of the kept form leads whose first reply is now in one of
-        ``thread_ids`` (None: there is none)."""
-        if not len(thread_ids):
-            return None
-        (first,) = self._execute(
-            "SELECT min(l.lead_time_ms) FROM leads l JOIN messages m ON m.id = l.reply_id "
-            f"WHERE l.kind = 'form' AND m.thread_id IN ({self.json_values})",
-            (json.dumps(list(thread_ids)),)).fetchone()
-        return None if first is None else int(first)
+    def kept_form_leads_touching(self, thread_ids: Sequence[str], before_ms: int | None
+                                 ) -> pd.DataFrame:
+        """The kept form leads with lead time before ``before_ms`` (None: any) whose row's
+        thread, notification's thread or first reply's thread is one of ``thread_ids``:
+        ``KEPT_COLUMNS`` with ``thread_id`` the notification's thread now, and
+        ``reply_thread_id`` the first reply's, in lead order."""
+        cols = ", ".join("n.thread_id AS thread_id" if c == "thread_id" else f"l.{c}"
+                         for c in KEPT_COLUMNS)
+        where, params = ["l.kind = 'form'"], []
+        if before_ms is not None:
+            where.append("l.lead_time_ms < ?")
+            params.append(int(before_ms))
+        ids = json.dumps(list(thread_ids))
+        return self._frame(
+            f"SELECT {cols}, r.thread_id AS reply_thread_id FROM leads l "
+            "JOIN messages n ON n.id = l.lead_id LEFT JOIN messages r ON r.id = l.reply_id "
+            f"WHERE {' AND '.join(where)} AND (l.thread_id IN ({self.json_values}) "
+            f"OR n.thread_id IN ({self.json_values}) OR r.thread_id IN ({self.json_values})) "
+            "ORDER BY l.lead_time_ms, l.lead_id", (*params, ids, ids, ids))
 
     def invalidate_kept_leads(self) -> None:
         """Mark the rows as not exact (before thread ids change under them), so a process
@@ -204,10 +213,11 @@ class KeptLeads:
     # -- writes -------------------------------------------------------------------------
     def replace_kept_leads(self, rows: pd.DataFrame, blocks: pd.DataFrame,
                            volume: pd.DataFrame, *, threads: Sequence[str] | None,
-                           state: str, max_id: int, leads_since: int | None = None) -> None:
+                           state: str, max_id: int, leads_since: int | None = None,
+                           lead_ids: Sequence[int] = ()) -> None:
         """In one transaction: drop the rows and blocks of ``threads`` (every row, block and
-        volume count when None) and of the leads from ``leads_since`` on (form rules:
-        ``analysis.kept.update``), write ``rows`` (``KEPT_COLUMNS``) and ``blocks``
+        volume count when None), of the leads from ``leads_since`` on and of ``lead_ids``
+        (form rules: ``analysis.kept.update``), write ``rows`` (``KEPT_COLUMNS``) and ``blocks``
         (``BLOCK_KEPT_COLUMNS``), add ``volume`` (``VOLUME_COLUMNS``: the counts of the
         messages after those covered before), and record that the tables are exact for
         ``state`` up to message ``max_id``."""
@@ -232,9 +242,12 @@ class KeptLeads:
                 # were, or differ in a column or two (a new message's thread size), and
                 # a row deleted and inserted again rewrites every index it is in.
                 ids = json.dumps(list(threads))
-                leads = None if leads_since is None else json.dumps([r for (r,) in self._execute(
-                    "SELECT lead_id FROM leads WHERE lead_time_ms >= ?", (int(leads_since),)
-                ).fetchall()])
+                scope = [int(i) for i in lead_ids]
+                if leads_since is not None:
+                    scope += [r for (r,) in self._execute(
+                        "SELECT lead_id FROM leads WHERE lead_time_ms >= ?", (int(leads_since),)
+                    ).fetchall()]
+                leads = json.dumps(scope) if scope else None
                 for table, frame, columns, keys in (("leads", rows, KEPT_COLUMNS, 1),
                                                     ("lead_blocks", blocks, BLOCK_KEPT_COLUMNS,
                                                      2)):

@@ -430,9 +430,10 @@ class PostgresCache(KeptLeads, CacheBase):
 
     def replace_kept_leads(self, rows: pd.DataFrame, blocks: pd.DataFrame,
                            volume: pd.DataFrame, *, threads: Sequence[str] | None,
-                           state: str, max_id: int, leads_since: int | None = None) -> None:
+                           state: str, max_id: int, leads_since: int | None = None,
+                           lead_ids: Sequence[int] = ()) -> None:
         super().replace_kept_leads(rows, blocks, volume, threads=threads, state=state,
-                                   max_id=max_id, leads_since=leads_since)
+                                   max_id=max_id, leads_since=leads_since, lead_ids=lead_ids)
         if threads is None:  # every kept row rewritten: statistics for the reports' plans
             self.conn.execute("ANALYZE leads, lead_blocks, message_volume")
 
