@@ -312,6 +312,14 @@ def test_header_form_rule_with_the_header_on_some_notifications_only(mb: Mailbox
     assert list(leads["kind"]) == ["form"] and list(leads["lead_from"]) == ["quinn@other.example"]
 
 
+def test_notification_without_a_lead_address_may_still_be_an_email_lead(mb: Mailbox) -> None:
+    # docs/definitions.md, "Form leads": not a form lead; an ordinary one by the lead rules.
+    mb.config_data = {**mb.config_data, "leads": FORMS}
+    mb.send("bot@chat.example", "sales@acme.example", at(0, 9), subject="Chat transcript")
+    leads = mb.analysis().all_leads
+    assert list(leads["kind"]) == ["email"] and list(leads["lead_from"]) == ["bot@chat.example"]
+
+
 def test_form_with_internal_reply_to_is_not_a_lead(mb: Mailbox) -> None:
     mb.config_data = {**mb.config_data, "leads": FORMS}
     mb.send("wordpress@acme.example", "sales@acme.example", at(0, 9),
