@@ -154,10 +154,11 @@ class Analysis(LeadSet):
 
     def threads(self, sel: Selection | None = None, **kw: object) -> pd.DataFrame:
         sel = sel or self.selection(**kw)  # type: ignore[arg-type]
-        # Each lead's thread size, kept on its row; with form rules a thread can hold two
-        # leads (a form lead and its thread's email lead): counted per thread below.
-        if self._counted_in_cache(sel) and not self.config.leads.forms:
-            sizes = self._kept_tally(sel, ("thread_messages",))
+        if self._counted_in_cache(sel):  # each lead's thread size, kept on its row
+            sizes = self._kept_tally(sel, ("thread_id", "thread_messages"))
+            # With form rules a thread can hold two leads (a form lead and its thread's
+            # email lead): it counts once.
+            sizes = sizes[~sizes["thread_id"].duplicated()]
             return metrics.threads_table(sizes.rename(columns={"thread_messages": "messages"}))
         return metrics.threads_table(self.thread_sizes(sel))
 
