@@ -98,8 +98,11 @@ def form_span(cache: Cache, config: Config, since_ms: int, until_ms: int, as_of_
     (docs/definitions.md, "Form leads"): from where the history of the notifications that
     matter starts (reaching further back only while a chain of them may go on) to a reply
     window after ``until``, as a form lead's reply may come in any thread, but never after
-    ``as_of``: nothing past it can be a reply as of ``as_of``."""
+    ``as_of``: nothing past it can be a reply as of ``as_of``. Without form rules,
+    [since, until) itself."""
     forms = config.leads.forms
+    if not forms:
+        return since_ms, until_ms
     roster = Roster(config)
     globs = [r.from_glob for r in forms]
     window = max(r.reply_window_s for r in forms) * 1000
@@ -446,8 +449,7 @@ def _match_rows(m: pd.DataFrame, config: Config) -> Kept:
     """``_match`` without the thread rules (``rule`` None: ``_with_rules`` reads them), from
     the messages alone: what a forked child computes (``start_rebuild``)."""
     if m.empty:
-        return Kept(pd.DataFrame(columns=list(KEPT_COLUMNS)),
-                    pd.DataFrame(columns=list(BLOCK_KEPT_COLUMNS)))
+        return _joined([])
     return _finish(m, match_leads(m, config, EVERYTHING_MS), config)
 
 
@@ -481,6 +483,12 @@ def _with_rules(found: Kept, cache: Cache) -> Kept:
 def _concat(frames: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame:
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames) if frames else pd.DataFrame(columns=list(columns))
+
+
+def _joined(parts: list[Kept]) -> Kept:
+    """The rows and blocks of ``parts`` together (none: empty, with the kept columns)."""
+    return Kept(_concat([p.rows for p in parts], KEPT_COLUMNS),
+                _concat([p.blocks for p in parts], BLOCK_KEPT_COLUMNS))
 
 
 def volume_rows(m: pd.DataFrame) -> pd.DataFrame:
@@ -526,10 +534,9 @@ def rebuild(cache: Cache, config: Config, state: str,
         end = last + 1
         edges = sorted({first + (end - first) * i // n for i in range(n)} | {end})
         for a, b in zip(edges, edges[1:], strict=False):
-            # With form rules, what the period's form leads need besides (form_span).
-            span = form_span(cache, config, a, b, EVERYTHING_MS) if config.leads.forms else (
-                a, b)
-            m = prepare(cache.messages(active=span), roster)
+            # With form rules, what the period's form leads need besides.
+            m = prepare(cache.messages(active=form_span(cache, config, a, b, EVERYTHING_MS)),
+                        roster)
             found = _within(_match(m, config, cache), a, b)
             rows.append(found.rows)
             blocks.append(found.blocks)
@@ -602,13 +609,14 @@ def _match_parts(messages: pd.DataFrame, config: Config) -> Kept:
         m = prepare(messages[of_message == k].reset_index(drop=True), roster)
         found.append(_match_rows(m, config if k < 0 else email_config))
         found[-1].volume = volume_rows(m)
-    found_rows = _concat([f.rows for f in found], KEPT_COLUMNS)
+    joined = _joined(found)
+    found_rows = joined.rows
     if not found_rows.empty:  # as ``rebuild`` writes them: in lead order
         found_rows = found_rows.sort_values(["lead_time_ms", "lead_id"], kind="stable")
     counts = _concat([f.volume for f in found if f.volume is not None], VOLUME_COLUMNS)
     if not counts.empty:  # a bucket with messages of two parts
         counts = counts.groupby("bucket", sort=True).sum().reset_index()[list(VOLUME_COLUMNS)]
-    return Kept(found_rows, _concat([f.blocks for f in found], BLOCK_KEPT_COLUMNS), counts)
+    return Kept(found_rows, joined.blocks, counts)
 
 
 def _rebuild_from(cache: Cache, config: Config, state: str, messages: pd.DataFrame,
@@ -653,8 +661,7 @@ def update(cache: Cache, config: Config, state: str, changes: Changes) -> None:
             if reach is not None:
                 found = _within(found, None, reach)
             older = _form_leads_touched(cache, config, threads, reach)
-            found = Kept(_concat([found.rows, older.rows], KEPT_COLUMNS),
-                         _concat([found.blocks, older.blocks], BLOCK_KEPT_COLUMNS))
+            found = _joined([found, older])
             touched = older.rows["lead_id"].astype("int64").tolist()
         else:
             found = _match(m, config, cache)
@@ -662,8 +669,7 @@ def update(cache: Cache, config: Config, state: str, changes: Changes) -> None:
         span = form_span(cache, config, reach, EVERYTHING_MS, EVERYTHING_MS)
         since = _within(_match(prepare(cache.messages(active=span), Roster(config)), config,
                                cache), reach, None)
-        found = Kept(_concat([found.rows, since.rows], KEPT_COLUMNS),
-                     _concat([found.blocks, since.blocks], BLOCK_KEPT_COLUMNS))
+        found = _joined([found, since])
     cache.replace_kept_leads(found.rows, found.blocks, volume, threads=threads, state=state,
                              max_id=max(changes.max_id, covered), leads_since=reach,
                              lead_ids=touched)
@@ -698,8 +704,7 @@ def _form_leads_touched(cache: Cache, config: Config, threads: list[str], before
     reply blocks."""
     rows = cache.kept_form_leads_touching(threads, before)
     if rows.empty:
-        return Kept(pd.DataFrame(columns=list(KEPT_COLUMNS)),
-                    pd.DataFrame(columns=list(BLOCK_KEPT_COLUMNS)))
+        return _joined([])
     around = pd.unique(pd.concat([rows["thread_id"], rows["reply_thread_id"]]).dropna())
     m = prepare(cache.messages_of_threads(sorted(around)), Roster(config))
     leads = as_of(rows.drop(columns=["reply_thread_id"]), config, EVERYTHING_MS, ages=False)
